@@ -1,0 +1,5 @@
+"""Consul on Kubernetes: the program `pulumi up` and `pulumi preview` run."""
+
+from consul.program import main
+
+main()

@@ -1,0 +1,77 @@
+"""Typed values the components take. Settings are parsed into these once, at the edge."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Placement(enum.Enum):
+    """How strictly a scheduling rule is applied."""
+
+    NONE = "none"
+    PREFERRED = "preferred"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Container resources: `requests` and `limits`, each a map of resource name (cpu, memory) to quantity."""
+
+    requests: Mapping[str, str] = field(default_factory=lambda: {"cpu": "100m", "memory": "200Mi"})
+    limits: Mapping[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "200Mi"})
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A Kubernetes pod toleration."""
+
+    key: str | None = None
+    operator: str = "Equal"
+    value: str | None = None
+    effect: str | None = None
+    toleration_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What every Consul agent of one datacenter shares.
+
+    Defaults: image ``hashicorp/consul:2.0.3``, datacenter ``dc1``, domain ``consul``, no recursors.
+    """
+
+    image: str = "hashicorp/consul:2.0.3"
+    datacenter: str = "dc1"
+    domain: str = "consul"
+    recursors: tuple[str, ...] = ()
+
+    @property
+    def version(self) -> str:
+        """The image tag (the Consul version), or ``digest`` for a digest-pinned image."""
+        name = self.image.split("@", 1)[0]
+        last = name.rsplit("/", 1)[-1]
+        return last.split(":", 1)[1] if ":" in last else "digest"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """The Consul server tier.
+
+    Defaults: 3 replicas, a 10Gi volume on the default StorageClass, required anti-affinity
+    on nodes, preferred spread over zones, partition 0, chart-sized resources, no
+    tolerations, node selector or priority class, no extra config.
+    """
+
+    replicas: int = 3
+    storage_size: str = "10Gi"
+    storage_class: str | None = None
+    anti_affinity: Placement = Placement.REQUIRED
+    zone_spread: Placement = Placement.PREFERRED
+    update_partition: int = 0
+    resources: Resources = field(default_factory=Resources)
+    tolerations: tuple[Toleration, ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    priority_class_name: str | None = None
+    extra_config: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,50 @@
+"""The Pulumi program: read the stack's settings, declare Consul, export what consumers need."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+from .labels import APP_NAME
+from .namespace import restricted_namespace
+from .servers import ConsulServers, ConsulServersArgs
+from .settings import PROJECT, Settings, load_settings
+
+INSTANCE = "consul"
+
+
+def stack_config(project: str = PROJECT) -> dict[str, str]:
+    """Every ``<project>:<key>`` value of the running stack, as bare key -> string."""
+    merged = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    prefix = f"{project}:"
+    return {key[len(prefix) :]: str(value) for key, value in merged.items() if key.startswith(prefix)}
+
+
+def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
+    """Declare every resource for validated settings and return the stack outputs."""
+    namespace: pulumi.Input[str] = settings.namespace
+    if settings.create_namespace:
+        ns = restricted_namespace(
+            settings.namespace,
+            {"app.kubernetes.io/part-of": APP_NAME, "app.kubernetes.io/managed-by": "pulumi"},
+        )
+        namespace = ns.metadata.name
+    servers = ConsulServers(
+        INSTANCE,
+        ConsulServersArgs(namespace=namespace, cluster=settings.cluster, spec=settings.servers),
+    )
+    return {
+        "namespace": servers.namespace,
+        "datacenter": servers.datacenter,
+        "serverServiceName": servers.service_name,
+        "httpAddress": servers.http_address,
+    }
+
+
+def main() -> None:
+    """Entry point: validation runs to completion before the first resource is declared."""
+    settings = load_settings(stack_config())
+    for key, value in deploy(settings).items():
+        pulumi.export(key, value)

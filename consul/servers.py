@@ -1,0 +1,252 @@
+"""ConsulServers: the Consul server tier as a StatefulSet with everything it needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes.apps.v1 as apps
+import pulumi_kubernetes.core.v1 as core
+import pulumi_kubernetes.meta.v1 as meta
+import pulumi_kubernetes.policy.v1 as policy
+
+from . import agent_config as cfg
+from . import pods
+from .labels import Labels
+from .model import ClusterSpec, Placement, ServerSpec
+
+CONFIG_CHECKSUM_ANNOTATION = "consul.hashicorp.com/config-checksum"
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+ZONE_TOPOLOGY = "topology.kubernetes.io/zone"
+
+
+@dataclass(frozen=True)
+class ConsulServersArgs:
+    """Inputs of :class:`ConsulServers`.
+
+    namespace: the namespace to deploy into (required; pass the Namespace's name output so
+        the servers wait for it).
+    cluster: image, datacenter, domain and recursors shared by every agent (defaults: see
+        :class:`~consul.model.ClusterSpec`).
+    spec: the server tier's shape (defaults: see :class:`~consul.model.ServerSpec`).
+    """
+
+    namespace: pulumi.Input[str]
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    spec: ServerSpec = field(default_factory=ServerSpec)
+
+
+def server_ports() -> list[tuple[str, int, str]]:
+    """(name, port, protocol) of every port a server listens on; serf gossips over TCP and UDP."""
+    return [
+        ("http", cfg.HTTP_PORT, "TCP"),
+        ("server", cfg.SERVER_RPC_PORT, "TCP"),
+        ("serflan-tcp", cfg.SERF_LAN_PORT, "TCP"),
+        ("serflan-udp", cfg.SERF_LAN_PORT, "UDP"),
+        ("serfwan-tcp", cfg.SERF_WAN_PORT, "TCP"),
+        ("serfwan-udp", cfg.SERF_WAN_PORT, "UDP"),
+        ("dns-tcp", cfg.DNS_PORT, "TCP"),
+        ("dns-udp", cfg.DNS_PORT, "UDP"),
+    ]
+
+
+class ConsulServers(pulumi.ComponentResource):
+    """Consul servers: a Parallel StatefulSet behind a headless Service, with a disruption budget.
+
+    Outputs:
+        namespace: the namespace the servers run in.
+        service_name: the headless governing Service (also the per-pod DNS subdomain).
+        http_address: the in-cluster HTTP API address (``http://<service>.<namespace>.svc:8500``).
+        datacenter: the Consul datacenter name.
+        retry_join: the stable per-pod join addresses (``<pod>.<service>.<namespace>.svc:8301``).
+    """
+
+    namespace: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+    http_address: pulumi.Output[str]
+    datacenter: pulumi.Output[str]
+    retry_join: pulumi.Output[list[str]]
+
+    def __init__(self, name: str, args: ConsulServersArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("consul:index:ConsulServers", name, None, opts)
+        spec, cluster = args.spec, args.cluster
+        full_name = f"{name}-server"
+        labels = Labels(instance=name, component="server", version=cluster.version)
+        namespace = pulumi.Output.from_input(args.namespace)
+        child = pulumi.ResourceOptions(parent=self)
+
+        def metadata(object_name: str) -> meta.ObjectMetaArgs:
+            return meta.ObjectMetaArgs(name=object_name, namespace=namespace, labels=labels.all)
+
+        retry_join = namespace.apply(lambda ns: [f"{full_name}-{i}.{full_name}.{ns}.svc:{cfg.SERF_LAN_PORT}" for i in range(spec.replicas)])
+        files = retry_join.apply(lambda join: cfg.config_files(cfg.server_config(cluster, spec, join), spec.extra_config))
+
+        account = core.ServiceAccount(
+            full_name,
+            metadata=metadata(full_name),
+            automount_service_account_token=False,
+            opts=child,
+        )
+        config_map = core.ConfigMap(f"{full_name}-config", metadata=metadata(f"{full_name}-config"), data=files, opts=child)
+        service = core.Service(
+            full_name,
+            metadata=metadata(full_name),
+            spec=core.ServiceSpecArgs(
+                cluster_ip="None",
+                publish_not_ready_addresses=True,
+                selector=labels.selector,
+                ports=[
+                    core.ServicePortArgs(name=port_name, port=port, target_port=port_name, protocol=protocol)
+                    for port_name, port, protocol in server_ports()
+                ],
+            ),
+            opts=child,
+        )
+        core_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map])
+        apps.StatefulSet(
+            full_name,
+            metadata=metadata(full_name),
+            spec=apps.StatefulSetSpecArgs(
+                service_name=service.metadata.name,
+                replicas=spec.replicas,
+                pod_management_policy="Parallel",
+                selector=meta.LabelSelectorArgs(match_labels=labels.selector),
+                update_strategy=apps.StatefulSetUpdateStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=apps.RollingUpdateStatefulSetStrategyArgs(partition=spec.update_partition),
+                ),
+                persistent_volume_claim_retention_policy=apps.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
+                    when_deleted="Retain", when_scaled="Retain"
+                ),
+                template=core.PodTemplateSpecArgs(
+                    metadata=meta.ObjectMetaArgs(
+                        labels=labels.all,
+                        annotations={CONFIG_CHECKSUM_ANNOTATION: files.apply(cfg.checksum)},
+                    ),
+                    spec=self._pod_spec(full_name, labels, cluster, spec, account.metadata.name, config_map.metadata.name),
+                ),
+                volume_claim_templates=[
+                    core.PersistentVolumeClaimArgs(
+                        metadata=meta.ObjectMetaArgs(name="data", labels=labels.all),
+                        spec=core.PersistentVolumeClaimSpecArgs(
+                            access_modes=["ReadWriteOnce"],
+                            storage_class_name=spec.storage_class,
+                            resources=core.VolumeResourceRequirementsArgs(requests={"storage": spec.storage_size}),
+                        ),
+                    )
+                ],
+            ),
+            opts=core_opts,
+        )
+        policy.PodDisruptionBudget(
+            full_name,
+            metadata=metadata(full_name),
+            spec=policy.PodDisruptionBudgetSpecArgs(
+                # One server at a time: never below quorum, and never 0, which blocks every node drain.
+                max_unavailable=1,
+                selector=meta.LabelSelectorArgs(match_labels=labels.selector),
+            ),
+            opts=child,
+        )
+
+        self.namespace = namespace
+        self.service_name = service.metadata.name
+        self.http_address = pulumi.Output.concat("http://", service.metadata.name, ".", namespace, f".svc:{cfg.HTTP_PORT}")
+        self.datacenter = pulumi.Output.from_input(cluster.datacenter)
+        self.retry_join = retry_join
+        self.register_outputs(
+            {
+                "namespace": self.namespace,
+                "service_name": self.service_name,
+                "http_address": self.http_address,
+                "datacenter": self.datacenter,
+                "retry_join": self.retry_join,
+            }
+        )
+
+    @staticmethod
+    def _pod_spec(
+        full_name: str,
+        labels: Labels,
+        cluster: ClusterSpec,
+        spec: ServerSpec,
+        service_account: pulumi.Input[str],
+        config_map: pulumi.Input[str],
+    ) -> core.PodSpecArgs:
+        local_http = f"http://127.0.0.1:{cfg.HTTP_PORT}"
+        return core.PodSpecArgs(
+            service_account_name=service_account,
+            automount_service_account_token=False,
+            termination_grace_period_seconds=30,
+            security_context=pods.pod_security_context(),
+            priority_class_name=spec.priority_class_name,
+            node_selector=dict(spec.node_selector) or None,
+            tolerations=pods.tolerations(spec.tolerations) or None,
+            affinity=_anti_affinity(labels, spec.anti_affinity),
+            topology_spread_constraints=_zone_spread(labels, spec.zone_spread),
+            volumes=[
+                core.VolumeArgs(name="config", config_map=core.ConfigMapVolumeSourceArgs(name=config_map)),
+                core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
+            ],
+            containers=[
+                core.ContainerArgs(
+                    name="consul",
+                    image=cluster.image,
+                    command=["consul"],
+                    args=["agent", f"-config-dir={cfg.CONFIG_DIR}", "-advertise=$(POD_IP)", "-node=$(POD_NAME)"],
+                    env=[
+                        pods.field_env("POD_IP", "status.podIP"),
+                        pods.field_env("POD_NAME", "metadata.name"),
+                        core.EnvVarArgs(name="CONSUL_DISABLE_PERM_MGMT", value="true"),
+                    ],
+                    ports=[
+                        core.ContainerPortArgs(name=port_name, container_port=port, protocol=protocol)
+                        for port_name, port, protocol in server_ports()
+                    ],
+                    readiness_probe=pods.leader_readiness_probe(local_http),
+                    # Answers 200 with or without a leader: restarts only an agent whose HTTP
+                    # server hangs, never one that is waiting out an election.
+                    liveness_probe=core.ProbeArgs(
+                        http_get=core.HTTPGetActionArgs(path="/v1/status/leader", port=cfg.HTTP_PORT),
+                        initial_delay_seconds=30,
+                        period_seconds=10,
+                        timeout_seconds=5,
+                        failure_threshold=6,
+                    ),
+                    resources=pods.resource_requirements(spec.resources),
+                    security_context=pods.container_security_context(),
+                    volume_mounts=[
+                        core.VolumeMountArgs(name="data", mount_path=cfg.DATA_DIR),
+                        core.VolumeMountArgs(name="config", mount_path=cfg.CONFIG_DIR, read_only=True),
+                        core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                    ],
+                )
+            ],
+        )
+
+
+def _anti_affinity(labels: Labels, placement: Placement) -> core.AffinityArgs:
+    term = core.PodAffinityTermArgs(
+        label_selector=meta.LabelSelectorArgs(match_labels=labels.selector),
+        topology_key=HOSTNAME_TOPOLOGY,
+    )
+    if placement is Placement.REQUIRED:
+        rule = core.PodAntiAffinityArgs(required_during_scheduling_ignored_during_execution=[term])
+    else:
+        rule = core.PodAntiAffinityArgs(
+            preferred_during_scheduling_ignored_during_execution=[core.WeightedPodAffinityTermArgs(weight=100, pod_affinity_term=term)]
+        )
+    return core.AffinityArgs(pod_anti_affinity=rule)
+
+
+def _zone_spread(labels: Labels, placement: Placement) -> list[core.TopologySpreadConstraintArgs] | None:
+    if placement is Placement.NONE:
+        return None
+    return [
+        core.TopologySpreadConstraintArgs(
+            max_skew=1,
+            topology_key=ZONE_TOPOLOGY,
+            when_unsatisfiable="DoNotSchedule" if placement is Placement.REQUIRED else "ScheduleAnyway",
+            label_selector=meta.LabelSelectorArgs(match_labels=labels.selector),
+        )
+    ]

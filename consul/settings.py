@@ -1,0 +1,372 @@
+"""Stack configuration, read once and validated into typed values before anything is declared.
+
+Every key is declared (type, default, description) in Pulumi.yaml; the Pulumi CLI applies
+those defaults and the stack file, and hands the program strings. This module turns them
+into the typed specs of :mod:`consul.model`, or raises one :class:`SettingsError` naming
+the key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jsonschema
+import pulumi
+
+from .model import ClusterSpec, Placement, Resources, ServerSpec, Toleration
+from .quantity import parse_quantity
+
+PROJECT = "consul"
+
+SERVER_REPLICA_CHOICES = (1, 3, 5, 7)
+OLDEST_SUPPORTED_CONSUL = (1, 16)
+MAX_LABEL = 63
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN_PART = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DATACENTER = re.compile(r"^[a-z0-9_-]+$")
+_IMAGE = re.compile(
+    r"^(?P<repository>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+_RELEASE_TAG = re.compile(r"^v?(?P<major>[0-9]+)\.(?P<minor>[0-9]+)\.(?P<patch>[0-9]+)(?:[-+][A-Za-z0-9.]+)*$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+# Keys of the generated server config that serverExtraConfig may not change: the program
+# derives them from other settings, and a different value would break the cluster.
+MANAGED_SERVER_KEYS = {
+    "server": "it is always true for servers",
+    "bootstrap_expect": "set consul:serverReplicas instead",
+    "datacenter": "set consul:datacenter instead",
+    "domain": "set consul:domain instead",
+    "recursors": "set consul:recursors instead",
+    "data_dir": "the data volume is mounted at /consul/data",
+    "retry_join": "servers join each other by their stable pod DNS names",
+    "ports": "the Services and probes are built for the standard ports",
+    "addresses": "the Services and probes are built for the standard addresses",
+    "bind_addr": "agents bind all pod addresses",
+    "client_addr": "agents bind all pod addresses",
+    "advertise_addr": "agents advertise their pod IP",
+    "node_name": "servers are named after their pods",
+    "leave_on_terminate": "servers leave the cluster when their pod is deleted",
+}
+
+
+class SettingsError(pulumi.RunError):
+    """A stack setting is invalid. The message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        super().__init__(f"invalid {PROJECT}:{key} {_show(value)}: {allowed}")
+
+
+def _show(value: object) -> str:
+    return json.dumps(value, separators=(", ", ": ")) if not isinstance(value, str) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program deploys, validated."""
+
+    namespace: str
+    create_namespace: bool
+    cluster: ClusterSpec
+    servers: ServerSpec
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads raw string values of one stack, converting and checking each key once."""
+
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        self._raw = raw
+        self.read: set[str] = set()
+
+    def _text(self, key: str) -> str:
+        self.read.add(key)
+        if key not in self._raw:
+            raise SettingsError(key, None, "the key is not set; Pulumi.yaml declares its default, so run from the project directory")
+        return self._raw[key]
+
+    def string(self, key: str) -> str:
+        return self._text(key)
+
+    def json(self, key: str, kind: type[T], what: str) -> T:
+        text = self._text(key)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise SettingsError(key, text, f"must be {what} (YAML or JSON in the stack file)") from None
+        if not isinstance(value, kind):
+            raise SettingsError(key, value, f"must be {what}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        text = self._text(key)
+        if text not in ("true", "false"):
+            raise SettingsError(key, text, "must be true or false")
+        return text == "true"
+
+    def integer(self, key: str) -> int:
+        text = self._text(key)
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(key, text, "must be a whole number") from None
+
+    def choice(self, key: str, enum: type[Placement], allowed: tuple[Placement, ...]) -> Placement:
+        text = self._text(key)
+        for option in allowed:
+            if option.value == text:
+                return option
+        names = " or ".join(f'"{o.value}"' for o in allowed)
+        raise SettingsError(key, text, f"must be {names}")
+
+
+def load_settings(raw: Mapping[str, str], warn: Callable[[str], None] = pulumi.log.warn) -> Settings:
+    """Parse and validate the stack's ``consul:*`` settings (bare key -> string value)."""
+    reader = _Reader(raw)
+    settings = Settings(
+        namespace=_namespace(reader),
+        create_namespace=reader.boolean("createNamespace"),
+        cluster=_cluster(reader, warn),
+        servers=_servers(reader),
+    )
+    unknown = sorted(set(raw) - reader.read)
+    if unknown:
+        raise SettingsError(
+            unknown[0], raw[unknown[0]], f"is not a setting of this program; the settings are {', '.join(sorted(reader.read))}"
+        )
+    return settings
+
+
+def _namespace(reader: _Reader) -> str:
+    value = reader.string("namespace")
+    if len(value) > MAX_LABEL or not _DNS_LABEL.match(value):
+        raise SettingsError(
+            "namespace",
+            value,
+            "must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+        )
+    return value
+
+
+def _cluster(reader: _Reader, warn: Callable[[str], None]) -> ClusterSpec:
+    return ClusterSpec(
+        image=_image(reader),
+        datacenter=_datacenter(reader),
+        domain=_domain(reader, warn),
+        recursors=_recursors(reader),
+    )
+
+
+def _image(reader: _Reader) -> str:
+    value = reader.string("image")
+    match = _IMAGE.match(value)
+    if match is None:
+        raise SettingsError("image", value, "must be an image reference such as hashicorp/consul:2.0.3")
+    tag, digest = match["tag"], match["digest"]
+    if digest:
+        return value
+    if tag is None or tag == "latest":
+        raise SettingsError(
+            "image", value, "must be pinned to a release tag (hashicorp/consul:X.Y.Z) or a sha256 digest, never latest or no tag"
+        )
+    release = _RELEASE_TAG.match(tag)
+    if release is None:
+        raise SettingsError(
+            "image", value, "must be pinned to a release tag X.Y.Z (a moving tag such as 1.22 changes under you) or a sha256 digest"
+        )
+    if (int(release["major"]), int(release["minor"])) < OLDEST_SUPPORTED_CONSUL:
+        oldest = ".".join(map(str, OLDEST_SUPPORTED_CONSUL))
+        raise SettingsError(
+            "image", value, f"Consul {tag} is older than {oldest}, the oldest release whose agent config this program writes"
+        )
+    return value
+
+
+def _datacenter(reader: _Reader) -> str:
+    value = reader.string("datacenter")
+    if len(value) > MAX_LABEL or not _DATACENTER.match(value):
+        raise SettingsError("datacenter", value, "must be 1 to 63 lowercase letters, digits, '-' or '_' (Consul refuses other names)")
+    return value
+
+
+def _domain(reader: _Reader, warn: Callable[[str], None]) -> str:
+    value = reader.string("domain")
+    parts = value.rstrip(".").split(".")
+    if not value or len(value) > 253 or not all(len(p) <= MAX_LABEL and _DNS_SUBDOMAIN_PART.match(p) for p in parts):
+        raise SettingsError("domain", value, "must be a lowercase DNS name such as consul or consul.example.internal")
+    if value.rstrip(".") in ("cluster.local", "svc.cluster.local") or value.rstrip(".").endswith(".cluster.local"):
+        warn(
+            f'{PROJECT}:domain "{value}" shadows the Kubernetes DNS suffix cluster.local: forwarding it to Consul breaks Service lookups. Prefer "consul".'
+        )
+    return value
+
+
+def _recursors(reader: _Reader) -> tuple[str, ...]:
+    values = reader.json("recursors", list, "a list of DNS server addresses")
+    for value in values:
+        if not isinstance(value, str) or not _is_address(value):
+            raise SettingsError("recursors", values, f"each entry must be an IP address or IP:port (got {_show(value)})")
+    return tuple(values)
+
+
+def _is_address(text: str) -> bool:
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                return False
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return port is None or (port.isdigit() and 1 <= int(port) <= 65535)
+
+
+def _servers(reader: _Reader) -> ServerSpec:
+    replicas = reader.integer("serverReplicas")
+    if replicas not in SERVER_REPLICA_CHOICES:
+        raise SettingsError(
+            "serverReplicas",
+            replicas,
+            "must be 1, 3, 5 or 7: an odd count, since an even one adds no failure tolerance, and at most 7, since every write waits for a majority",
+        )
+    partition = reader.integer("serverUpdatePartition")
+    if not 0 <= partition <= replicas:
+        raise SettingsError("serverUpdatePartition", partition, f"must be between 0 and consul:serverReplicas ({replicas})")
+    storage_size = reader.string("serverStorageSize")
+    size = parse_quantity(storage_size)
+    if size is None or size <= 0:
+        raise SettingsError("serverStorageSize", storage_size, "must be a positive Kubernetes quantity such as 10Gi")
+    storage_class = reader.string("serverStorageClass")
+    if storage_class and not _is_dns_subdomain(storage_class):
+        raise SettingsError("serverStorageClass", storage_class, "must be empty (the cluster default) or a StorageClass name")
+    priority_class = reader.string("serverPriorityClassName")
+    if priority_class and not _is_dns_subdomain(priority_class):
+        raise SettingsError("serverPriorityClassName", priority_class, "must be empty or a PriorityClass name")
+    return ServerSpec(
+        replicas=replicas,
+        storage_size=storage_size,
+        storage_class=storage_class or None,
+        anti_affinity=reader.choice("serverAntiAffinity", Placement, (Placement.REQUIRED, Placement.PREFERRED)),
+        zone_spread=reader.choice("serverZoneSpread", Placement, tuple(Placement)),
+        update_partition=partition,
+        resources=_resources(reader, "serverResources"),
+        tolerations=_tolerations(reader, "serverTolerations"),
+        node_selector=_node_selector(reader, "serverNodeSelector"),
+        priority_class_name=priority_class or None,
+        extra_config=_extra_config(reader, "serverExtraConfig", MANAGED_SERVER_KEYS),
+    )
+
+
+def _is_dns_subdomain(text: str) -> bool:
+    return len(text) <= 253 and all(_DNS_SUBDOMAIN_PART.match(p) for p in text.split("."))
+
+
+def _resources(reader: _Reader, key: str) -> Resources:
+    value = reader.json(key, dict, "an object {requests: {cpu, memory}, limits: {cpu, memory}}")
+    unknown = set(value) - {"requests", "limits"}
+    if unknown:
+        raise SettingsError(key, value, f"may only have requests and limits (not {', '.join(sorted(unknown))})")
+    parsed: dict[str, dict[str, str]] = {}
+    for part in ("requests", "limits"):
+        entries = value.get(part, {})
+        if not isinstance(entries, dict) or set(entries) - {"cpu", "memory"}:
+            raise SettingsError(key, value, f"{part} must be an object with cpu and/or memory")
+        for resource, quantity in entries.items():
+            amount = parse_quantity(str(quantity))
+            if amount is None or amount <= 0:
+                raise SettingsError(key, value, f"{part}.{resource} must be a positive Kubernetes quantity (got {_show(quantity)})")
+        parsed[part] = {k: str(v) for k, v in entries.items()}
+    for resource, request in parsed["requests"].items():
+        limit = parsed["limits"].get(resource)
+        if limit is not None and parse_quantity(request) > parse_quantity(limit):  # type: ignore[operator]
+            raise SettingsError(key, value, f"requests.{resource} ({request}) may not exceed limits.{resource} ({limit})")
+    return Resources(requests=parsed["requests"], limits=parsed["limits"])
+
+
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _tolerations(reader: _Reader, key: str) -> tuple[Toleration, ...]:
+    values = reader.json(key, list, "a list of tolerations")
+    result = []
+    for item in values:
+        if not isinstance(item, dict):
+            raise SettingsError(key, values, f"each toleration must be an object (got {_show(item)})")
+        unknown = set(item) - _TOLERATION_KEYS
+        if unknown:
+            raise SettingsError(
+                key, values, f"a toleration may only have {', '.join(sorted(_TOLERATION_KEYS))} (not {', '.join(sorted(unknown))})"
+            )
+        operator = item.get("operator", "Equal")
+        if operator not in ("Equal", "Exists"):
+            raise SettingsError(key, values, f'operator must be "Equal" or "Exists" (got {_show(operator)})')
+        if operator == "Exists" and "value" in item:
+            raise SettingsError(key, values, 'a toleration with operator "Exists" takes no value')
+        effect = item.get("effect")
+        if effect is not None and effect not in _EFFECTS:
+            raise SettingsError(key, values, f"effect must be one of {', '.join(_EFFECTS)} (got {_show(effect)})")
+        seconds = item.get("tolerationSeconds")
+        if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool) or effect != "NoExecute"):
+            raise SettingsError(key, values, "tolerationSeconds must be a whole number and goes with effect NoExecute")
+        if "key" not in item and operator != "Exists":
+            raise SettingsError(key, values, 'a toleration without a key must use operator "Exists"')
+        for text_key in ("key", "value"):
+            if text_key in item and not isinstance(item[text_key], str):
+                raise SettingsError(key, values, f"{text_key} must be a string (got {_show(item[text_key])})")
+        result.append(
+            Toleration(key=item.get("key"), operator=operator, value=item.get("value"), effect=effect, toleration_seconds=seconds)
+        )
+    return tuple(result)
+
+
+def _node_selector(reader: _Reader, key: str) -> dict[str, str]:
+    value = reader.json(key, dict, "an object of node label keys to values")
+    for label, text in value.items():
+        if not _LABEL_KEY.match(label) or not isinstance(text, str) or not _LABEL_VALUE.match(text):
+            raise SettingsError(
+                key, value, f"each entry must be a valid label key and string label value (got {_show(label)}: {_show(text)})"
+            )
+    return dict(value)
+
+
+def _extra_config(reader: _Reader, key: str, managed: Mapping[str, str]) -> dict[str, Any]:
+    value = reader.json(key, dict, "a JSON object of Consul agent configuration")
+    for name, why in managed.items():
+        if name in value:
+            raise SettingsError(key, value, f'sets "{name}", which the program manages: {why}')
+    error = jsonschema.exceptions.best_match(agent_config_validator().iter_errors(value))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise SettingsError(key, value, f"is not valid Consul agent configuration at {where}: {error.message}")
+    return dict(value)
+
+
+@cache
+def agent_config_validator() -> jsonschema.protocols.Validator:
+    """The validator for Consul agent config files (Consul's config structs as a JSON Schema)."""
+    schema = json.loads((Path(__file__).parent / "consul-agent-config.schema.json").read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    return validator_class(schema)

@@ -1,0 +1,197 @@
+"""Runs the program under Pulumi mocks with stack config applied the way the CLI applies it.
+
+The CLI gives a program the defaults declared in Pulumi.yaml, overlaid by Pulumi.<stack>.yaml,
+as strings (structured values as JSON). `cli_config` does the same from the same files, so the
+tests never restate a default; a test's overrides go on top.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+
+from consul.program import deploy, main, stack_config
+from consul.settings import PROJECT, load_settings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+UNSET = object()
+
+
+def project_declarations() -> dict[str, dict[str, Any]]:
+    """The ``config:`` block of Pulumi.yaml."""
+    declarations: dict[str, dict[str, Any]] = copy.deepcopy(_read_yaml(PROJECT_DIR / "Pulumi.yaml"))["config"]
+    return declarations
+
+
+def stack_values(stack: str) -> dict[str, Any]:
+    """The ``consul:`` values of Pulumi.<stack>.yaml, by bare key (empty when there is no file)."""
+    path = PROJECT_DIR / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        return {}
+    values = copy.deepcopy(_read_yaml(path)).get("config") or {}
+    return {key.split(":", 1)[1]: value for key, value in values.items() if key.startswith(f"{PROJECT}:")}
+
+
+@functools.cache
+def _read_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def _as_cli_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
+
+
+def cli_config(stack: str, overrides: Mapping[str, Any]) -> dict[str, str]:
+    """``consul:<key>`` -> string, as the CLI hands them to the program."""
+    values = {key: decl["default"] for key, decl in project_declarations().items() if "default" in decl}
+    values.update(stack_values(stack))
+    values.update(overrides)
+    return {f"{PROJECT}:{key}": _as_cli_string(value) for key, value in values.items() if value is not UNSET}
+
+
+@dataclass
+class Declared:
+    """One resource as the engine saw it: type token, name, parent URN and wire-form inputs."""
+
+    typ: str
+    name: str
+    parent: str
+    custom: bool
+    inputs: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.typ.rsplit(":", 1)[-1]
+
+    def manifest(self) -> dict[str, Any]:
+        """The Kubernetes object as kubectl would take it."""
+        group_version = self.typ.split(":", 2)[1]
+        group, version = group_version.rsplit("/", 1)
+        api_version = version if group == "core" else group_version
+        return {"apiVersion": api_version, "kind": self.kind, **self.inputs}
+
+
+class _Recorder(pulumi_mocks.Mocks):
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], None]:
+        return {}, None
+
+
+class _Monitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
+        super().__init__(mocks)
+        self.declared: list[Declared] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            inputs = pulumi.runtime.rpc.deserialize_properties(request.object, keep_unknowns=True)
+            self.declared.append(Declared(request.type, request.name, request.parent, request.custom, _plain(inputs)))
+        return response
+
+
+def _plain(value: Any) -> Any:
+    """Unwrap secret markers and restore whole numbers, so the inputs read like a manifest."""
+    if isinstance(value, dict):
+        if value.get(pulumi.runtime.rpc._special_sig_key) == pulumi.runtime.rpc._special_secret_sig:
+            return _plain(value["value"])
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # the wire carries every number as a float
+    return value
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@dataclass
+class Rendered:
+    """What one run of the program declared."""
+
+    declared: list[Declared]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def kubernetes(self) -> list[Declared]:
+        return [d for d in self.declared if d.typ.startswith("kubernetes:")]
+
+    def of_kind(self, kind: str) -> list[Declared]:
+        return [d for d in self.kubernetes() if d.kind == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        """The inputs of the single object of `kind` (named `name`, when given)."""
+        found = [d for d in self.of_kind(kind) if name is None or d.inputs["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} named {name}, found {[d.name for d in found]}"
+        return found[0].inputs
+
+    def manifests(self) -> Iterator[dict[str, Any]]:
+        for d in self.kubernetes():
+            yield d.manifest()
+
+
+def _start(stack: str, overrides: Mapping[str, Any]) -> tuple[_Monitor, _Warnings]:
+    recorder = _Recorder()
+    monitor = _Monitor(recorder)
+    warnings = _Warnings()
+    logger = logging.getLogger(f"consul-tests-{id(warnings)}")
+    logger.addHandler(warnings)
+    logger.propagate = False
+    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False, logger=logger, monitor=monitor)
+    pulumi.runtime.set_all_config(cli_config(stack, overrides))
+    return monitor, warnings
+
+
+def render(stack: str = "dev", **overrides: Any) -> Rendered:
+    """Run the program for `stack` with `overrides` and return everything it declared."""
+    monitor, warnings = _start(stack, overrides)
+    outputs: dict[str, Any] = {}
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def run() -> pulumi.Output[Any]:
+        settings = load_settings(stack_config(), warn=pulumi.log.warn)
+        return pulumi.Output.all(**deploy(settings)).apply(outputs.update)
+
+    run()
+    return Rendered(list(monitor.declared), outputs, warnings.messages)
+
+
+def run_main(stack: str = "dev", **overrides: Any) -> tuple[Rendered, Exception | None]:
+    """Run the program's entry point as __main__.py does: what it declared, and what it raised."""
+    monitor, warnings = _start(stack, overrides)
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def run() -> None:
+        main()
+
+    error: Exception | None = None
+    try:
+        run()
+    except Exception as raised:  # noqa: BLE001 (the test inspects it)
+        error = raised
+    return Rendered(list(monitor.declared), {}, warnings.messages), error

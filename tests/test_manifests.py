@@ -1,0 +1,83 @@
+"""Every declared object is schema-valid Kubernetes, every pod passes "restricted", every config file is valid Consul."""
+
+from __future__ import annotations
+
+import pytest
+from harness import render
+from validation import agent_config_errors, consul_config_files, pod_specs, restricted_violations, schema_errors
+
+# Stacks and overrides that between them switch every setting away from its default.
+CASES = {
+    "defaults": ("ci-defaults", {}),
+    "dev": ("dev", {}),
+    "prod": ("prod", {}),
+    "everything-set": (
+        "ci-defaults",
+        {
+            "namespace": "platform",
+            "createNamespace": False,
+            "image": "registry.example.com/consul@sha256:" + "b" * 64,
+            "datacenter": "eu_1",
+            "domain": "consul.example.internal",
+            "recursors": ["10.0.0.10", "[2001:db8::53]:53"],
+            "serverReplicas": 7,
+            "serverStorageSize": "100Gi",
+            "serverStorageClass": "fast-ssd",
+            "serverAntiAffinity": "preferred",
+            "serverZoneSpread": "required",
+            "serverUpdatePartition": 7,
+            "serverResources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+            "serverTolerations": [
+                {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
+                {"key": "dedicated", "operator": "Exists"},
+            ],
+            "serverNodeSelector": {"kubernetes.io/os": "linux"},
+            "serverPriorityClassName": "consul-critical",
+            "serverExtraConfig": {"log_level": "debug", "telemetry": {"prometheus_retention_time": "60s"}},
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def rendered(request):
+    stack, overrides = CASES[request.param]
+    return render(stack, **overrides)
+
+
+def test_manifests_are_schema_valid_kubernetes(rendered):
+    errors = [e for m in rendered.manifests() for e in schema_errors(m)]
+    assert errors == []
+
+
+def test_manifests_pods_pass_pod_security_restricted(rendered):
+    specs = list(pod_specs(rendered.manifests()))
+    assert specs
+    assert {name: restricted_violations(spec) for name, spec in specs} == {name: [] for name, _ in specs}
+
+
+def test_manifests_consul_config_files_are_valid(rendered):
+    files = list(consul_config_files(rendered.manifests()))
+    assert files
+    assert {name: agent_config_errors(config) for name, config in files} == {name: [] for name, _ in files}
+
+
+def test_manifests_every_object_has_a_stable_explicit_name(rendered):
+    for declared in rendered.kubernetes():
+        assert declared.inputs["metadata"]["name"] == declared.name
+
+
+def test_validators_can_fail():
+    """The checks above would catch a broken object, a privileged pod and an unknown Consul key."""
+    rendered = render("ci-defaults")
+    statefulset = next(m for m in rendered.manifests() if m["kind"] == "StatefulSet")
+    statefulset["spec"]["podManagmentPolicy"] = "Parallel"
+    assert schema_errors(statefulset)
+    pod = dict(statefulset["spec"]["template"]["spec"])
+    pod["containers"] = [
+        {**pod["containers"][0], "securityContext": {"privileged": True}, "ports": [{"containerPort": 8500, "hostPort": 8500}]}
+    ]
+    assert len(restricted_violations(pod)) >= 4
+    assert agent_config_errors({"bootstrap_expected": 3}) == [
+        "(top): Additional properties are not allowed ('bootstrap_expected' was unexpected)"
+    ]

@@ -1,0 +1,385 @@
+"""ConsulServers: what each setting drives, as default/override pairs, plus the fixed design."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from harness import render
+
+from consul.servers import CONFIG_CHECKSUM_ANNOTATION
+
+SELECTOR = {
+    "app.kubernetes.io/name": "consul",
+    "app.kubernetes.io/instance": "consul",
+    "app.kubernetes.io/component": "server",
+}
+
+
+@pytest.fixture(scope="module")
+def default():
+    """The project defaults alone (a stack without a stack file)."""
+    return render("ci-defaults")
+
+
+def statefulset(rendered):
+    return rendered.one("StatefulSet", "consul-server")
+
+
+def pod(rendered):
+    return statefulset(rendered)["spec"]["template"]["spec"]
+
+
+def container(rendered):
+    (only,) = pod(rendered)["containers"]
+    return only
+
+
+def agent_config(rendered):
+    return json.loads(rendered.one("ConfigMap", "consul-server-config")["data"]["00-agent.json"])
+
+
+# --- namespace -------------------------------------------------------------------------------
+
+
+def test_servers_namespace_default(default):
+    assert {d.inputs["metadata"]["namespace"] for d in default.kubernetes() if d.kind != "Namespace"} == {"consul"}
+    assert default.outputs["namespace"] == "consul"
+
+
+def test_servers_namespace_override():
+    rendered = render("ci-defaults", namespace="platform-consul")
+    assert {d.inputs["metadata"]["namespace"] for d in rendered.kubernetes() if d.kind != "Namespace"} == {"platform-consul"}
+    assert rendered.one("Namespace")["metadata"]["name"] == "platform-consul"
+    assert agent_config(rendered)["retry_join"] == [f"consul-server-{i}.consul-server.platform-consul.svc:8301" for i in range(3)]
+    assert rendered.outputs["httpAddress"] == "http://consul-server.platform-consul.svc:8500"
+
+
+def test_servers_create_namespace_default_enforces_restricted(default):
+    labels = default.one("Namespace", "consul")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["pod-security.kubernetes.io/enforce-version"] == "latest"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+
+
+def test_servers_create_namespace_false_declares_none():
+    rendered = render("ci-defaults", createNamespace=False)
+    assert rendered.of_kind("Namespace") == []
+    assert statefulset(rendered)["metadata"]["namespace"] == "consul"
+
+
+# --- image, datacenter, domain, recursors ------------------------------------------------------
+
+
+def test_servers_image_default(default):
+    assert container(default)["image"] == "hashicorp/consul:2.0.3"
+    assert statefulset(default)["metadata"]["labels"]["app.kubernetes.io/version"] == "2.0.3"
+
+
+def test_servers_image_override():
+    rendered = render("ci-defaults", image="registry.example.com/hashicorp/consul:1.22.7")
+    assert container(rendered)["image"] == "registry.example.com/hashicorp/consul:1.22.7"
+    assert statefulset(rendered)["metadata"]["labels"]["app.kubernetes.io/version"] == "1.22.7"
+
+
+def test_servers_datacenter_default(default):
+    assert agent_config(default)["datacenter"] == "dc1"
+    assert default.outputs["datacenter"] == "dc1"
+
+
+def test_servers_datacenter_override():
+    rendered = render("ci-defaults", datacenter="eu-west_2")
+    assert agent_config(rendered)["datacenter"] == "eu-west_2"
+    assert rendered.outputs["datacenter"] == "eu-west_2"
+
+
+def test_servers_domain_default(default):
+    assert agent_config(default)["domain"] == "consul"
+
+
+def test_servers_domain_override():
+    assert agent_config(render("ci-defaults", domain="consul.example.internal"))["domain"] == "consul.example.internal"
+
+
+def test_servers_recursors_default(default):
+    assert agent_config(default)["recursors"] == []
+
+
+def test_servers_recursors_override():
+    assert agent_config(render("ci-defaults", recursors=["10.0.0.10", "10.0.0.11:53"]))["recursors"] == ["10.0.0.10", "10.0.0.11:53"]
+
+
+# --- replicas and quorum -------------------------------------------------------------------------
+
+
+def test_servers_replicas_default(default):
+    assert statefulset(default)["spec"]["replicas"] == 3
+    config = agent_config(default)
+    assert config["bootstrap_expect"] == 3
+    assert config["autopilot"] == {"cleanup_dead_servers": True, "min_quorum": 2}
+    assert config["retry_join"] == [f"consul-server-{i}.consul-server.consul.svc:8301" for i in range(3)]
+
+
+def test_servers_replicas_override():
+    rendered = render("ci-defaults", serverReplicas=5)
+    assert statefulset(rendered)["spec"]["replicas"] == 5
+    config = agent_config(rendered)
+    assert config["bootstrap_expect"] == 5
+    assert config["autopilot"]["min_quorum"] == 3
+    assert len(config["retry_join"]) == 5
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+def test_servers_storage_default(default):
+    (claim,) = statefulset(default)["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}
+    assert {"name": "data", "mountPath": "/consul/data"} in container(default)["volumeMounts"]
+    assert agent_config(default)["data_dir"] == "/consul/data"
+
+
+def test_servers_storage_override():
+    rendered = render("ci-defaults", serverStorageSize="50Gi", serverStorageClass="fast-ssd")
+    (claim,) = statefulset(rendered)["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+
+
+def test_servers_claims_are_retained(default):
+    assert statefulset(default)["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+# --- placement -----------------------------------------------------------------------------------
+
+
+def test_servers_anti_affinity_default_is_required(default):
+    anti = pod(default)["affinity"]["podAntiAffinity"]
+    assert anti == {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": SELECTOR}, "topologyKey": "kubernetes.io/hostname"}
+        ]
+    }
+
+
+def test_servers_anti_affinity_preferred():
+    anti = pod(render("ci-defaults", serverAntiAffinity="preferred"))["affinity"]["podAntiAffinity"]
+    assert anti == {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": SELECTOR}, "topologyKey": "kubernetes.io/hostname"}}
+        ]
+    }
+
+
+def test_servers_zone_spread_default_is_preferred(default):
+    assert pod(default)["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": SELECTOR},
+        }
+    ]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("required", "DoNotSchedule"), ("none", None)])
+def test_servers_zone_spread_override(value, expected):
+    spread = pod(render("ci-defaults", serverZoneSpread=value)).get("topologySpreadConstraints")
+    assert (spread[0]["whenUnsatisfiable"] if spread else None) == expected
+
+
+def test_servers_tolerations_node_selector_priority_default(default):
+    spec = pod(default)
+    assert "tolerations" not in spec
+    assert "nodeSelector" not in spec
+    assert "priorityClassName" not in spec
+
+
+def test_servers_tolerations_node_selector_priority_override():
+    spec = pod(
+        render(
+            "ci-defaults",
+            serverTolerations=[{"key": "dedicated", "operator": "Equal", "value": "consul", "effect": "NoSchedule"}],
+            serverNodeSelector={"pool": "consul"},
+            serverPriorityClassName="consul-critical",
+        )
+    )
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "consul", "effect": "NoSchedule"}]
+    assert spec["nodeSelector"] == {"pool": "consul"}
+    assert spec["priorityClassName"] == "consul-critical"
+
+
+# --- updates -------------------------------------------------------------------------------------
+
+
+def test_servers_update_partition_default(default):
+    assert statefulset(default)["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}
+
+
+def test_servers_update_partition_override():
+    strategy = statefulset(render("ci-defaults", serverUpdatePartition=3))["spec"]["updateStrategy"]
+    assert strategy["rollingUpdate"]["partition"] == 3
+
+
+# --- resources -----------------------------------------------------------------------------------
+
+
+def test_servers_resources_default(default):
+    assert container(default)["resources"] == {"requests": {"cpu": "100m", "memory": "200Mi"}, "limits": {"cpu": "1", "memory": "200Mi"}}
+
+
+def test_servers_resources_override():
+    resources = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+    assert container(render("ci-defaults", serverResources=resources))["resources"] == resources
+
+
+# --- extra config ----------------------------------------------------------------------------------
+
+
+def test_servers_extra_config_default_writes_one_file(default):
+    assert set(default.one("ConfigMap", "consul-server-config")["data"]) == {"00-agent.json"}
+
+
+def test_servers_extra_config_override_is_loaded_last():
+    data = render("ci-defaults", serverExtraConfig={"log_level": "debug", "telemetry": {"disable_hostname": True}}).one(
+        "ConfigMap", "consul-server-config"
+    )["data"]
+    assert sorted(data) == ["00-agent.json", "90-extra.json"]
+    assert json.loads(data["90-extra.json"]) == {"log_level": "debug", "telemetry": {"disable_hostname": True}}
+
+
+# --- the fixed design ------------------------------------------------------------------------------
+
+
+def test_servers_statefulset_design(default):
+    spec = statefulset(default)["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == "consul-server"
+    assert spec["selector"] == {"matchLabels": SELECTOR}
+    assert default.one("StatefulSet")["apiVersion"] == "apps/v1"
+
+
+def test_servers_headless_service_publishes_not_ready_and_names_every_port(default):
+    service = default.one("Service", "consul-server")["spec"]
+    assert service["clusterIP"] == "None"
+    assert service["publishNotReadyAddresses"] is True
+    assert service["selector"] == SELECTOR
+    assert {(p["name"], p["port"], p["protocol"]) for p in service["ports"]} == {
+        ("http", 8500, "TCP"),
+        ("server", 8300, "TCP"),
+        ("serflan-tcp", 8301, "TCP"),
+        ("serflan-udp", 8301, "UDP"),
+        ("serfwan-tcp", 8302, "TCP"),
+        ("serfwan-udp", 8302, "UDP"),
+        ("dns-tcp", 8600, "TCP"),
+        ("dns-udp", 8600, "UDP"),
+    }
+    container_ports = {p["name"] for p in container(default)["ports"]}
+    assert {p["targetPort"] for p in service["ports"]} <= container_ports
+
+
+def test_servers_agent_config_design(default):
+    config = agent_config(default)
+    assert config["server"] is True
+    assert config["leave_on_terminate"] is True
+    assert config["performance"] == {"raft_multiplier": 1}
+    assert config["ui_config"] == {"enabled": True}
+    assert config["bind_addr"] == "0.0.0.0"
+    assert config["client_addr"] == "0.0.0.0"
+
+
+def test_servers_advertise_pod_ip_and_no_leave_prestop(default):
+    c = container(default)
+    assert c["command"] == ["consul"]
+    assert c["args"] == ["agent", "-config-dir=/consul/config", "-advertise=$(POD_IP)", "-node=$(POD_NAME)"]
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
+    assert "lifecycle" not in c
+    assert pod(default)["terminationGracePeriodSeconds"] == 30
+
+
+def test_servers_probes(default):
+    c = container(default)
+    assert c["readinessProbe"]["exec"]["command"] == [
+        "/bin/sh",
+        "-ec",
+        "curl -s http://127.0.0.1:8500/v1/status/leader 2>/dev/null | grep -E '\".+\"'",
+    ]
+    assert (c["readinessProbe"]["periodSeconds"], c["readinessProbe"]["failureThreshold"]) == (3, 2)
+    # Liveness must not depend on a leader: /v1/status/leader answers 200 with "" during elections.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v1/status/leader", "port": 8500}
+    assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 60
+
+
+def test_servers_security_context(default):
+    spec = pod(default)
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 100,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container(default)["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert {"name": "CONSUL_DISABLE_PERM_MGMT", "value": "true"} in container(default)["env"]
+
+
+def test_servers_disruption_budget_allows_one_drain(default):
+    pdb = default.one("PodDisruptionBudget", "consul-server")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": SELECTOR}}
+
+
+def test_servers_service_account(default):
+    account = default.one("ServiceAccount", "consul-server")
+    assert account["automountServiceAccountToken"] is False
+    assert pod(default)["serviceAccountName"] == "consul-server"
+
+
+def test_servers_config_checksum_annotation_follows_config(default):
+    data = default.one("ConfigMap", "consul-server-config")["data"]
+    annotation = statefulset(default)["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION]
+    assert annotation == hashlib.sha256(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n").hexdigest()
+    changed = render("ci-defaults", datacenter="dc2")
+    assert statefulset(changed)["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION] != annotation
+
+
+def test_servers_recommended_labels_everywhere(default):
+    for declared in default.kubernetes():
+        if declared.kind == "Namespace":
+            continue
+        labels = declared.inputs["metadata"]["labels"]
+        assert labels == {
+            **SELECTOR,
+            "app.kubernetes.io/part-of": "consul",
+            "app.kubernetes.io/managed-by": "pulumi",
+            "app.kubernetes.io/version": "2.0.3",
+        }, declared.name
+
+
+def test_servers_children_are_parented_and_named_from_the_component(default):
+    (component,) = [d for d in default.declared if d.typ == "consul:index:ConsulServers"]
+    assert component.name == "consul"
+    children = [d for d in default.kubernetes() if d.kind != "Namespace"]
+    assert {d.kind for d in children} == {"ServiceAccount", "ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"}
+    for child in children:
+        assert child.parent.endswith("consul:index:ConsulServers::consul"), child.name
+        assert child.name.startswith("consul-server")
+        assert child.inputs["metadata"]["name"] == child.name
+
+
+def test_servers_outputs(default):
+    assert default.outputs == {
+        "namespace": "consul",
+        "datacenter": "dc1",
+        "serverServiceName": "consul-server",
+        "httpAddress": "http://consul-server.consul.svc:8500",
+    }

@@ -1,0 +1,304 @@
+"""Settings: bad input fails with one exact message, before anything is declared."""
+
+from __future__ import annotations
+
+import pytest
+from harness import UNSET, cli_config, run_main
+
+from consul.model import ClusterSpec, Placement, Resources, ServerSpec, Toleration
+from consul.settings import SettingsError, load_settings
+
+
+def settings_for(stack: str = "dev", **overrides: object):
+    raw = {k.split(":", 1)[1]: v for k, v in cli_config(stack, overrides).items()}
+    warnings: list[str] = []
+    return load_settings(raw, warn=warnings.append), warnings
+
+
+def test_settings_defaults_come_from_pulumi_yaml():
+    settings, warnings = settings_for("no-such-stack")
+    assert settings.namespace == "consul"
+    assert settings.create_namespace is True
+    assert settings.cluster == ClusterSpec(image="hashicorp/consul:2.0.3", datacenter="dc1", domain="consul", recursors=())
+    assert settings.servers == ServerSpec(
+        replicas=3,
+        storage_size="10Gi",
+        storage_class=None,
+        anti_affinity=Placement.REQUIRED,
+        zone_spread=Placement.PREFERRED,
+        update_partition=0,
+        resources=Resources(requests={"cpu": "100m", "memory": "200Mi"}, limits={"cpu": "1", "memory": "200Mi"}),
+        tolerations=(),
+        node_selector={},
+        priority_class_name=None,
+        extra_config={},
+    )
+    assert warnings == []
+
+
+def test_settings_dev_stack_overrides_defaults():
+    settings, _ = settings_for("dev")
+    assert settings.namespace == "consul-dev"
+    assert settings.servers.replicas == 1
+    assert settings.servers.anti_affinity is Placement.PREFERRED
+
+
+def test_settings_component_defaults_match_pulumi_yaml():
+    settings, _ = settings_for("no-such-stack")
+    assert settings.cluster == ClusterSpec()
+    assert settings.servers == ServerSpec()
+
+
+def test_settings_parses_structured_values():
+    settings, _ = settings_for(
+        serverTolerations=[{"key": "dedicated", "operator": "Equal", "value": "consul", "effect": "NoExecute", "tolerationSeconds": 30}],
+        serverNodeSelector={"node-role.example.com/consul": "true"},
+        recursors=["1.1.1.1", "10.0.0.10:53", "[2001:db8::1]:5353", "2001:db8::2"],
+    )
+    assert settings.servers.tolerations == (Toleration("dedicated", "Equal", "consul", "NoExecute", 30),)
+    assert settings.servers.node_selector == {"node-role.example.com/consul": "true"}
+    assert settings.cluster.recursors == ("1.1.1.1", "10.0.0.10:53", "[2001:db8::1]:5353", "2001:db8::2")
+
+
+def test_settings_warns_on_cluster_local_domain():
+    settings, warnings = settings_for(domain="cluster.local")
+    assert settings.cluster.domain == "cluster.local"
+    assert warnings == [
+        'consul:domain "cluster.local" shadows the Kubernetes DNS suffix cluster.local: forwarding it to Consul breaks Service lookups. Prefer "consul".'
+    ]
+
+
+def test_settings_accepts_digest_pinned_image():
+    digest = "sha256:" + "a" * 64
+    settings, _ = settings_for(image=f"registry.example.com:5000/hashicorp/consul@{digest}")
+    assert settings.cluster.image == f"registry.example.com:5000/hashicorp/consul@{digest}"
+    assert settings.cluster.version == "digest"
+
+
+INVALID = [
+    (
+        "serverReplicas",
+        4,
+        "invalid consul:serverReplicas 4: must be 1, 3, 5 or 7: an odd count, since an even one adds no failure tolerance, and at most 7, since every write waits for a majority",
+    ),
+    (
+        "serverReplicas",
+        0,
+        "invalid consul:serverReplicas 0: must be 1, 3, 5 or 7: an odd count, since an even one adds no failure tolerance, and at most 7, since every write waits for a majority",
+    ),
+    (
+        "serverReplicas",
+        -3,
+        "invalid consul:serverReplicas -3: must be 1, 3, 5 or 7: an odd count, since an even one adds no failure tolerance, and at most 7, since every write waits for a majority",
+    ),
+    (
+        "serverReplicas",
+        9,
+        "invalid consul:serverReplicas 9: must be 1, 3, 5 or 7: an odd count, since an even one adds no failure tolerance, and at most 7, since every write waits for a majority",
+    ),
+    ("serverReplicas", "three", 'invalid consul:serverReplicas "three": must be a whole number'),
+    (
+        "namespace",
+        "Consul_NS",
+        "invalid consul:namespace \"Consul_NS\": must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+    ),
+    (
+        "namespace",
+        "a" * 64,
+        f"invalid consul:namespace \"{'a' * 64}\": must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+    ),
+    (
+        "namespace",
+        "-consul",
+        "invalid consul:namespace \"-consul\": must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+    ),
+    ("createNamespace", "yes", 'invalid consul:createNamespace "yes": must be true or false'),
+    ("serverStorageSize", "10GB", 'invalid consul:serverStorageSize "10GB": must be a positive Kubernetes quantity such as 10Gi'),
+    ("serverStorageSize", "0", 'invalid consul:serverStorageSize "0": must be a positive Kubernetes quantity such as 10Gi'),
+    ("serverStorageSize", "ten", 'invalid consul:serverStorageSize "ten": must be a positive Kubernetes quantity such as 10Gi'),
+    (
+        "serverStorageClass",
+        "Fast SSD",
+        'invalid consul:serverStorageClass "Fast SSD": must be empty (the cluster default) or a StorageClass name',
+    ),
+    ("serverAntiAffinity", "soft", 'invalid consul:serverAntiAffinity "soft": must be "required" or "preferred"'),
+    ("serverAntiAffinity", "none", 'invalid consul:serverAntiAffinity "none": must be "required" or "preferred"'),
+    ("serverZoneSpread", "always", 'invalid consul:serverZoneSpread "always": must be "none" or "preferred" or "required"'),
+    (
+        "image",
+        "hashicorp/consul",
+        'invalid consul:image "hashicorp/consul": must be pinned to a release tag (hashicorp/consul:X.Y.Z) or a sha256 digest, never latest or no tag',
+    ),
+    (
+        "image",
+        "hashicorp/consul:latest",
+        'invalid consul:image "hashicorp/consul:latest": must be pinned to a release tag (hashicorp/consul:X.Y.Z) or a sha256 digest, never latest or no tag',
+    ),
+    (
+        "image",
+        "hashicorp/consul:1.22",
+        'invalid consul:image "hashicorp/consul:1.22": must be pinned to a release tag X.Y.Z (a moving tag such as 1.22 changes under you) or a sha256 digest',
+    ),
+    (
+        "image",
+        "consul:1.4.2",
+        'invalid consul:image "consul:1.4.2": Consul 1.4.2 is older than 1.16, the oldest release whose agent config this program writes',
+    ),
+    (
+        "image",
+        "Hashicorp/Consul:2.0.3",
+        'invalid consul:image "Hashicorp/Consul:2.0.3": must be an image reference such as hashicorp/consul:2.0.3',
+    ),
+    (
+        "image",
+        "hashicorp/consul:2.0.3 ",
+        'invalid consul:image "hashicorp/consul:2.0.3 ": must be an image reference such as hashicorp/consul:2.0.3',
+    ),
+    ("serverUpdatePartition", 4, "invalid consul:serverUpdatePartition 4: must be between 0 and consul:serverReplicas (1)"),
+    ("serverUpdatePartition", -1, "invalid consul:serverUpdatePartition -1: must be between 0 and consul:serverReplicas (1)"),
+    (
+        "datacenter",
+        "DC1",
+        "invalid consul:datacenter \"DC1\": must be 1 to 63 lowercase letters, digits, '-' or '_' (Consul refuses other names)",
+    ),
+    (
+        "datacenter",
+        "dc.1",
+        "invalid consul:datacenter \"dc.1\": must be 1 to 63 lowercase letters, digits, '-' or '_' (Consul refuses other names)",
+    ),
+    (
+        "datacenter",
+        "",
+        "invalid consul:datacenter \"\": must be 1 to 63 lowercase letters, digits, '-' or '_' (Consul refuses other names)",
+    ),
+    ("domain", "Consul", 'invalid consul:domain "Consul": must be a lowercase DNS name such as consul or consul.example.internal'),
+    (
+        "domain",
+        "consul..internal",
+        'invalid consul:domain "consul..internal": must be a lowercase DNS name such as consul or consul.example.internal',
+    ),
+    (
+        "recursors",
+        ["8.8.8.8", "dns.google"],
+        'invalid consul:recursors ["8.8.8.8", "dns.google"]: each entry must be an IP address or IP:port (got "dns.google")',
+    ),
+    (
+        "recursors",
+        ["10.0.0.1:99999"],
+        'invalid consul:recursors ["10.0.0.1:99999"]: each entry must be an IP address or IP:port (got "10.0.0.1:99999")',
+    ),
+    ("recursors", "8.8.8.8", 'invalid consul:recursors "8.8.8.8": must be a list of DNS server addresses (YAML or JSON in the stack file)'),
+    ("recursors", {"a": 1}, 'invalid consul:recursors {"a": 1}: must be a list of DNS server addresses'),
+    ("serverExtraConfig", [1], "invalid consul:serverExtraConfig [1]: must be a JSON object of Consul agent configuration"),
+    (
+        "serverExtraConfig",
+        "not json",
+        'invalid consul:serverExtraConfig "not json": must be a JSON object of Consul agent configuration (YAML or JSON in the stack file)',
+    ),
+    (
+        "serverExtraConfig",
+        {"raft_multipler": 5},
+        "invalid consul:serverExtraConfig {\"raft_multipler\": 5}: is not valid Consul agent configuration at (top level): Additional properties are not allowed ('raft_multipler' was unexpected)",
+    ),
+    (
+        "serverExtraConfig",
+        {"performance": {"raft_multiplier": "1"}},
+        'invalid consul:serverExtraConfig {"performance": {"raft_multiplier": "1"}}: is not valid Consul agent configuration at performance/raft_multiplier: \'1\' is not of type \'integer\'',
+    ),
+    (
+        "serverExtraConfig",
+        {"bootstrap_expect": 5},
+        'invalid consul:serverExtraConfig {"bootstrap_expect": 5}: sets "bootstrap_expect", which the program manages: set consul:serverReplicas instead',
+    ),
+    (
+        "serverResources",
+        {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}},
+        'invalid consul:serverResources {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}: requests.cpu (2) may not exceed limits.cpu (1)',
+    ),
+    (
+        "serverResources",
+        {"requests": {"memory": "lots"}},
+        'invalid consul:serverResources {"requests": {"memory": "lots"}}: requests.memory must be a positive Kubernetes quantity (got "lots")',
+    ),
+    (
+        "serverResources",
+        {"requests": {"gpu": "1"}},
+        'invalid consul:serverResources {"requests": {"gpu": "1"}}: requests must be an object with cpu and/or memory',
+    ),
+    ("serverResources", {"request": {}}, 'invalid consul:serverResources {"request": {}}: may only have requests and limits (not request)'),
+    (
+        "serverTolerations",
+        [{"key": "a", "operator": "In"}],
+        'invalid consul:serverTolerations [{"key": "a", "operator": "In"}]: operator must be "Equal" or "Exists" (got "In")',
+    ),
+    (
+        "serverTolerations",
+        [{"key": "a", "effect": "NoRun"}],
+        'invalid consul:serverTolerations [{"key": "a", "effect": "NoRun"}]: effect must be one of NoSchedule, PreferNoSchedule, NoExecute (got "NoRun")',
+    ),
+    (
+        "serverTolerations",
+        [{"key": "a", "tolerationSeconds": 5}],
+        'invalid consul:serverTolerations [{"key": "a", "tolerationSeconds": 5}]: tolerationSeconds must be a whole number and goes with effect NoExecute',
+    ),
+    (
+        "serverTolerations",
+        [{"keys": "a"}],
+        'invalid consul:serverTolerations [{"keys": "a"}]: a toleration may only have effect, key, operator, tolerationSeconds, value (not keys)',
+    ),
+    (
+        "serverTolerations",
+        [{"operator": "Equal", "value": "x"}],
+        'invalid consul:serverTolerations [{"operator": "Equal", "value": "x"}]: a toleration without a key must use operator "Exists"',
+    ),
+    (
+        "serverTolerations",
+        ["dedicated"],
+        'invalid consul:serverTolerations ["dedicated"]: each toleration must be an object (got "dedicated")',
+    ),
+    (
+        "serverNodeSelector",
+        {"role": 1},
+        'invalid consul:serverNodeSelector {"role": 1}: each entry must be a valid label key and string label value (got "role": 1)',
+    ),
+    (
+        "serverNodeSelector",
+        {"bad key!": "x"},
+        'invalid consul:serverNodeSelector {"bad key!": "x"}: each entry must be a valid label key and string label value (got "bad key!": "x")',
+    ),
+    (
+        "serverPriorityClassName",
+        "High Priority",
+        'invalid consul:serverPriorityClassName "High Priority": must be empty or a PriorityClass name',
+    ),
+    ("serverReplica", 3, None),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), INVALID, ids=[f"{k}={v!r}"[:60] for k, v, _ in INVALID])
+def test_settings_invalid_value_fails_before_anything_is_declared(key, value, message):
+    rendered, error = run_main("dev", **{key: value})
+    assert isinstance(error, SettingsError)
+    if message is None:  # an unknown key: the message lists every setting
+        assert str(error).startswith(f'invalid consul:{key} "{value}": is not a setting of this program; the settings are ')
+    else:
+        assert str(error) == message
+    assert error.key == key
+    assert rendered.declared == []
+
+
+def test_settings_missing_key_names_it():
+    rendered, error = run_main("dev", datacenter=UNSET)
+    assert (
+        str(error)
+        == "invalid consul:datacenter null: the key is not set; Pulumi.yaml declares its default, so run from the project directory"
+    )
+    assert rendered.declared == []
+
+
+def test_settings_error_is_a_clean_run_error():
+    """RunError makes the CLI print the message alone, without a Python traceback."""
+    import pulumi
+
+    with pytest.raises(pulumi.RunError):
+        settings_for(serverReplicas=2)

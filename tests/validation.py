@@ -1,0 +1,79 @@
+"""Checks shared by the tests: Kubernetes OpenAPI schemas, Pod Security "restricted", Consul config."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import kubernetes_validate
+
+from consul.settings import agent_config_validator
+
+# The oldest Kubernetes we support and the newest whose schemas kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
+_ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def schema_errors(manifest: dict[str, Any]) -> list[str]:
+    """Strict OpenAPI validation of one object against every supported Kubernetes version."""
+    errors = []
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            errors.append(f"{version} {manifest['kind']}/{manifest['metadata'].get('name')}: {error.message} at {list(error.path)}")
+    return errors
+
+
+def pod_specs(manifests: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for m in manifests:
+        template = m.get("spec", {}).get("template") if m["kind"] in ("StatefulSet", "DaemonSet", "Deployment", "Job") else None
+        if template:
+            yield f"{m['kind']}/{m['metadata']['name']}", template["spec"]
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What Pod Security Standards "restricted" (latest) would refuse in a pod spec."""
+    problems = []
+    pod_context = pod.get("securityContext", {})
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        problems.append("host namespaces")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= _ALLOWED_VOLUMES:
+            problems.append(f"volume {volume['name']} of type {kinds}")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        context = c.get("securityContext", {})
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c['name']}: allowPrivilegeEscalation must be false")
+        if context.get("privileged"):
+            problems.append(f"{c['name']}: privileged")
+        if context.get("capabilities", {}).get("drop") != ["ALL"] or set(context.get("capabilities", {}).get("add", [])) - {
+            "NET_BIND_SERVICE"
+        }:
+            problems.append(f"{c['name']}: capabilities must drop ALL")
+        if not (context.get("runAsNonRoot") or pod_context.get("runAsNonRoot")):
+            problems.append(f"{c['name']}: runAsNonRoot")
+        if 0 in (context.get("runAsUser"), pod_context.get("runAsUser")):
+            problems.append(f"{c['name']}: runAsUser 0")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{c['name']}: seccompProfile")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            problems.append(f"{c['name']}: hostPort")
+    return problems
+
+
+def consul_config_files(manifests: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every Consul agent config file in the declared ConfigMaps (keys ending in .json)."""
+    for m in manifests:
+        if m["kind"] == "ConfigMap":
+            for key, text in m.get("data", {}).items():
+                if key.endswith(".json"):
+                    yield f"{m['metadata']['name']}/{key}", json.loads(text)
+
+
+def agent_config_errors(config: dict[str, Any]) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in agent_config_validator().iter_errors(config)]
