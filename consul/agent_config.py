@@ -9,6 +9,7 @@ from typing import Any
 
 from .model import ClusterSpec, ServerSpec
 
+CHECKSUM_ANNOTATION = "consul.hashicorp.com/config-checksum"
 DATA_DIR = "/consul/data"
 CONFIG_DIR = "/consul/config"
 GENERATED_FILE = "00-agent.json"
@@ -44,6 +45,30 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequenc
         "performance": {"raft_multiplier": 1},
         "autopilot": {"cleanup_dead_servers": True, "min_quorum": servers.replicas // 2 + 1},
         "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "server": SERVER_RPC_PORT, "serf_lan": SERF_LAN_PORT, "serf_wan": SERF_WAN_PORT},
+    }
+
+
+def client_config(cluster: ClusterSpec, retry_join: Sequence[str]) -> dict[str, Any]:
+    """The generated config of every client agent.
+
+    ``retry_join`` runs only while an agent starts (consul #3902): the client liveness probe
+    restarts an agent that has seen no leader for minutes, so it joins again by DNS name.
+    ``leave_on_terminate`` deregisters a deleted agent's services with it; ``rejoin_after_leave``
+    lets a restarted agent take its place again.
+    """
+    return {
+        "server": False,
+        "datacenter": cluster.datacenter,
+        "domain": cluster.domain,
+        "recursors": list(cluster.recursors),
+        "data_dir": DATA_DIR,
+        "bind_addr": "0.0.0.0",
+        "client_addr": "0.0.0.0",
+        "retry_join": list(retry_join),
+        "leave_on_terminate": True,
+        "rejoin_after_leave": True,
+        "disable_update_check": True,
+        "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "serf_lan": SERF_LAN_PORT},
     }
 
 

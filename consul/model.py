@@ -16,6 +16,22 @@ class Placement(enum.Enum):
     REQUIRED = "required"
 
 
+class ClientMode(enum.Enum):
+    """How client agents are run."""
+
+    DAEMONSET = "daemonset"
+    STATEFULSET = "statefulset"
+
+
+class UiServiceType(enum.Enum):
+    """How the UI Service is exposed; NONE declares no UI Service."""
+
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+    NONE = "None"
+
+
 @dataclass(frozen=True)
 class Resources:
     """Container resources: `requests` and `limits`, each a map of resource name (cpu, memory) to quantity."""
@@ -75,3 +91,45 @@ class ServerSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     priority_class_name: str | None = None
     extra_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UiSpec:
+    """The UI Service in front of the servers. Defaults: ClusterIP, no annotations."""
+
+    service_type: UiServiceType = UiServiceType.CLUSTER_IP
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """The Consul client tier.
+
+    Defaults: one agent per node (DaemonSet); ``replicas`` (3) is used only in StatefulSet
+    mode; workloads reach their node's agent through a node-local Service (no host ports, no
+    host network); chart-sized resources; no tolerations, node selector or extra config.
+    """
+
+    mode: ClientMode = ClientMode.DAEMONSET
+    replicas: int = 3
+    host_ports: bool = False
+    host_network: bool = False
+    resources: Resources = field(
+        default_factory=lambda: Resources(requests={"cpu": "100m", "memory": "100Mi"}, limits={"cpu": "500m", "memory": "100Mi"})
+    )
+    tolerations: tuple[Toleration, ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    extra_config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def uses_host_namespace(self) -> bool:
+        """Host ports or host network: the pods need a Pod Security level above "restricted"."""
+        return self.host_ports or self.host_network
+
+
+@dataclass(frozen=True)
+class DnsSpec:
+    """The DNS Service (53 -> 8600, UDP and TCP). Defaults: declared, cluster-assigned IP."""
+
+    enabled: bool = True
+    cluster_ip: str | None = None

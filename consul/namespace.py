@@ -6,19 +6,25 @@ import pulumi
 import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.meta.v1 as meta
 
-# Every pod this program declares passes Pod Security "restricted"; enforcing it on the
-# namespace keeps anything else deployed there to the same bar.
-POD_SECURITY_LABELS = {
-    f"pod-security.kubernetes.io/{mode}{suffix}": value
-    for mode in ("enforce", "audit", "warn")
-    for suffix, value in (("", "restricted"), ("-version", "latest"))
-}
+
+def pod_security_labels(enforce: str) -> dict[str, str]:
+    """Pod Security admission labels: enforce `enforce`, and always audit and warn on "restricted"."""
+    levels = {"enforce": enforce, "audit": "restricted", "warn": "restricted"}
+    labels = {}
+    for mode, level in levels.items():
+        labels[f"pod-security.kubernetes.io/{mode}"] = level
+        labels[f"pod-security.kubernetes.io/{mode}-version"] = "latest"
+    return labels
 
 
-def restricted_namespace(name: str, labels: dict[str, str], opts: pulumi.ResourceOptions | None = None) -> core.Namespace:
-    """A namespace labelled to enforce, audit and warn on Pod Security "restricted"."""
+def consul_namespace(name: str, labels: dict[str, str], *, host_access: bool, opts: pulumi.ResourceOptions | None = None) -> core.Namespace:
+    """The namespace, enforcing Pod Security "restricted", which every pod we declare passes.
+
+    With ``host_access`` (client agents on host ports or the host network, which every level
+    but "privileged" forbids) it enforces "privileged" and keeps warning on "restricted".
+    """
     return core.Namespace(
         name,
-        metadata=meta.ObjectMetaArgs(name=name, labels={**labels, **POD_SECURITY_LABELS}),
+        metadata=meta.ObjectMetaArgs(name=name, labels={**labels, **pod_security_labels("privileged" if host_access else "restricted")}),
         opts=opts,
     )

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pulumi
 import pulumi_kubernetes.core.v1 as core
+import pulumi_kubernetes.meta.v1 as meta
 
-from .model import Resources, Toleration
+from .agent_config import CONFIG_DIR, DATA_DIR
+from .labels import Labels
+from .model import Placement, Resources, Toleration
+
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+ZONE_TOPOLOGY = "topology.kubernetes.io/zone"
 
 CONSUL_UID = 100
 CONSUL_GID = 1000
@@ -70,6 +77,86 @@ def exec_probe(command: str, *, period: int, failure_threshold: int, initial_del
     )
 
 
+def leader_check(http_url: str) -> str:
+    """A shell check that passes when the agent knows a leader (/v1/status/leader is a quoted address)."""
+    return f"curl -s {http_url}/v1/status/leader 2>/dev/null | grep -E '\".+\"'"
+
+
 def leader_readiness_probe(http_url: str) -> core.ProbeArgs:
-    """Ready means "this agent sees a leader": /v1/status/leader returns a quoted address."""
-    return exec_probe(f"curl -s {http_url}/v1/status/leader 2>/dev/null | grep -E '\".+\"'", period=3, failure_threshold=2, initial_delay=5)
+    """Ready means "this agent sees a leader"."""
+    return exec_probe(leader_check(http_url), period=3, failure_threshold=2, initial_delay=5)
+
+
+def agent_volumes(config_map: pulumi.Input[str], *, data_on_empty_dir: bool) -> list[core.VolumeArgs]:
+    """The config dir from a ConfigMap, a scratch /tmp, and (for clients) data on an emptyDir."""
+    volumes = [
+        core.VolumeArgs(name="config", config_map=core.ConfigMapVolumeSourceArgs(name=config_map)),
+        core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
+    ]
+    if data_on_empty_dir:
+        volumes.insert(0, core.VolumeArgs(name="data", empty_dir=core.EmptyDirVolumeSourceArgs()))
+    return volumes
+
+
+def agent_container(
+    image: str,
+    *,
+    node_name: str,
+    ports: Sequence[core.ContainerPortArgs],
+    readiness_probe: core.ProbeArgs,
+    liveness_probe: core.ProbeArgs,
+    resources: Resources,
+    env: Sequence[core.EnvVarArgs] = (),
+) -> core.ContainerArgs:
+    """The consul agent container: config from the config dir, advertising the pod IP, non-root."""
+    return core.ContainerArgs(
+        name="consul",
+        image=image,
+        command=["consul"],
+        args=["agent", f"-config-dir={CONFIG_DIR}", "-advertise=$(POD_IP)", f"-node={node_name}"],
+        env=[
+            field_env("POD_IP", "status.podIP"),
+            field_env("POD_NAME", "metadata.name"),
+            *env,
+            core.EnvVarArgs(name="CONSUL_DISABLE_PERM_MGMT", value="true"),
+        ],
+        ports=list(ports),
+        readiness_probe=readiness_probe,
+        liveness_probe=liveness_probe,
+        resources=resource_requirements(resources),
+        security_context=container_security_context(),
+        volume_mounts=[
+            core.VolumeMountArgs(name="data", mount_path=DATA_DIR),
+            core.VolumeMountArgs(name="config", mount_path=CONFIG_DIR, read_only=True),
+            core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+        ],
+    )
+
+
+def node_anti_affinity(labels: Labels, placement: Placement) -> core.AffinityArgs:
+    """Keep pods of one tier on distinct nodes: always (required) or where possible (preferred)."""
+    term = core.PodAffinityTermArgs(
+        label_selector=meta.LabelSelectorArgs(match_labels=labels.selector),
+        topology_key=HOSTNAME_TOPOLOGY,
+    )
+    if placement is Placement.REQUIRED:
+        rule = core.PodAntiAffinityArgs(required_during_scheduling_ignored_during_execution=[term])
+    else:
+        rule = core.PodAntiAffinityArgs(
+            preferred_during_scheduling_ignored_during_execution=[core.WeightedPodAffinityTermArgs(weight=100, pod_affinity_term=term)]
+        )
+    return core.AffinityArgs(pod_anti_affinity=rule)
+
+
+def zone_spread(labels: Labels, placement: Placement) -> list[core.TopologySpreadConstraintArgs] | None:
+    """Spread pods of one tier evenly over zones, or None for no constraint."""
+    if placement is Placement.NONE:
+        return None
+    return [
+        core.TopologySpreadConstraintArgs(
+            max_skew=1,
+            topology_key=ZONE_TOPOLOGY,
+            when_unsatisfiable="DoNotSchedule" if placement is Placement.REQUIRED else "ScheduleAnyway",
+            label_selector=meta.LabelSelectorArgs(match_labels=labels.selector),
+        )
+    ]

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+from .clients import ConsulClients, ConsulClientsArgs
 from .labels import APP_NAME
-from .namespace import restricted_namespace
+from .namespace import consul_namespace
 from .servers import ConsulServers, ConsulServersArgs
 from .settings import PROJECT, Settings, load_settings
 
@@ -26,25 +27,46 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
     """Declare every resource for validated settings and return the stack outputs."""
     namespace: pulumi.Input[str] = settings.namespace
     if settings.create_namespace:
-        ns = restricted_namespace(
+        ns = consul_namespace(
             settings.namespace,
             {"app.kubernetes.io/part-of": APP_NAME, "app.kubernetes.io/managed-by": "pulumi"},
+            host_access=settings.clients.uses_host_namespace,
         )
         namespace = ns.metadata.name
     servers = ConsulServers(
         INSTANCE,
-        ConsulServersArgs(namespace=namespace, cluster=settings.cluster, spec=settings.servers),
+        ConsulServersArgs(namespace=namespace, cluster=settings.cluster, spec=settings.servers, ui=settings.ui),
+    )
+    clients = ConsulClients(
+        INSTANCE,
+        ConsulClientsArgs(
+            namespace=namespace,
+            retry_join=servers.retry_join,
+            cluster=settings.cluster,
+            spec=settings.clients,
+            dns=settings.dns,
+        ),
     )
     return {
         "namespace": servers.namespace,
         "datacenter": servers.datacenter,
         "serverServiceName": servers.service_name,
         "httpAddress": servers.http_address,
+        "uiServiceName": servers.ui_service_name,
+        "clientMode": clients.mode,
+        "clientServiceName": clients.service_name,
+        "agentAddress": clients.agent_address,
+        "dnsServiceName": clients.dns_service_name,
     }
 
 
 def main() -> None:
     """Entry point: validation runs to completion before the first resource is declared."""
     settings = load_settings(stack_config())
+    if settings.clients.uses_host_namespace and settings.create_namespace:
+        pulumi.log.warn(
+            f"{PROJECT}:clientHostPorts/clientHostNetwork need host access: namespace {settings.namespace} enforces "
+            'Pod Security "privileged" (and still warns and audits against "restricted").'
+        )
     for key, value in deploy(settings).items():
         pulumi.export(key, value)

@@ -13,11 +13,9 @@ import pulumi_kubernetes.policy.v1 as policy
 from . import agent_config as cfg
 from . import pods
 from .labels import Labels
-from .model import ClusterSpec, Placement, ServerSpec
+from .model import ClusterSpec, ServerSpec, UiServiceType, UiSpec
 
-CONFIG_CHECKSUM_ANNOTATION = "consul.hashicorp.com/config-checksum"
-HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
-ZONE_TOPOLOGY = "topology.kubernetes.io/zone"
+UI_HTTP_PORT = 80
 
 
 @dataclass(frozen=True)
@@ -29,11 +27,13 @@ class ConsulServersArgs:
     cluster: image, datacenter, domain and recursors shared by every agent (defaults: see
         :class:`~consul.model.ClusterSpec`).
     spec: the server tier's shape (defaults: see :class:`~consul.model.ServerSpec`).
+    ui: the UI Service in front of the servers (default: ClusterIP, port 80).
     """
 
     namespace: pulumi.Input[str]
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     spec: ServerSpec = field(default_factory=ServerSpec)
+    ui: UiSpec = field(default_factory=UiSpec)
 
 
 def server_ports() -> list[tuple[str, int, str]]:
@@ -59,6 +59,7 @@ class ConsulServers(pulumi.ComponentResource):
         http_address: the in-cluster HTTP API address (``http://<service>.<namespace>.svc:8500``).
         datacenter: the Consul datacenter name.
         retry_join: the stable per-pod join addresses (``<pod>.<service>.<namespace>.svc:8301``).
+        ui_service_name: the UI Service, or None when ``ui.service_type`` is NONE.
     """
 
     namespace: pulumi.Output[str]
@@ -66,6 +67,7 @@ class ConsulServers(pulumi.ComponentResource):
     http_address: pulumi.Output[str]
     datacenter: pulumi.Output[str]
     retry_join: pulumi.Output[list[str]]
+    ui_service_name: pulumi.Output[str | None]
 
     def __init__(self, name: str, args: ConsulServersArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("consul:index:ConsulServers", name, None, opts)
@@ -121,7 +123,7 @@ class ConsulServers(pulumi.ComponentResource):
                 template=core.PodTemplateSpecArgs(
                     metadata=meta.ObjectMetaArgs(
                         labels=labels.all,
-                        annotations={CONFIG_CHECKSUM_ANNOTATION: files.apply(cfg.checksum)},
+                        annotations={cfg.CHECKSUM_ANNOTATION: files.apply(cfg.checksum)},
                     ),
                     spec=self._pod_spec(full_name, labels, cluster, spec, account.metadata.name, config_map.metadata.name),
                 ),
@@ -149,11 +151,31 @@ class ConsulServers(pulumi.ComponentResource):
             opts=child,
         )
 
+        ui_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        if args.ui.service_type is not UiServiceType.NONE:
+            ui = core.Service(
+                f"{name}-ui",
+                metadata=meta.ObjectMetaArgs(
+                    name=f"{name}-ui",
+                    namespace=namespace,
+                    labels=Labels(name, "ui", cluster.version).all,
+                    annotations=dict(args.ui.annotations) or None,
+                ),
+                spec=core.ServiceSpecArgs(
+                    type=args.ui.service_type.value,
+                    selector=labels.selector,
+                    ports=[core.ServicePortArgs(name="http", port=UI_HTTP_PORT, target_port="http", protocol="TCP")],
+                ),
+                opts=child,
+            )
+            ui_name = ui.metadata.name
+
         self.namespace = namespace
         self.service_name = service.metadata.name
         self.http_address = pulumi.Output.concat("http://", service.metadata.name, ".", namespace, f".svc:{cfg.HTTP_PORT}")
         self.datacenter = pulumi.Output.from_input(cluster.datacenter)
         self.retry_join = retry_join
+        self.ui_service_name = ui_name
         self.register_outputs(
             {
                 "namespace": self.namespace,
@@ -161,6 +183,7 @@ class ConsulServers(pulumi.ComponentResource):
                 "http_address": self.http_address,
                 "datacenter": self.datacenter,
                 "retry_join": self.retry_join,
+                "ui_service_name": self.ui_service_name,
             }
         )
 
@@ -182,23 +205,13 @@ class ConsulServers(pulumi.ComponentResource):
             priority_class_name=spec.priority_class_name,
             node_selector=dict(spec.node_selector) or None,
             tolerations=pods.tolerations(spec.tolerations) or None,
-            affinity=_anti_affinity(labels, spec.anti_affinity),
-            topology_spread_constraints=_zone_spread(labels, spec.zone_spread),
-            volumes=[
-                core.VolumeArgs(name="config", config_map=core.ConfigMapVolumeSourceArgs(name=config_map)),
-                core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
-            ],
+            affinity=pods.node_anti_affinity(labels, spec.anti_affinity),
+            topology_spread_constraints=pods.zone_spread(labels, spec.zone_spread),
+            volumes=pods.agent_volumes(config_map, data_on_empty_dir=False),
             containers=[
-                core.ContainerArgs(
-                    name="consul",
-                    image=cluster.image,
-                    command=["consul"],
-                    args=["agent", f"-config-dir={cfg.CONFIG_DIR}", "-advertise=$(POD_IP)", "-node=$(POD_NAME)"],
-                    env=[
-                        pods.field_env("POD_IP", "status.podIP"),
-                        pods.field_env("POD_NAME", "metadata.name"),
-                        core.EnvVarArgs(name="CONSUL_DISABLE_PERM_MGMT", value="true"),
-                    ],
+                pods.agent_container(
+                    cluster.image,
+                    node_name="$(POD_NAME)",
                     ports=[
                         core.ContainerPortArgs(name=port_name, container_port=port, protocol=protocol)
                         for port_name, port, protocol in server_ports()
@@ -213,40 +226,7 @@ class ConsulServers(pulumi.ComponentResource):
                         timeout_seconds=5,
                         failure_threshold=6,
                     ),
-                    resources=pods.resource_requirements(spec.resources),
-                    security_context=pods.container_security_context(),
-                    volume_mounts=[
-                        core.VolumeMountArgs(name="data", mount_path=cfg.DATA_DIR),
-                        core.VolumeMountArgs(name="config", mount_path=cfg.CONFIG_DIR, read_only=True),
-                        core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-                    ],
+                    resources=spec.resources,
                 )
             ],
         )
-
-
-def _anti_affinity(labels: Labels, placement: Placement) -> core.AffinityArgs:
-    term = core.PodAffinityTermArgs(
-        label_selector=meta.LabelSelectorArgs(match_labels=labels.selector),
-        topology_key=HOSTNAME_TOPOLOGY,
-    )
-    if placement is Placement.REQUIRED:
-        rule = core.PodAntiAffinityArgs(required_during_scheduling_ignored_during_execution=[term])
-    else:
-        rule = core.PodAntiAffinityArgs(
-            preferred_during_scheduling_ignored_during_execution=[core.WeightedPodAffinityTermArgs(weight=100, pod_affinity_term=term)]
-        )
-    return core.AffinityArgs(pod_anti_affinity=rule)
-
-
-def _zone_spread(labels: Labels, placement: Placement) -> list[core.TopologySpreadConstraintArgs] | None:
-    if placement is Placement.NONE:
-        return None
-    return [
-        core.TopologySpreadConstraintArgs(
-            max_skew=1,
-            topology_key=ZONE_TOPOLOGY,
-            when_unsatisfiable="DoNotSchedule" if placement is Placement.REQUIRED else "ScheduleAnyway",
-            label_selector=meta.LabelSelectorArgs(match_labels=labels.selector),
-        )
-    ]

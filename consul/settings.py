@@ -8,6 +8,7 @@ the key, the value given and what is allowed.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import json
 import re
@@ -20,12 +21,13 @@ from typing import Any, TypeVar
 import jsonschema
 import pulumi
 
-from .model import ClusterSpec, Placement, Resources, ServerSpec, Toleration
+from .model import ClientMode, ClientSpec, ClusterSpec, DnsSpec, Placement, Resources, ServerSpec, Toleration, UiServiceType, UiSpec
 from .quantity import parse_quantity
 
 PROJECT = "consul"
 
 SERVER_REPLICA_CHOICES = (1, 3, 5, 7)
+MAX_CLIENT_REPLICAS = 1000
 OLDEST_SUPPORTED_CONSUL = (1, 16)
 MAX_LABEL = 63
 
@@ -62,6 +64,16 @@ MANAGED_SERVER_KEYS = {
     "leave_on_terminate": "servers leave the cluster when their pod is deleted",
 }
 
+MANAGED_CLIENT_KEYS = {
+    **{k: v for k, v in MANAGED_SERVER_KEYS.items() if k not in ("bootstrap_expect", "node_name")},
+    "server": "it is always false for client agents",
+    "bootstrap_expect": "client agents never bootstrap",
+    "retry_join": "clients join the servers by their stable pod DNS names",
+    "rejoin_after_leave": "clients rejoin after a restart",
+    "node_name": "client agents are named after their node (daemonset) or pod (statefulset)",
+    "leave_on_terminate": "clients leave the cluster when their pod is deleted, taking their services with them",
+}
+
 
 class SettingsError(pulumi.RunError):
     """A stack setting is invalid. The message names the key, the value and what is allowed."""
@@ -84,9 +96,13 @@ class Settings:
     create_namespace: bool
     cluster: ClusterSpec
     servers: ServerSpec
+    ui: UiSpec
+    clients: ClientSpec
+    dns: DnsSpec
 
 
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 
 
 class _Reader:
@@ -128,7 +144,7 @@ class _Reader:
         except ValueError:
             raise SettingsError(key, text, "must be a whole number") from None
 
-    def choice(self, key: str, enum: type[Placement], allowed: tuple[Placement, ...]) -> Placement:
+    def choice(self, key: str, allowed: tuple[E, ...]) -> E:
         text = self._text(key)
         for option in allowed:
             if option.value == text:
@@ -145,6 +161,9 @@ def load_settings(raw: Mapping[str, str], warn: Callable[[str], None] = pulumi.l
         create_namespace=reader.boolean("createNamespace"),
         cluster=_cluster(reader, warn),
         servers=_servers(reader),
+        ui=_ui(reader),
+        clients=_clients(reader),
+        dns=_dns(reader),
     )
     unknown = sorted(set(raw) - reader.read)
     if unknown:
@@ -268,8 +287,8 @@ def _servers(reader: _Reader) -> ServerSpec:
         replicas=replicas,
         storage_size=storage_size,
         storage_class=storage_class or None,
-        anti_affinity=reader.choice("serverAntiAffinity", Placement, (Placement.REQUIRED, Placement.PREFERRED)),
-        zone_spread=reader.choice("serverZoneSpread", Placement, tuple(Placement)),
+        anti_affinity=reader.choice("serverAntiAffinity", (Placement.REQUIRED, Placement.PREFERRED)),
+        zone_spread=reader.choice("serverZoneSpread", tuple(Placement)),
         update_partition=partition,
         resources=_resources(reader, "serverResources"),
         tolerations=_tolerations(reader, "serverTolerations"),
@@ -277,6 +296,74 @@ def _servers(reader: _Reader) -> ServerSpec:
         priority_class_name=priority_class or None,
         extra_config=_extra_config(reader, "serverExtraConfig", MANAGED_SERVER_KEYS),
     )
+
+
+def _ui(reader: _Reader) -> UiSpec:
+    return UiSpec(
+        service_type=reader.choice("uiServiceType", tuple(UiServiceType)),
+        annotations=_annotations(reader, "uiServiceAnnotations"),
+    )
+
+
+def _clients(reader: _Reader) -> ClientSpec:
+    mode = reader.choice("clientMode", tuple(ClientMode))
+    replicas = reader.integer("clientReplicas")
+    if not 1 <= replicas <= MAX_CLIENT_REPLICAS:
+        raise SettingsError(
+            "clientReplicas",
+            replicas,
+            f"must be between 1 and {MAX_CLIENT_REPLICAS} (it is used in clientMode statefulset and ignored in daemonset mode)",
+        )
+    host_ports = reader.boolean("clientHostPorts")
+    host_network = reader.boolean("clientHostNetwork")
+    for key, enabled in (("clientHostPorts", host_ports), ("clientHostNetwork", host_network)):
+        if enabled and mode is not ClientMode.DAEMONSET:
+            raise SettingsError(
+                key,
+                enabled,
+                'may only be true with consul:clientMode "daemonset": with fewer agents than nodes, a node address reaches no agent',
+            )
+    if host_ports and host_network:
+        raise SettingsError(
+            "clientHostPorts",
+            host_ports,
+            "must be false when consul:clientHostNetwork is true: the host network already puts the agent on the node's address",
+        )
+    return ClientSpec(
+        mode=mode,
+        replicas=replicas,
+        host_ports=host_ports,
+        host_network=host_network,
+        resources=_resources(reader, "clientResources"),
+        tolerations=_tolerations(reader, "clientTolerations"),
+        node_selector=_node_selector(reader, "clientNodeSelector"),
+        extra_config=_extra_config(reader, "clientExtraConfig", MANAGED_CLIENT_KEYS),
+    )
+
+
+def _dns(reader: _Reader) -> DnsSpec:
+    enabled = reader.boolean("dnsService")
+    cluster_ip = reader.string("dnsClusterIP")
+    if cluster_ip:
+        try:
+            ipaddress.ip_address(cluster_ip)
+        except ValueError:
+            raise SettingsError(
+                "dnsClusterIP", cluster_ip, "must be empty (assigned by the cluster) or an IP address in the Service CIDR"
+            ) from None
+        if not enabled:
+            raise SettingsError("dnsClusterIP", cluster_ip, "must be empty when consul:dnsService is false")
+    return DnsSpec(enabled=enabled, cluster_ip=cluster_ip or None)
+
+
+def _annotations(reader: _Reader, key: str) -> dict[str, str]:
+    value = reader.json(key, dict, "an object of annotation keys to string values")
+    for name, text in value.items():
+        if not _LABEL_KEY.match(name) or not isinstance(text, str):
+            raise SettingsError(
+                key, value, f"each entry must be a valid annotation key and a string value (got {_show(name)}: {_show(text)})"
+            )
+    return dict(value)
 
 
 def _is_dns_subdomain(text: str) -> bool:

@@ -34,15 +34,34 @@ CASES = {
             "serverNodeSelector": {"kubernetes.io/os": "linux"},
             "serverPriorityClassName": "consul-critical",
             "serverExtraConfig": {"log_level": "debug", "telemetry": {"prometheus_retention_time": "60s"}},
+            "uiServiceType": "LoadBalancer",
+            "uiServiceAnnotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
+            "clientMode": "statefulset",
+            "clientReplicas": 12,
+            "clientResources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+            "clientTolerations": [{"operator": "Exists"}],
+            "clientNodeSelector": {"kubernetes.io/os": "linux"},
+            "clientExtraConfig": {"log_level": "warn"},
+            "dnsClusterIP": "10.96.0.53",
         },
     ),
+    "no-ui-no-dns": ("ci-defaults", {"uiServiceType": "None", "dnsService": False}),
+    "host-ports": ("ci-defaults", {"clientHostPorts": True}),
+    "host-network": ("ci-defaults", {"clientHostNetwork": True, "uiServiceType": "NodePort"}),
 }
+# Host ports and the host network are what "restricted" forbids; those stacks opt out of it.
+HOST_ACCESS = {"host-ports": {"consul: hostPort"}, "host-network": {"host namespaces"}}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def rendered(request):
+def case(request):
     stack, overrides = CASES[request.param]
-    return render(stack, **overrides)
+    return request.param, render(stack, **overrides)
+
+
+@pytest.fixture
+def rendered(case):
+    return case[1]
 
 
 def test_manifests_are_schema_valid_kubernetes(rendered):
@@ -50,10 +69,13 @@ def test_manifests_are_schema_valid_kubernetes(rendered):
     assert errors == []
 
 
-def test_manifests_pods_pass_pod_security_restricted(rendered):
-    specs = list(pod_specs(rendered.manifests()))
-    assert specs
-    assert {name: restricted_violations(spec) for name, spec in specs} == {name: [] for name, _ in specs}
+def test_manifests_pods_pass_pod_security_restricted(case):
+    name, rendered = case
+    specs = dict(pod_specs(rendered.manifests()))
+    assert sorted(p.split("/")[1] for p in specs) == ["consul-client", "consul-server"]
+    violations = {pod: set(restricted_violations(spec)) for pod, spec in specs.items()}
+    client = next(p for p in specs if p.endswith("/consul-client"))
+    assert violations == {**{p: set() for p in specs}, client: HOST_ACCESS.get(name, set())}
 
 
 def test_manifests_consul_config_files_are_valid(rendered):

@@ -8,7 +8,7 @@ import json
 import pytest
 from harness import render
 
-from consul.servers import CONFIG_CHECKSUM_ANNOTATION
+from consul.agent_config import CHECKSUM_ANNOTATION as CONFIG_CHECKSUM_ANNOTATION
 
 SELECTOR = {
     "app.kubernetes.io/name": "consul",
@@ -45,6 +45,7 @@ def agent_config(rendered):
 
 def test_servers_namespace_default(default):
     assert {d.inputs["metadata"]["namespace"] for d in default.kubernetes() if d.kind != "Namespace"} == {"consul"}
+    assert [d.name for d in default.of_kind("Namespace")] == ["consul"]
     assert default.outputs["namespace"] == "consul"
 
 
@@ -352,10 +353,12 @@ def test_servers_config_checksum_annotation_follows_config(default):
     assert statefulset(changed)["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION] != annotation
 
 
+def server_tier(rendered):
+    return [d for d in rendered.kubernetes() if d.name.startswith("consul-server")]
+
+
 def test_servers_recommended_labels_everywhere(default):
-    for declared in default.kubernetes():
-        if declared.kind == "Namespace":
-            continue
+    for declared in server_tier(default):
         labels = declared.inputs["metadata"]["labels"]
         assert labels == {
             **SELECTOR,
@@ -368,11 +371,16 @@ def test_servers_recommended_labels_everywhere(default):
 def test_servers_children_are_parented_and_named_from_the_component(default):
     (component,) = [d for d in default.declared if d.typ == "consul:index:ConsulServers"]
     assert component.name == "consul"
-    children = [d for d in default.kubernetes() if d.kind != "Namespace"]
-    assert {d.kind for d in children} == {"ServiceAccount", "ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"}
+    children = [d for d in default.kubernetes() if d.parent.endswith("consul:index:ConsulServers::consul")]
+    assert sorted((d.kind, d.name) for d in children) == [
+        ("ConfigMap", "consul-server-config"),
+        ("PodDisruptionBudget", "consul-server"),
+        ("Service", "consul-server"),
+        ("Service", "consul-ui"),
+        ("ServiceAccount", "consul-server"),
+        ("StatefulSet", "consul-server"),
+    ]
     for child in children:
-        assert child.parent.endswith("consul:index:ConsulServers::consul"), child.name
-        assert child.name.startswith("consul-server")
         assert child.inputs["metadata"]["name"] == child.name
 
 
@@ -382,4 +390,9 @@ def test_servers_outputs(default):
         "datacenter": "dc1",
         "serverServiceName": "consul-server",
         "httpAddress": "http://consul-server.consul.svc:8500",
+        "uiServiceName": "consul-ui",
+        "clientMode": "daemonset",
+        "clientServiceName": "consul-client",
+        "agentAddress": "http://consul-client.consul.svc:8500",
+        "dnsServiceName": "consul-dns",
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from harness import UNSET, cli_config, run_main
 
-from consul.model import ClusterSpec, Placement, Resources, ServerSpec, Toleration
+from consul.model import ClientMode, ClientSpec, ClusterSpec, DnsSpec, Placement, Resources, ServerSpec, Toleration, UiServiceType, UiSpec
 from consul.settings import SettingsError, load_settings
 
 
@@ -33,6 +33,18 @@ def test_settings_defaults_come_from_pulumi_yaml():
         priority_class_name=None,
         extra_config={},
     )
+    assert settings.ui == UiSpec(service_type=UiServiceType.CLUSTER_IP, annotations={})
+    assert settings.clients == ClientSpec(
+        mode=ClientMode.DAEMONSET,
+        replicas=3,
+        host_ports=False,
+        host_network=False,
+        resources=Resources(requests={"cpu": "100m", "memory": "100Mi"}, limits={"cpu": "500m", "memory": "100Mi"}),
+        tolerations=(),
+        node_selector={},
+        extra_config={},
+    )
+    assert settings.dns == DnsSpec(enabled=True, cluster_ip=None)
     assert warnings == []
 
 
@@ -47,6 +59,9 @@ def test_settings_component_defaults_match_pulumi_yaml():
     settings, _ = settings_for("no-such-stack")
     assert settings.cluster == ClusterSpec()
     assert settings.servers == ServerSpec()
+    assert settings.ui == UiSpec()
+    assert settings.clients == ClientSpec()
+    assert settings.dns == DnsSpec()
 
 
 def test_settings_parses_structured_values():
@@ -271,8 +286,76 @@ INVALID = [
         "High Priority",
         'invalid consul:serverPriorityClassName "High Priority": must be empty or a PriorityClass name',
     ),
+    ("clientMode", "deployment", 'invalid consul:clientMode "deployment": must be "daemonset" or "statefulset"'),
+    (
+        "clientReplicas",
+        0,
+        "invalid consul:clientReplicas 0: must be between 1 and 1000 (it is used in clientMode statefulset and ignored in daemonset mode)",
+    ),
+    ("clientHostPorts", "on", 'invalid consul:clientHostPorts "on": must be true or false'),
+    ("clientHostNetwork", 1, 'invalid consul:clientHostNetwork "1": must be true or false'),
+    (
+        "clientResources",
+        {"limits": {"memory": "-1Gi"}},
+        'invalid consul:clientResources {"limits": {"memory": "-1Gi"}}: limits.memory must be a positive Kubernetes quantity (got "-1Gi")',
+    ),
+    ("clientTolerations", {"operator": "Exists"}, 'invalid consul:clientTolerations {"operator": "Exists"}: must be a list of tolerations'),
+    ("clientNodeSelector", ["linux"], 'invalid consul:clientNodeSelector ["linux"]: must be an object of node label keys to values'),
+    (
+        "clientExtraConfig",
+        {"rejoin_after_leave": False},
+        'invalid consul:clientExtraConfig {"rejoin_after_leave": false}: sets "rejoin_after_leave", which the program manages: clients rejoin after a restart',
+    ),
+    (
+        "clientExtraConfig",
+        {"server": True},
+        'invalid consul:clientExtraConfig {"server": true}: sets "server", which the program manages: it is always false for client agents',
+    ),
+    ("uiServiceType", "Ingress", 'invalid consul:uiServiceType "Ingress": must be "ClusterIP" or "NodePort" or "LoadBalancer" or "None"'),
+    (
+        "uiServiceType",
+        "clusterip",
+        'invalid consul:uiServiceType "clusterip": must be "ClusterIP" or "NodePort" or "LoadBalancer" or "None"',
+    ),
+    (
+        "uiServiceAnnotations",
+        {"a": 1},
+        'invalid consul:uiServiceAnnotations {"a": 1}: each entry must be a valid annotation key and a string value (got "a": 1)',
+    ),
+    ("dnsService", "maybe", 'invalid consul:dnsService "maybe": must be true or false'),
+    (
+        "dnsClusterIP",
+        "10.96.0.300",
+        'invalid consul:dnsClusterIP "10.96.0.300": must be empty (assigned by the cluster) or an IP address in the Service CIDR',
+    ),
     ("serverReplica", 3, None),
 ]
+
+COMBINATIONS = [
+    (
+        {"clientMode": "statefulset", "clientHostPorts": True},
+        'invalid consul:clientHostPorts true: may only be true with consul:clientMode "daemonset": with fewer agents than nodes, a node address reaches no agent',
+    ),
+    (
+        {"clientMode": "statefulset", "clientHostNetwork": True},
+        'invalid consul:clientHostNetwork true: may only be true with consul:clientMode "daemonset": with fewer agents than nodes, a node address reaches no agent',
+    ),
+    (
+        {"clientHostPorts": True, "clientHostNetwork": True},
+        "invalid consul:clientHostPorts true: must be false when consul:clientHostNetwork is true: the host network already puts the agent on the node's address",
+    ),
+    (
+        {"dnsService": False, "dnsClusterIP": "10.96.0.53"},
+        'invalid consul:dnsClusterIP "10.96.0.53": must be empty when consul:dnsService is false',
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), COMBINATIONS, ids=[",".join(o) for o, _ in COMBINATIONS])
+def test_settings_conflicting_values_fail_before_anything_is_declared(overrides, message):
+    rendered, error = run_main("dev", **overrides)
+    assert str(error) == message
+    assert rendered.declared == []
 
 
 @pytest.mark.parametrize(("key", "value", "message"), INVALID, ids=[f"{k}={v!r}"[:60] for k, v, _ in INVALID])

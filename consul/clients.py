@@ -1,0 +1,227 @@
+"""ConsulClients: client agents that workloads register with, and the DNS Service they serve."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes.apps.v1 as apps
+import pulumi_kubernetes.core.v1 as core
+import pulumi_kubernetes.meta.v1 as meta
+
+from . import agent_config as cfg
+from . import pods
+from .labels import Labels
+from .model import ClientMode, ClientSpec, ClusterSpec, DnsSpec, Placement
+
+# Without a leader for this long (period x threshold), a client restarts and runs retry_join
+# again. Minutes, so that a server election (seconds) never restarts the clients.
+LIVENESS_PERIOD_SECONDS = 30
+LIVENESS_FAILURE_THRESHOLD = 10
+# Kubernetes' maximum ClientIP affinity: a workload keeps talking to one agent all day.
+STICKY_SECONDS = 86400
+DNS_PORT = 53
+
+
+@dataclass(frozen=True)
+class ConsulClientsArgs:
+    """Inputs of :class:`ConsulClients`.
+
+    namespace: the namespace to deploy into (required).
+    retry_join: the servers' join addresses (required; pass ``ConsulServers.retry_join``).
+    cluster: image, datacenter, domain and recursors shared by every agent (defaults: see
+        :class:`~consul.model.ClusterSpec`).
+    spec: the client tier's shape (default: a DaemonSet, see :class:`~consul.model.ClientSpec`).
+    dns: the DNS Service (default: declared, cluster-assigned IP).
+    """
+
+    namespace: pulumi.Input[str]
+    retry_join: pulumi.Input[Sequence[str]]
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    spec: ClientSpec = field(default_factory=ClientSpec)
+    dns: DnsSpec = field(default_factory=DnsSpec)
+
+
+def client_ports(spec: ClientSpec) -> list[core.ContainerPortArgs]:
+    """The agent's ports; with host ports, the API and DNS are also bound on the node's address."""
+    host = spec.host_ports
+
+    def port(name: str, number: int, protocol: str, on_host: bool = False) -> core.ContainerPortArgs:
+        return core.ContainerPortArgs(name=name, container_port=number, protocol=protocol, host_port=number if host and on_host else None)
+
+    return [
+        port("http", cfg.HTTP_PORT, "TCP", on_host=True),
+        port("serflan-tcp", cfg.SERF_LAN_PORT, "TCP"),
+        port("serflan-udp", cfg.SERF_LAN_PORT, "UDP"),
+        port("dns-tcp", cfg.DNS_PORT, "TCP", on_host=True),
+        port("dns-udp", cfg.DNS_PORT, "UDP", on_host=True),
+    ]
+
+
+class ConsulClients(pulumi.ComponentResource):
+    """Consul client agents: a DaemonSet (one per node) or a StatefulSet, and how workloads reach them.
+
+    Outputs:
+        mode: ``daemonset`` or ``statefulset``.
+        service_name: the client Service workloads call.
+        agent_address: what an application sets as ``CONSUL_HTTP_ADDR`` to reach the agent that
+            owns its registrations (``http://$(HOST_IP):8500`` with host ports: expand HOST_IP from
+            ``status.hostIP``).
+        dns_service_name: the DNS Service for a CoreDNS stub domain, or None when disabled.
+    """
+
+    mode: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+    agent_address: pulumi.Output[str]
+    dns_service_name: pulumi.Output[str | None]
+
+    def __init__(self, name: str, args: ConsulClientsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("consul:index:ConsulClients", name, None, opts)
+        spec, cluster = args.spec, args.cluster
+        full_name = f"{name}-client"
+        labels = Labels(instance=name, component="client", version=cluster.version)
+        namespace = pulumi.Output.from_input(args.namespace)
+        child = pulumi.ResourceOptions(parent=self)
+
+        def metadata(object_name: str, annotations: dict[str, str] | None = None) -> meta.ObjectMetaArgs:
+            return meta.ObjectMetaArgs(name=object_name, namespace=namespace, labels=labels.all, annotations=annotations)
+
+        files = pulumi.Output.from_input(args.retry_join).apply(
+            lambda join: cfg.config_files(cfg.client_config(cluster, join), spec.extra_config)
+        )
+        account = core.ServiceAccount(full_name, metadata=metadata(full_name), automount_service_account_token=False, opts=child)
+        config_map = core.ConfigMap(f"{full_name}-config", metadata=metadata(f"{full_name}-config"), data=files, opts=child)
+        template = core.PodTemplateSpecArgs(
+            metadata=meta.ObjectMetaArgs(labels=labels.all, annotations={cfg.CHECKSUM_ANNOTATION: files.apply(cfg.checksum)}),
+            spec=_pod_spec(labels, cluster, spec, account.metadata.name, config_map.metadata.name),
+        )
+        selector = meta.LabelSelectorArgs(match_labels=labels.selector)
+        workload_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map])
+
+        service_ports = [
+            core.ServicePortArgs(name="http", port=cfg.HTTP_PORT, target_port="http", protocol="TCP"),
+            core.ServicePortArgs(name="dns-tcp", port=cfg.DNS_PORT, target_port="dns-tcp", protocol="TCP"),
+            core.ServicePortArgs(name="dns-udp", port=cfg.DNS_PORT, target_port="dns-udp", protocol="UDP"),
+        ]
+        if spec.mode is ClientMode.DAEMONSET:
+            apps.DaemonSet(
+                full_name,
+                metadata=metadata(full_name),
+                spec=apps.DaemonSetSpecArgs(
+                    selector=selector,
+                    update_strategy=apps.DaemonSetUpdateStrategyArgs(
+                        type="RollingUpdate", rolling_update=apps.RollingUpdateDaemonSetArgs(max_unavailable=1)
+                    ),
+                    template=template,
+                ),
+                opts=workload_opts,
+            )
+            # Node-local: a call reaches the agent on the caller's own node, or fails; it never
+            # lands on an agent that does not own the caller's registrations.
+            client_service = core.ServiceSpecArgs(selector=labels.selector, internal_traffic_policy="Local", ports=service_ports)
+        else:
+            pods_service = core.Service(
+                f"{full_name}-pods",
+                metadata=metadata(f"{full_name}-pods"),
+                spec=core.ServiceSpecArgs(
+                    cluster_ip="None",
+                    publish_not_ready_addresses=True,
+                    selector=labels.selector,
+                    ports=[core.ServicePortArgs(name="http", port=cfg.HTTP_PORT, target_port="http", protocol="TCP")],
+                ),
+                opts=child,
+            )
+            apps.StatefulSet(
+                full_name,
+                metadata=metadata(full_name),
+                spec=apps.StatefulSetSpecArgs(
+                    service_name=pods_service.metadata.name,
+                    replicas=spec.replicas,
+                    pod_management_policy="Parallel",
+                    selector=selector,
+                    update_strategy=apps.StatefulSetUpdateStrategyArgs(type="RollingUpdate"),
+                    template=template,
+                ),
+                opts=workload_opts,
+            )
+            # Fewer agents than nodes: stick each caller to one agent instead.
+            client_service = core.ServiceSpecArgs(
+                selector=labels.selector,
+                session_affinity="ClientIP",
+                session_affinity_config=core.SessionAffinityConfigArgs(client_ip=core.ClientIPConfigArgs(timeout_seconds=STICKY_SECONDS)),
+                ports=service_ports,
+            )
+        service = core.Service(full_name, metadata=metadata(full_name), spec=client_service, opts=child)
+
+        dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        if args.dns.enabled:
+            dns = core.Service(
+                f"{name}-dns",
+                metadata=meta.ObjectMetaArgs(name=f"{name}-dns", namespace=namespace, labels=Labels(name, "dns", cluster.version).all),
+                spec=core.ServiceSpecArgs(
+                    type="ClusterIP",
+                    cluster_ip=args.dns.cluster_ip,
+                    selector=labels.selector,
+                    ports=[
+                        core.ServicePortArgs(name="dns-udp", port=DNS_PORT, target_port="dns-udp", protocol="UDP"),
+                        core.ServicePortArgs(name="dns-tcp", port=DNS_PORT, target_port="dns-tcp", protocol="TCP"),
+                    ],
+                ),
+                opts=child,
+            )
+            dns_name = dns.metadata.name
+
+        self.mode = pulumi.Output.from_input(spec.mode.value)
+        self.service_name = service.metadata.name
+        if spec.uses_host_namespace:
+            self.agent_address = pulumi.Output.from_input(f"http://$(HOST_IP):{cfg.HTTP_PORT}")
+        else:
+            self.agent_address = pulumi.Output.concat("http://", service.metadata.name, ".", namespace, f".svc:{cfg.HTTP_PORT}")
+        self.dns_service_name = dns_name
+        self.register_outputs(
+            {
+                "mode": self.mode,
+                "service_name": self.service_name,
+                "agent_address": self.agent_address,
+                "dns_service_name": self.dns_service_name,
+            }
+        )
+
+
+def _pod_spec(
+    labels: Labels, cluster: ClusterSpec, spec: ClientSpec, service_account: pulumi.Input[str], config_map: pulumi.Input[str]
+) -> core.PodSpecArgs:
+    daemonset = spec.mode is ClientMode.DAEMONSET
+    affinity = None if daemonset else pods.node_anti_affinity(labels, Placement.PREFERRED)
+    local_http = f"http://127.0.0.1:{cfg.HTTP_PORT}"
+    return core.PodSpecArgs(
+        service_account_name=service_account,
+        automount_service_account_token=False,
+        termination_grace_period_seconds=10,
+        security_context=pods.pod_security_context(),
+        host_network=spec.host_network or None,
+        dns_policy="ClusterFirstWithHostNet" if spec.host_network else None,
+        node_selector=dict(spec.node_selector) or None,
+        tolerations=pods.tolerations(spec.tolerations) or None,
+        affinity=affinity,
+        volumes=pods.agent_volumes(config_map, data_on_empty_dir=True),
+        containers=[
+            pods.agent_container(
+                cluster.image,
+                node_name="$(NODE_NAME)" if daemonset else "$(POD_NAME)",
+                env=[pods.field_env("NODE_NAME", "spec.nodeName"), pods.field_env("HOST_IP", "status.hostIP")],
+                ports=client_ports(spec),
+                readiness_probe=pods.leader_readiness_probe(local_http),
+                # Restarts an agent stranded without servers (all server IPs changed, consul
+                # #3902) so that retry_join runs again; sustained minutes, not an election.
+                liveness_probe=pods.exec_probe(
+                    pods.leader_check(local_http),
+                    period=LIVENESS_PERIOD_SECONDS,
+                    failure_threshold=LIVENESS_FAILURE_THRESHOLD,
+                    initial_delay=60,
+                ),
+                resources=spec.resources,
+            )
+        ],
+    )
