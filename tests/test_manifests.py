@@ -7,7 +7,7 @@ from harness import render
 from validation import agent_config_errors, consul_config_files, pod_specs, restricted_violations, schema_errors
 
 # Stacks and overrides that between them switch every setting away from its default.
-CASES = {
+CASES: dict[str, tuple[str, dict[str, object]]] = {
     "defaults": ("ci-defaults", {}),
     "dev": ("dev", {}),
     "prod": ("prod", {}),

@@ -331,7 +331,7 @@ INVALID = [
     ("serverReplica", 3, None),
 ]
 
-COMBINATIONS = [
+COMBINATIONS: list[tuple[dict[str, object], str]] = [
     (
         {"clientMode": "statefulset", "clientHostPorts": True},
         'invalid consul:clientHostPorts true: may only be true with consul:clientMode "daemonset": with fewer agents than nodes, a node address reaches no agent',
