@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .model import ClusterSpec, ServerSpec
+from .model import ClusterSpec, SecuritySpec, ServerSpec
 
 CHECKSUM_ANNOTATION = "consul.hashicorp.com/config-checksum"
 DATA_DIR = "/consul/data"
@@ -15,21 +15,30 @@ CONFIG_DIR = "/consul/config"
 GENERATED_FILE = "00-agent.json"
 EXTRA_FILE = "90-extra.json"
 
+TLS_DIR = "/consul/tls"
+CA_FILE = f"{TLS_DIR}/ca/tls.crt"
+SERVER_CERT_FILE = f"{TLS_DIR}/server/tls.crt"
+SERVER_KEY_FILE = f"{TLS_DIR}/server/tls.key"
+ACL_DIR = "/consul/acl"
+ACL_TOKENS_FILE_NAME = "acl-tokens.json"
+ACL_TOKENS_FILE = f"{ACL_DIR}/{ACL_TOKENS_FILE_NAME}"
+
 HTTP_PORT = 8500
+HTTPS_PORT = 8501
 SERVER_RPC_PORT = 8300
 SERF_LAN_PORT = 8301
 SERF_WAN_PORT = 8302
 DNS_PORT = 8600
 
 
-def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequence[str]) -> dict[str, Any]:
+def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequence[str], security: SecuritySpec) -> dict[str, Any]:
     """The generated config of every server agent.
 
     ``leave_on_terminate`` makes a deleted pod leave gracefully (no ``consul leave`` preStop,
     which shrinks the peer set); ``raft_multiplier: 1`` is Consul's production timing;
     ``autopilot.min_quorum`` stops autopilot from removing servers below a majority.
     """
-    return {
+    config: dict[str, Any] = {
         "server": True,
         "bootstrap_expect": servers.replicas,
         "datacenter": cluster.datacenter,
@@ -46,9 +55,29 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequenc
         "autopilot": {"cleanup_dead_servers": True, "min_quorum": servers.replicas // 2 + 1},
         "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "server": SERVER_RPC_PORT, "serf_lan": SERF_LAN_PORT, "serf_wan": SERF_WAN_PORT},
     }
+    if security.tls:
+        config["tls"] = {
+            "defaults": {
+                "ca_file": CA_FILE,
+                "cert_file": SERVER_CERT_FILE,
+                "key_file": SERVER_KEY_FILE,
+                "verify_incoming": True,
+                "verify_outgoing": True,
+            },
+            "internal_rpc": {"verify_server_hostname": True},
+            # Browsers, the CLI and workloads use HTTPS without client certificates; ACLs guard it.
+            "https": {"verify_incoming": False},
+        }
+        config["ports"]["https"] = HTTPS_PORT
+        # Plain HTTP stays for the in-pod probes and `kubectl exec consul ...` only.
+        config["addresses"] = {"http": "127.0.0.1"}
+        # Clients get their certificates from the servers (auto_encrypt needs Connect's CA).
+        config["auto_encrypt"] = {"allow_tls": True}
+        config["connect"] = {"enabled": True}
+    return _secure(config, security)
 
 
-def client_config(cluster: ClusterSpec, retry_join: Sequence[str]) -> dict[str, Any]:
+def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: SecuritySpec) -> dict[str, Any]:
     """The generated config of every client agent.
 
     ``retry_join`` runs only while an agent starts (consul #3902): the client liveness probe
@@ -56,7 +85,7 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str]) -> dict[str, 
     ``leave_on_terminate`` deregisters a deleted agent's services with it; ``rejoin_after_leave``
     lets a restarted agent take its place again.
     """
-    return {
+    config: dict[str, Any] = {
         "server": False,
         "datacenter": cluster.datacenter,
         "domain": cluster.domain,
@@ -70,6 +99,35 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str]) -> dict[str, 
         "disable_update_check": True,
         "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "serf_lan": SERF_LAN_PORT},
     }
+    if security.tls:
+        config["tls"] = {
+            "defaults": {"ca_file": CA_FILE, "verify_outgoing": True},
+            "internal_rpc": {"verify_server_hostname": True},
+        }
+        config["ports"]["https"] = HTTPS_PORT
+        # The certificate comes from the servers; its IP SANs are added on the command line.
+        config["auto_encrypt"] = {"tls": True}
+    return _secure(config, security)
+
+
+def _secure(config: dict[str, Any], security: SecuritySpec) -> dict[str, Any]:
+    """What servers and clients share: the keyring and ACL settings."""
+    if security.gossip_encryption:
+        # The key comes from a Secret (-encrypt); a persisted local.keyring would silently win over it.
+        config["disable_keyring_file"] = True
+    if security.acls:
+        config["acl"] = {
+            "enabled": True,
+            "default_policy": "deny",
+            "down_policy": "extend-cache",
+            "enable_token_persistence": True,
+        }
+    return config
+
+
+def acl_tokens_file(tokens: Mapping[str, str]) -> str:
+    """The agent's token config file (kept in a Secret): e.g. {"agent": ...}."""
+    return _dump({"acl": {"tokens": dict(tokens)}})
 
 
 def config_files(generated: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, str]:

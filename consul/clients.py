@@ -11,9 +11,10 @@ import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.meta.v1 as meta
 
 from . import agent_config as cfg
-from . import pods
+from . import network_policy, pods
 from .labels import Labels
 from .model import ClientMode, ClientSpec, ClusterSpec, DnsSpec, Placement
+from .security import TierSecrets
 
 # Without a leader for this long (period x threshold), a client restarts and runs retry_join
 # again. Minutes, so that a server election (seconds) never restarts the clients.
@@ -34,6 +35,9 @@ class ConsulClientsArgs:
         :class:`~consul.model.ClusterSpec`).
     spec: the client tier's shape (default: a DaemonSet, see :class:`~consul.model.ClientSpec`).
     dns: the DNS Service (default: declared, cluster-assigned IP).
+    secrets: the Secrets that switch on gossip encryption, TLS (auto_encrypt) and ACLs
+        (default: none, all off; pass ``ConsulSecurity.client_secrets``).
+    network_policy: admit only the traffic client agents need (default: False).
     """
 
     namespace: pulumi.Input[str]
@@ -41,17 +45,21 @@ class ConsulClientsArgs:
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     spec: ClientSpec = field(default_factory=ClientSpec)
     dns: DnsSpec = field(default_factory=DnsSpec)
+    secrets: TierSecrets = field(default_factory=TierSecrets)
+    network_policy: bool = False
 
 
-def client_ports(spec: ClientSpec) -> list[core.ContainerPortArgs]:
+def client_ports(spec: ClientSpec, tls: bool) -> list[core.ContainerPortArgs]:
     """The agent's ports; with host ports, the API and DNS are also bound on the node's address."""
     host = spec.host_ports
 
     def port(name: str, number: int, protocol: str, on_host: bool = False) -> core.ContainerPortArgs:
         return core.ContainerPortArgs(name=name, container_port=number, protocol=protocol, host_port=number if host and on_host else None)
 
+    https = [port("https", cfg.HTTPS_PORT, "TCP", on_host=True)] if tls else []
     return [
         port("http", cfg.HTTP_PORT, "TCP", on_host=True),
+        *https,
         port("serflan-tcp", cfg.SERF_LAN_PORT, "TCP"),
         port("serflan-udp", cfg.SERF_LAN_PORT, "UDP"),
         port("dns-tcp", cfg.DNS_PORT, "TCP", on_host=True),
@@ -79,6 +87,7 @@ class ConsulClients(pulumi.ComponentResource):
     def __init__(self, name: str, args: ConsulClientsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("consul:index:ConsulClients", name, None, opts)
         spec, cluster = args.spec, args.cluster
+        features = args.secrets.features
         full_name = f"{name}-client"
         labels = Labels(instance=name, component="client", version=cluster.version)
         namespace = pulumi.Output.from_input(args.namespace)
@@ -88,19 +97,21 @@ class ConsulClients(pulumi.ComponentResource):
             return meta.ObjectMetaArgs(name=object_name, namespace=namespace, labels=labels.all, annotations=annotations)
 
         files = pulumi.Output.from_input(args.retry_join).apply(
-            lambda join: cfg.config_files(cfg.client_config(cluster, join), spec.extra_config)
+            lambda join: cfg.config_files(cfg.client_config(cluster, join, features), spec.extra_config)
         )
         account = core.ServiceAccount(full_name, metadata=metadata(full_name), automount_service_account_token=False, opts=child)
         config_map = core.ConfigMap(f"{full_name}-config", metadata=metadata(f"{full_name}-config"), data=files, opts=child)
         template = core.PodTemplateSpecArgs(
             metadata=meta.ObjectMetaArgs(labels=labels.all, annotations={cfg.CHECKSUM_ANNOTATION: files.apply(cfg.checksum)}),
-            spec=_pod_spec(labels, cluster, spec, account.metadata.name, config_map.metadata.name),
+            spec=_pod_spec(labels, cluster, spec, args.secrets, account.metadata.name, config_map.metadata.name),
         )
         selector = meta.LabelSelectorArgs(match_labels=labels.selector)
         workload_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map])
 
+        https_port = [core.ServicePortArgs(name="https", port=cfg.HTTPS_PORT, target_port="https", protocol="TCP")] if features.tls else []
         service_ports = [
             core.ServicePortArgs(name="http", port=cfg.HTTP_PORT, target_port="http", protocol="TCP"),
+            *https_port,
             core.ServicePortArgs(name="dns-tcp", port=cfg.DNS_PORT, target_port="dns-tcp", protocol="TCP"),
             core.ServicePortArgs(name="dns-udp", port=cfg.DNS_PORT, target_port="dns-udp", protocol="UDP"),
         ]
@@ -172,6 +183,10 @@ class ConsulClients(pulumi.ComponentResource):
             )
             dns_name = dns.metadata.name
 
+        if args.network_policy:
+            servers = Labels(instance=name, component="server", version=cluster.version)
+            network_policy.ingress_policy(full_name, namespace, labels, network_policy.client_rules(servers, labels, features.tls), child)
+
         self.mode = pulumi.Output.from_input(spec.mode.value)
         self.service_name = service.metadata.name
         if spec.uses_host_namespace:
@@ -190,9 +205,18 @@ class ConsulClients(pulumi.ComponentResource):
 
 
 def _pod_spec(
-    labels: Labels, cluster: ClusterSpec, spec: ClientSpec, service_account: pulumi.Input[str], config_map: pulumi.Input[str]
+    labels: Labels,
+    cluster: ClusterSpec,
+    spec: ClientSpec,
+    secrets: TierSecrets,
+    service_account: pulumi.Input[str],
+    config_map: pulumi.Input[str],
 ) -> core.PodSpecArgs:
     daemonset = spec.mode is ClientMode.DAEMONSET
+    tls = secrets.features.tls
+    wiring = pods.secret_wiring(secrets)
+    # The auto_encrypt certificate must name the addresses workloads dial: node and pod IP.
+    ip_sans = ['-hcl=auto_encrypt = { ip_san = ["$(HOST_IP)", "$(POD_IP)"] }'] if tls else []
     affinity = None if daemonset else pods.node_anti_affinity(labels, Placement.PREFERRED)
     local_http = f"http://127.0.0.1:{cfg.HTTP_PORT}"
     return core.PodSpecArgs(
@@ -205,13 +229,13 @@ def _pod_spec(
         node_selector=dict(spec.node_selector) or None,
         tolerations=pods.tolerations(spec.tolerations) or None,
         affinity=affinity,
-        volumes=pods.agent_volumes(config_map, data_on_empty_dir=True),
+        volumes=pods.agent_volumes(config_map, wiring, data_on_empty_dir=True),
         containers=[
             pods.agent_container(
                 cluster.image,
                 node_name="$(NODE_NAME)" if daemonset else "$(POD_NAME)",
                 env=[pods.field_env("NODE_NAME", "spec.nodeName"), pods.field_env("HOST_IP", "status.hostIP")],
-                ports=client_ports(spec),
+                ports=client_ports(spec, tls),
                 readiness_probe=pods.leader_readiness_probe(local_http),
                 # Restarts an agent stranded without servers (all server IPs changed, consul
                 # #3902) so that retry_join runs again; sustained minutes, not an election.
@@ -222,6 +246,8 @@ def _pod_spec(
                     initial_delay=60,
                 ),
                 resources=spec.resources,
+                wiring=wiring,
+                args=ip_sans,
             )
         ],
     )

@@ -133,3 +133,28 @@ class DnsSpec:
 
     enabled: bool = True
     cluster_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class SecretText:
+    """A secret string from stack config. Its repr never shows the value."""
+
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SecuritySpec:
+    """Gossip encryption, TLS, ACLs and NetworkPolicies: all on by default.
+
+    The optional material (a gossip key, a CA certificate and key, a management token) replaces
+    what the program would generate; None means generate it once and keep it in the stack.
+    """
+
+    gossip_encryption: bool = True
+    tls: bool = True
+    acls: bool = True
+    network_policy: bool = True
+    gossip_key: SecretText | None = None
+    ca_cert: str | None = None
+    ca_key: SecretText | None = None
+    management_token: SecretText | None = None

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.meta.v1 as meta
 
-from .agent_config import CONFIG_DIR, DATA_DIR
+from .agent_config import ACL_DIR, ACL_TOKENS_FILE, CONFIG_DIR, DATA_DIR, TLS_DIR
 from .labels import Labels
 from .model import Placement, Resources, Toleration
+from .security import GOSSIP_SECRET_KEY, TierSecrets
 
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 ZONE_TOPOLOGY = "topology.kubernetes.io/zone"
@@ -87,11 +89,50 @@ def leader_readiness_probe(http_url: str) -> core.ProbeArgs:
     return exec_probe(leader_check(http_url), period=3, failure_threshold=2, initial_delay=5)
 
 
-def agent_volumes(config_map: pulumi.Input[str], *, data_on_empty_dir: bool) -> list[core.VolumeArgs]:
-    """The config dir from a ConfigMap, a scratch /tmp, and (for clients) data on an emptyDir."""
+@dataclass(frozen=True)
+class SecretWiring:
+    """How an agent gets its Secrets: environment, extra arguments, volumes and mounts."""
+
+    env: list[core.EnvVarArgs] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    volumes: list[core.VolumeArgs] = field(default_factory=list)
+    mounts: list[core.VolumeMountArgs] = field(default_factory=list)
+
+
+def secret_wiring(secrets: TierSecrets) -> SecretWiring:
+    """The gossip key as an environment variable from a secretKeyRef (expanded into -encrypt, never
+    written out), and the CA, server certificate and ACL token file as read-only Secret volumes."""
+    wiring = SecretWiring()
+    if secrets.gossip is not None:
+        wiring.env.append(
+            core.EnvVarArgs(
+                name="GOSSIP_KEY",
+                value_from=core.EnvVarSourceArgs(secret_key_ref=core.SecretKeySelectorArgs(name=secrets.gossip, key=GOSSIP_SECRET_KEY)),
+            )
+        )
+        wiring.args.append("-encrypt=$(GOSSIP_KEY)")
+    mounted = [
+        ("tls-ca", secrets.ca, f"{TLS_DIR}/ca"),
+        ("tls-server", secrets.server_tls, f"{TLS_DIR}/server"),
+        ("acl-tokens", secrets.acl_tokens, ACL_DIR),
+    ]
+    for volume, secret_name, path in mounted:
+        if secret_name is not None:
+            wiring.volumes.append(
+                core.VolumeArgs(name=volume, secret=core.SecretVolumeSourceArgs(secret_name=secret_name, default_mode=0o440))
+            )
+            wiring.mounts.append(core.VolumeMountArgs(name=volume, mount_path=path, read_only=True))
+    if secrets.acl_tokens is not None:
+        wiring.args.append(f"-config-file={ACL_TOKENS_FILE}")
+    return wiring
+
+
+def agent_volumes(config_map: pulumi.Input[str], wiring: SecretWiring, *, data_on_empty_dir: bool) -> list[core.VolumeArgs]:
+    """The config dir from a ConfigMap, a scratch /tmp, the Secrets, and (for clients) data on an emptyDir."""
     volumes = [
         core.VolumeArgs(name="config", config_map=core.ConfigMapVolumeSourceArgs(name=config_map)),
         core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
+        *wiring.volumes,
     ]
     if data_on_empty_dir:
         volumes.insert(0, core.VolumeArgs(name="data", empty_dir=core.EmptyDirVolumeSourceArgs()))
@@ -106,18 +147,21 @@ def agent_container(
     readiness_probe: core.ProbeArgs,
     liveness_probe: core.ProbeArgs,
     resources: Resources,
+    wiring: SecretWiring,
     env: Sequence[core.EnvVarArgs] = (),
+    args: Sequence[str] = (),
 ) -> core.ContainerArgs:
     """The consul agent container: config from the config dir, advertising the pod IP, non-root."""
     return core.ContainerArgs(
         name="consul",
         image=image,
         command=["consul"],
-        args=["agent", f"-config-dir={CONFIG_DIR}", "-advertise=$(POD_IP)", f"-node={node_name}"],
+        args=["agent", f"-config-dir={CONFIG_DIR}", *wiring.args, "-advertise=$(POD_IP)", f"-node={node_name}", *args],
         env=[
             field_env("POD_IP", "status.podIP"),
             field_env("POD_NAME", "metadata.name"),
             *env,
+            *wiring.env,
             core.EnvVarArgs(name="CONSUL_DISABLE_PERM_MGMT", value="true"),
         ],
         ports=list(ports),
@@ -129,6 +173,7 @@ def agent_container(
             core.VolumeMountArgs(name="data", mount_path=DATA_DIR),
             core.VolumeMountArgs(name="config", mount_path=CONFIG_DIR, read_only=True),
             core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+            *wiring.mounts,
         ],
     )
 

@@ -7,9 +7,11 @@ from collections.abc import Mapping
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
 from .clients import ConsulClients, ConsulClientsArgs
 from .labels import APP_NAME
 from .namespace import consul_namespace
+from .security import ConsulSecurity, ConsulSecurityArgs
 from .servers import ConsulServers, ConsulServersArgs
 from .settings import PROJECT, Settings, load_settings
 
@@ -23,6 +25,13 @@ def stack_config(project: str = PROJECT) -> dict[str, str]:
     return {key[len(prefix) :]: str(value) for key, value in merged.items() if key.startswith(prefix)}
 
 
+def secret_config_keys(project: str = PROJECT) -> set[str]:
+    """The bare keys of ``<project>:`` values that were set as secrets."""
+    keys = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
+    prefix = f"{project}:"
+    return {key[len(prefix) :] for key in keys if key.startswith(prefix)}
+
+
 def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
     """Declare every resource for validated settings and return the stack outputs."""
     namespace: pulumi.Input[str] = settings.namespace
@@ -33,9 +42,18 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
             host_access=settings.clients.uses_host_namespace,
         )
         namespace = ns.metadata.name
+    security = ConsulSecurity(INSTANCE, ConsulSecurityArgs(namespace=namespace, cluster=settings.cluster, spec=settings.security))
+    network_policy = settings.security.network_policy
     servers = ConsulServers(
         INSTANCE,
-        ConsulServersArgs(namespace=namespace, cluster=settings.cluster, spec=settings.servers, ui=settings.ui),
+        ConsulServersArgs(
+            namespace=namespace,
+            cluster=settings.cluster,
+            spec=settings.servers,
+            ui=settings.ui,
+            secrets=security.server_secrets,
+            network_policy=network_policy,
+        ),
     )
     clients = ConsulClients(
         INSTANCE,
@@ -45,8 +63,22 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
             cluster=settings.cluster,
             spec=settings.clients,
             dns=settings.dns,
+            secrets=security.client_secrets,
+            network_policy=network_policy,
         ),
     )
+    if security.acl_tokens is not None:
+        ConsulAclBootstrap(
+            INSTANCE,
+            ConsulAclBootstrapArgs(
+                namespace=namespace,
+                tokens=security.acl_tokens,
+                server_service=servers.service_name,
+                ca_secret=security.server_secrets.ca,
+                cluster=settings.cluster,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=[servers]),
+        )
     return {
         "namespace": servers.namespace,
         "datacenter": servers.datacenter,
@@ -57,12 +89,14 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
         "clientServiceName": clients.service_name,
         "agentAddress": clients.agent_address,
         "dnsServiceName": clients.dns_service_name,
+        "caCertificate": security.ca_cert_pem,
+        "aclManagementToken": security.management_token,
     }
 
 
 def main() -> None:
     """Entry point: validation runs to completion before the first resource is declared."""
-    settings = load_settings(stack_config())
+    settings = load_settings(stack_config(), secret_config_keys())
     if settings.clients.uses_host_namespace and settings.create_namespace:
         pulumi.log.warn(
             f"{PROJECT}:clientHostPorts/clientHostNetwork need host access: namespace {settings.namespace} enforces "

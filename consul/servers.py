@@ -11,11 +11,13 @@ import pulumi_kubernetes.meta.v1 as meta
 import pulumi_kubernetes.policy.v1 as policy
 
 from . import agent_config as cfg
-from . import pods
+from . import network_policy, pods
 from .labels import Labels
 from .model import ClusterSpec, ServerSpec, UiServiceType, UiSpec
+from .security import TierSecrets
 
 UI_HTTP_PORT = 80
+UI_HTTPS_PORT = 443
 
 
 @dataclass(frozen=True)
@@ -27,19 +29,28 @@ class ConsulServersArgs:
     cluster: image, datacenter, domain and recursors shared by every agent (defaults: see
         :class:`~consul.model.ClusterSpec`).
     spec: the server tier's shape (defaults: see :class:`~consul.model.ServerSpec`).
-    ui: the UI Service in front of the servers (default: ClusterIP, port 80).
+    ui: the UI Service in front of the servers (default: ClusterIP, port 80, or 443 with TLS).
+    secrets: the Secrets that switch on gossip encryption, TLS and ACLs (default: none, all off;
+        pass ``ConsulSecurity.server_secrets``).
+    network_policy: admit only the traffic servers need (default: False).
     """
 
     namespace: pulumi.Input[str]
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     spec: ServerSpec = field(default_factory=ServerSpec)
     ui: UiSpec = field(default_factory=UiSpec)
+    secrets: TierSecrets = field(default_factory=TierSecrets)
+    network_policy: bool = False
 
 
-def server_ports() -> list[tuple[str, int, str]]:
-    """(name, port, protocol) of every port a server listens on; serf gossips over TCP and UDP."""
+def server_ports(tls: bool) -> list[tuple[str, int, str]]:
+    """(name, port, protocol) of every port a server serves beyond its pod; serf gossips over TCP and UDP.
+
+    With TLS, plain HTTP is bound to the pod's loopback only, and HTTPS is the API port.
+    """
+    api = ("https", cfg.HTTPS_PORT, "TCP") if tls else ("http", cfg.HTTP_PORT, "TCP")
     return [
-        ("http", cfg.HTTP_PORT, "TCP"),
+        api,
         ("server", cfg.SERVER_RPC_PORT, "TCP"),
         ("serflan-tcp", cfg.SERF_LAN_PORT, "TCP"),
         ("serflan-udp", cfg.SERF_LAN_PORT, "UDP"),
@@ -72,6 +83,8 @@ class ConsulServers(pulumi.ComponentResource):
     def __init__(self, name: str, args: ConsulServersArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("consul:index:ConsulServers", name, None, opts)
         spec, cluster = args.spec, args.cluster
+        features = args.secrets.features
+        ports = server_ports(features.tls)
         full_name = f"{name}-server"
         labels = Labels(instance=name, component="server", version=cluster.version)
         namespace = pulumi.Output.from_input(args.namespace)
@@ -81,7 +94,7 @@ class ConsulServers(pulumi.ComponentResource):
             return meta.ObjectMetaArgs(name=object_name, namespace=namespace, labels=labels.all)
 
         retry_join = namespace.apply(lambda ns: [f"{full_name}-{i}.{full_name}.{ns}.svc:{cfg.SERF_LAN_PORT}" for i in range(spec.replicas)])
-        files = retry_join.apply(lambda join: cfg.config_files(cfg.server_config(cluster, spec, join), spec.extra_config))
+        files = retry_join.apply(lambda join: cfg.config_files(cfg.server_config(cluster, spec, join, features), spec.extra_config))
 
         account = core.ServiceAccount(
             full_name,
@@ -99,7 +112,7 @@ class ConsulServers(pulumi.ComponentResource):
                 selector=labels.selector,
                 ports=[
                     core.ServicePortArgs(name=port_name, port=port, target_port=port_name, protocol=protocol)
-                    for port_name, port, protocol in server_ports()
+                    for port_name, port, protocol in ports
                 ],
             ),
             opts=child,
@@ -125,7 +138,7 @@ class ConsulServers(pulumi.ComponentResource):
                         labels=labels.all,
                         annotations={cfg.CHECKSUM_ANNOTATION: files.apply(cfg.checksum)},
                     ),
-                    spec=self._pod_spec(full_name, labels, cluster, spec, account.metadata.name, config_map.metadata.name),
+                    spec=_pod_spec(labels, cluster, spec, args.secrets, account.metadata.name, config_map.metadata.name),
                 ),
                 volume_claim_templates=[
                     core.PersistentVolumeClaimArgs(
@@ -164,7 +177,11 @@ class ConsulServers(pulumi.ComponentResource):
                 spec=core.ServiceSpecArgs(
                     type=args.ui.service_type.value,
                     selector=labels.selector,
-                    ports=[core.ServicePortArgs(name="http", port=UI_HTTP_PORT, target_port="http", protocol="TCP")],
+                    ports=[
+                        core.ServicePortArgs(name="https", port=UI_HTTPS_PORT, target_port="https", protocol="TCP")
+                        if features.tls
+                        else core.ServicePortArgs(name="http", port=UI_HTTP_PORT, target_port="http", protocol="TCP")
+                    ],
                 ),
                 opts=child,
             )
@@ -172,7 +189,11 @@ class ConsulServers(pulumi.ComponentResource):
 
         self.namespace = namespace
         self.service_name = service.metadata.name
-        self.http_address = pulumi.Output.concat("http://", service.metadata.name, ".", namespace, f".svc:{cfg.HTTP_PORT}")
+        if args.network_policy:
+            clients = Labels(instance=name, component="client", version=cluster.version)
+            network_policy.ingress_policy(full_name, namespace, labels, network_policy.server_rules(labels, clients, features.tls), child)
+        scheme, api_port = ("https", cfg.HTTPS_PORT) if features.tls else ("http", cfg.HTTP_PORT)
+        self.http_address = pulumi.Output.concat(f"{scheme}://", service.metadata.name, ".", namespace, f".svc:{api_port}")
         self.datacenter = pulumi.Output.from_input(cluster.datacenter)
         self.retry_join = retry_join
         self.ui_service_name = ui_name
@@ -187,46 +208,53 @@ class ConsulServers(pulumi.ComponentResource):
             }
         )
 
-    @staticmethod
-    def _pod_spec(
-        full_name: str,
-        labels: Labels,
-        cluster: ClusterSpec,
-        spec: ServerSpec,
-        service_account: pulumi.Input[str],
-        config_map: pulumi.Input[str],
-    ) -> core.PodSpecArgs:
-        local_http = f"http://127.0.0.1:{cfg.HTTP_PORT}"
-        return core.PodSpecArgs(
-            service_account_name=service_account,
-            automount_service_account_token=False,
-            termination_grace_period_seconds=30,
-            security_context=pods.pod_security_context(),
-            priority_class_name=spec.priority_class_name,
-            node_selector=dict(spec.node_selector) or None,
-            tolerations=pods.tolerations(spec.tolerations) or None,
-            affinity=pods.node_anti_affinity(labels, spec.anti_affinity),
-            topology_spread_constraints=pods.zone_spread(labels, spec.zone_spread),
-            volumes=pods.agent_volumes(config_map, data_on_empty_dir=False),
-            containers=[
-                pods.agent_container(
-                    cluster.image,
-                    node_name="$(POD_NAME)",
-                    ports=[
-                        core.ContainerPortArgs(name=port_name, container_port=port, protocol=protocol)
-                        for port_name, port, protocol in server_ports()
-                    ],
-                    readiness_probe=pods.leader_readiness_probe(local_http),
-                    # Answers 200 with or without a leader: restarts only an agent whose HTTP
-                    # server hangs, never one that is waiting out an election.
-                    liveness_probe=core.ProbeArgs(
-                        http_get=core.HTTPGetActionArgs(path="/v1/status/leader", port=cfg.HTTP_PORT),
-                        initial_delay_seconds=30,
-                        period_seconds=10,
-                        timeout_seconds=5,
-                        failure_threshold=6,
-                    ),
-                    resources=spec.resources,
-                )
-            ],
-        )
+
+def _pod_spec(
+    labels: Labels,
+    cluster: ClusterSpec,
+    spec: ServerSpec,
+    secrets: TierSecrets,
+    service_account: pulumi.Input[str],
+    config_map: pulumi.Input[str],
+) -> core.PodSpecArgs:
+    tls = secrets.features.tls
+    wiring = pods.secret_wiring(secrets)
+    # Answers 200 with or without a leader: restarts only an agent whose HTTP server hangs,
+    # never one that is waiting out an election. With TLS only HTTPS listens beyond loopback.
+    liveness = core.ProbeArgs(
+        http_get=core.HTTPGetActionArgs(
+            path="/v1/status/leader",
+            port=cfg.HTTPS_PORT if tls else cfg.HTTP_PORT,
+            scheme="HTTPS" if tls else None,
+        ),
+        initial_delay_seconds=30,
+        period_seconds=10,
+        timeout_seconds=5,
+        failure_threshold=6,
+    )
+    return core.PodSpecArgs(
+        service_account_name=service_account,
+        automount_service_account_token=False,
+        termination_grace_period_seconds=30,
+        security_context=pods.pod_security_context(),
+        priority_class_name=spec.priority_class_name,
+        node_selector=dict(spec.node_selector) or None,
+        tolerations=pods.tolerations(spec.tolerations) or None,
+        affinity=pods.node_anti_affinity(labels, spec.anti_affinity),
+        topology_spread_constraints=pods.zone_spread(labels, spec.zone_spread),
+        volumes=pods.agent_volumes(config_map, wiring, data_on_empty_dir=False),
+        containers=[
+            pods.agent_container(
+                cluster.image,
+                node_name="$(POD_NAME)",
+                ports=[
+                    core.ContainerPortArgs(name=port_name, container_port=port, protocol=protocol)
+                    for port_name, port, protocol in server_ports(tls)
+                ],
+                readiness_probe=pods.leader_readiness_probe(f"http://127.0.0.1:{cfg.HTTP_PORT}"),
+                liveness_probe=liveness,
+                resources=spec.resources,
+                wiring=wiring,
+            )
+        ],
+    )

@@ -12,7 +12,7 @@ import enum
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -21,7 +21,21 @@ from typing import Any, TypeVar
 import jsonschema
 import pulumi
 
-from .model import ClientMode, ClientSpec, ClusterSpec, DnsSpec, Placement, Resources, ServerSpec, Toleration, UiServiceType, UiSpec
+from .keys import check_ca, check_gossip_key
+from .model import (
+    ClientMode,
+    ClientSpec,
+    ClusterSpec,
+    DnsSpec,
+    Placement,
+    Resources,
+    SecretText,
+    SecuritySpec,
+    ServerSpec,
+    Toleration,
+    UiServiceType,
+    UiSpec,
+)
 from .quantity import parse_quantity
 
 PROJECT = "consul"
@@ -81,7 +95,8 @@ class SettingsError(pulumi.RunError):
     def __init__(self, key: str, value: object, allowed: str) -> None:
         self.key = key
         self.value = value
-        super().__init__(f"invalid {PROJECT}:{key} {_show(value)}: {allowed}")
+        shown = "[secret]" if isinstance(value, SecretText) else _show(value)
+        super().__init__(f"invalid {PROJECT}:{key} {shown}: {allowed}")
 
 
 def _show(value: object) -> str:
@@ -99,6 +114,7 @@ class Settings:
     ui: UiSpec
     clients: ClientSpec
     dns: DnsSpec
+    security: SecuritySpec
 
 
 T = TypeVar("T")
@@ -108,8 +124,9 @@ E = TypeVar("E", bound=enum.Enum)
 class _Reader:
     """Reads raw string values of one stack, converting and checking each key once."""
 
-    def __init__(self, raw: Mapping[str, str]) -> None:
+    def __init__(self, raw: Mapping[str, str], secret_keys: Collection[str]) -> None:
         self._raw = raw
+        self._secret_keys = secret_keys
         self.read: set[str] = set()
 
     def _text(self, key: str) -> str:
@@ -120,6 +137,19 @@ class _Reader:
 
     def string(self, key: str) -> str:
         return self._text(key)
+
+    def secret(self, key: str) -> SecretText | None:
+        """A value that must be kept secret: empty means unset; set, it must be a Pulumi secret."""
+        text = self._text(key)
+        if not text:
+            return None
+        if key not in self._secret_keys:
+            raise SettingsError(
+                key,
+                SecretText(text),
+                f"must be set as a secret, or it sits in plain text in the stack file: pulumi config set --secret {PROJECT}:{key} ...",
+            )
+        return SecretText(text)
 
     def json(self, key: str, kind: type[T], what: str) -> T:
         text = self._text(key)
@@ -153,9 +183,12 @@ class _Reader:
         raise SettingsError(key, text, f"must be {names}")
 
 
-def load_settings(raw: Mapping[str, str], warn: Callable[[str], None] = pulumi.log.warn) -> Settings:
-    """Parse and validate the stack's ``consul:*`` settings (bare key -> string value)."""
-    reader = _Reader(raw)
+def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), warn: Callable[[str], None] = pulumi.log.warn) -> Settings:
+    """Parse and validate the stack's ``consul:*`` settings (bare key -> string value).
+
+    `secret_keys` are the keys whose values were set as Pulumi secrets.
+    """
+    reader = _Reader(raw, secret_keys)
     settings = Settings(
         namespace=_namespace(reader),
         create_namespace=reader.boolean("createNamespace"),
@@ -164,6 +197,7 @@ def load_settings(raw: Mapping[str, str], warn: Callable[[str], None] = pulumi.l
         ui=_ui(reader),
         clients=_clients(reader),
         dns=_dns(reader),
+        security=_security(reader),
     )
     unknown = sorted(set(raw) - reader.read)
     if unknown:
@@ -354,6 +388,55 @@ def _dns(reader: _Reader) -> DnsSpec:
         if not enabled:
             raise SettingsError("dnsClusterIP", cluster_ip, "must be empty when consul:dnsService is false")
     return DnsSpec(enabled=enabled, cluster_ip=cluster_ip or None)
+
+
+def _security(reader: _Reader) -> SecuritySpec:
+    gossip = reader.boolean("gossipEncryption")
+    tls = reader.boolean("tls")
+    acls = reader.boolean("acls")
+    network_policy = reader.boolean("networkPolicy")
+    gossip_key = reader.secret("gossipKey")
+    if gossip_key is not None:
+        problem = check_gossip_key(gossip_key.value)
+        if problem:
+            raise SettingsError("gossipKey", gossip_key, problem)
+        if not gossip:
+            raise SettingsError("gossipKey", gossip_key, "must be unset when consul:gossipEncryption is false")
+    ca_cert = reader.string("tlsCaCert") or None
+    ca_key = reader.secret("tlsCaKey")
+    if (ca_cert is None) != (ca_key is None):
+        given, missing = ("tlsCaCert", "tlsCaKey") if ca_cert else ("tlsCaKey", "tlsCaCert")
+        raise SettingsError(
+            given,
+            "(PEM)" if given == "tlsCaCert" else ca_key,
+            f"goes with consul:{missing}: bring both the CA certificate and its key, or neither",
+        )
+    if ca_cert is not None and ca_key is not None:
+        problem = check_ca(ca_cert, ca_key.value)
+        if problem:
+            raise SettingsError("tlsCaKey" if "key" in problem else "tlsCaCert", ca_key if "key" in problem else "(PEM)", problem)
+        if not tls:
+            raise SettingsError("tlsCaCert", "(PEM)", "must be unset when consul:tls is false")
+    management_token = reader.secret("aclManagementToken")
+    if management_token is not None:
+        if not _is_uuid(management_token.value):
+            raise SettingsError("aclManagementToken", management_token, "must be a Consul token SecretID (a UUID)")
+        if not acls:
+            raise SettingsError("aclManagementToken", management_token, "must be unset when consul:acls is false")
+    return SecuritySpec(
+        gossip_encryption=gossip,
+        tls=tls,
+        acls=acls,
+        network_policy=network_policy,
+        gossip_key=gossip_key,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        management_token=management_token,
+    )
+
+
+def _is_uuid(text: str) -> bool:
+    return re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text) is not None
 
 
 def _annotations(reader: _Reader, key: str) -> dict[str, str]:

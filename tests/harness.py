@@ -7,20 +7,22 @@ tests never restate a default; a test's overrides go on top.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dill
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 
-from consul.program import deploy, main, stack_config
+from consul.program import deploy, main, secret_config_keys, stack_config
 from consul.settings import PROJECT, load_settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -74,6 +76,8 @@ class Declared:
     parent: str
     custom: bool
     inputs: dict[str, Any]
+    secret_paths: list[str] = field(default_factory=list)
+    secret_outputs: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -89,6 +93,12 @@ class Declared:
 
 class _Recorder(pulumi_mocks.Mocks):
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        if args.typ == "pulumi-python:dynamic:Resource":
+            # Run the dynamic provider's real create, as the engine would.
+            inputs = _plain(args.inputs)
+            provider = dill.loads(base64.b64decode(inputs.pop("__provider")))
+            result = provider.create(inputs)
+            return result.id, {**inputs, **(result.outs or {})}
         return f"{args.name}-id", dict(args.inputs)
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], None]:
@@ -104,14 +114,38 @@ class _Monitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             inputs = pulumi.runtime.rpc.deserialize_properties(request.object, keep_unknowns=True)
-            self.declared.append(Declared(request.type, request.name, request.parent, request.custom, _plain(inputs)))
+            declared = Declared(
+                request.type,
+                request.name,
+                request.parent,
+                request.custom,
+                _plain(inputs),
+                _secret_paths(inputs, ""),
+                list(request.additionalSecretOutputs),
+            )
+            self.declared.append(declared)
         return response
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(pulumi.runtime.rpc._special_sig_key) == pulumi.runtime.rpc._special_secret_sig
+
+
+def _secret_paths(value: Any, path: str) -> list[str]:
+    """Where in the wire-form inputs a value travels marked secret ("stringData/key", ...)."""
+    if _is_secret(value):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _secret_paths(v, f"{path}/{k}" if path else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _secret_paths(v, f"{path}/{i}")]
+    return []
 
 
 def _plain(value: Any) -> Any:
     """Unwrap secret markers and restore whole numbers, so the inputs read like a manifest."""
     if isinstance(value, dict):
-        if value.get(pulumi.runtime.rpc._special_sig_key) == pulumi.runtime.rpc._special_secret_sig:
+        if _is_secret(value):
             return _plain(value["value"])
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -137,6 +171,7 @@ class Rendered:
     declared: list[Declared]
     outputs: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    secret_outputs: set[str] = field(default_factory=set)
 
     def kubernetes(self) -> list[Declared]:
         return [d for d in self.declared if d.typ.startswith("kubernetes:")]
@@ -155,7 +190,11 @@ class Rendered:
             yield d.manifest()
 
 
-def _start(stack: str, overrides: Mapping[str, Any]) -> tuple[_Monitor, _Warnings]:
+# Keys a user sets with `pulumi config set --secret`: the tests pass them as secrets too.
+SECRET_KEYS = ("gossipKey", "tlsCaKey", "aclManagementToken")
+
+
+def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = ()) -> tuple[_Monitor, _Warnings]:
     recorder = _Recorder()
     monitor = _Monitor(recorder)
     warnings = _Warnings()
@@ -163,7 +202,8 @@ def _start(stack: str, overrides: Mapping[str, Any]) -> tuple[_Monitor, _Warning
     logger.addHandler(warnings)
     logger.propagate = False
     pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False, logger=logger, monitor=monitor)
-    pulumi.runtime.set_all_config(cli_config(stack, overrides))
+    secret = [f"{PROJECT}:{k}" for k in SECRET_KEYS if k in overrides and k not in plain]
+    pulumi.runtime.set_all_config(cli_config(stack, overrides), secret)
     return monitor, warnings
 
 
@@ -171,19 +211,25 @@ def render(stack: str = "dev", **overrides: Any) -> Rendered:
     """Run the program for `stack` with `overrides` and return everything it declared."""
     monitor, warnings = _start(stack, overrides)
     outputs: dict[str, Any] = {}
+    secret: dict[str, bool] = {}
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def run() -> pulumi.Output[Any]:
-        settings = load_settings(stack_config(), warn=pulumi.log.warn)
-        return pulumi.Output.all(**deploy(settings)).apply(outputs.update)
+        settings = load_settings(stack_config(), secret_config_keys(), warn=pulumi.log.warn)
+        declared = deploy(settings)
+        flags = pulumi.Output.all(**{k: pulumi.Output.from_input(v.is_secret()) for k, v in declared.items()})  # type: ignore[arg-type]
+        return pulumi.Output.all(pulumi.Output.all(**declared).apply(outputs.update), flags.apply(secret.update))
 
     run()
-    return Rendered(list(monitor.declared), outputs, warnings.messages)
+    return Rendered(list(monitor.declared), outputs, warnings.messages, {k for k, v in secret.items() if v})
 
 
-def run_main(stack: str = "dev", **overrides: Any) -> tuple[Rendered, Exception | None]:
-    """Run the program's entry point as __main__.py does: what it declared, and what it raised."""
-    monitor, warnings = _start(stack, overrides)
+def run_main(stack: str = "dev", plain: Sequence[str] = (), **overrides: Any) -> tuple[Rendered, Exception | None]:
+    """Run the program's entry point as __main__.py does: what it declared, and what it raised.
+
+    Secret settings among `overrides` are passed as secrets, except the keys named in `plain`.
+    """
+    monitor, warnings = _start(stack, overrides, plain)
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def run() -> None:

@@ -67,6 +67,7 @@ def test_clients_mode_default_service_is_node_local(default):
     assert service["selector"] == CLIENT_SELECTOR
     assert {(p["name"], p["port"], p["protocol"]) for p in service["ports"]} == {
         ("http", 8500, "TCP"),
+        ("https", 8501, "TCP"),
         ("dns-tcp", 8600, "TCP"),
         ("dns-udp", 8600, "UDP"),
     }
@@ -122,6 +123,7 @@ def test_clients_host_ports_on():
     rendered = render("ci-defaults", clientHostPorts=True)
     assert {(p["name"], p.get("hostPort")) for p in container(rendered)["ports"]} == {
         ("http", 8500),
+        ("https", 8501),
         ("serflan-tcp", None),
         ("serflan-udp", None),
         ("dns-tcp", 8600),
@@ -228,6 +230,7 @@ def test_clients_children_are_parented(default):
     assert sorted((d.kind, d.name) for d in children) == [
         ("ConfigMap", "consul-client-config"),
         ("DaemonSet", "consul-client"),
+        ("NetworkPolicy", "consul-client"),
         ("Service", "consul-client"),
         ("Service", "consul-dns"),
         ("ServiceAccount", "consul-client"),
@@ -242,7 +245,7 @@ def test_ui_service_default(default):
     assert ui["spec"] == {
         "type": "ClusterIP",
         "selector": SERVER_SELECTOR,
-        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        "ports": [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}],
     }
     assert "annotations" not in ui["metadata"]
     assert default.outputs["uiServiceName"] == "consul-ui"
@@ -292,6 +295,9 @@ def test_dns_service_fixed_cluster_ip():
 
 def _selectors(manifest):
     spec = manifest.get("spec", {})
+    if manifest["kind"] == "NetworkPolicy":
+        peers = [peer["podSelector"]["matchLabels"] for rule in spec["ingress"] for peer in rule.get("from", [])]
+        return [spec["podSelector"]["matchLabels"], *peers]
     if manifest["kind"] == "Service":
         return [spec.get("selector") or {}]
     if "selector" in spec:
@@ -316,7 +322,7 @@ def test_property_tiers_never_share_a_selector_and_clients_join_every_server(rep
     rendered = render("ci-defaults", serverReplicas=replicas, namespace=namespace, clientMode=mode)
     manifests = list(rendered.manifests())
     tiers = {m["metadata"]["name"]: _pod_labels(m) for m in manifests if _pod_labels(m)}
-    assert set(tiers) == {"consul-server", "consul-client"}
+    assert set(tiers) == {"consul-server", "consul-client", "consul-acl-bootstrap"}
     for m in manifests:
         for selector in _selectors(m):
             matched = [name for name, labels in tiers.items() if selector.items() <= labels.items()]

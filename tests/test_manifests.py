@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from harness import render
-from validation import agent_config_errors, consul_config_files, pod_specs, restricted_violations, schema_errors
+from validation import KUBERNETES_VERSIONS, agent_config_errors, consul_config_files, pod_specs, restricted_violations, schema_errors
 
 # Stacks and overrides that between them switch every setting away from its default.
 CASES: dict[str, tuple[str, dict[str, object]]] = {
@@ -72,7 +74,7 @@ def test_manifests_are_schema_valid_kubernetes(rendered):
 def test_manifests_pods_pass_pod_security_restricted(case):
     name, rendered = case
     specs = dict(pod_specs(rendered.manifests()))
-    assert sorted(p.split("/")[1] for p in specs) == ["consul-client", "consul-server"]
+    assert sorted(p.split("/")[1] for p in specs) == ["consul-acl-bootstrap", "consul-client", "consul-server"]
     violations = {pod: set(restricted_violations(spec)) for pod, spec in specs.items()}
     client = next(p for p in specs if p.endswith("/consul-client"))
     assert violations == {**{p: set() for p in specs}, client: HOST_ACCESS.get(name, set())}
@@ -103,3 +105,22 @@ def test_validators_can_fail():
     assert agent_config_errors({"bootstrap_expected": 3}) == [
         "(top): Additional properties are not allowed ('bootstrap_expected' was unexpected)"
     ]
+
+
+def test_cached_schema_check_agrees_with_kubernetes_validate():
+    """tests/validation.py caches kubernetes-validate's schemas; its verdicts must be the library's."""
+    import kubernetes_validate
+
+    manifests = list(render("ci-defaults").manifests())
+    broken = json.loads(json.dumps(manifests[-1]))
+    broken["spec"]["unknownField"] = True
+    for manifest in [*manifests, broken]:
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(manifest, version, strict=True)
+                library_ok = True
+            except kubernetes_validate.ValidationError:
+                library_ok = False
+            ours_ok = not [e for e in schema_errors(manifest) if e.startswith(version)]
+            assert ours_ok == library_ok, (manifest["kind"], version)
+    assert schema_errors(broken)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 from harness import render
@@ -54,7 +55,7 @@ def test_servers_namespace_override():
     assert {d.inputs["metadata"]["namespace"] for d in rendered.kubernetes() if d.kind != "Namespace"} == {"platform-consul"}
     assert rendered.one("Namespace")["metadata"]["name"] == "platform-consul"
     assert agent_config(rendered)["retry_join"] == [f"consul-server-{i}.consul-server.platform-consul.svc:8301" for i in range(3)]
-    assert rendered.outputs["httpAddress"] == "http://consul-server.platform-consul.svc:8500"
+    assert rendered.outputs["httpAddress"] == "https://consul-server.platform-consul.svc:8501"
 
 
 def test_servers_create_namespace_default_enforces_restricted(default):
@@ -269,7 +270,7 @@ def test_servers_headless_service_publishes_not_ready_and_names_every_port(defau
     assert service["publishNotReadyAddresses"] is True
     assert service["selector"] == SELECTOR
     assert {(p["name"], p["port"], p["protocol"]) for p in service["ports"]} == {
-        ("http", 8500, "TCP"),
+        ("https", 8501, "TCP"),
         ("server", 8300, "TCP"),
         ("serflan-tcp", 8301, "TCP"),
         ("serflan-udp", 8301, "UDP"),
@@ -295,7 +296,14 @@ def test_servers_agent_config_design(default):
 def test_servers_advertise_pod_ip_and_no_leave_prestop(default):
     c = container(default)
     assert c["command"] == ["consul"]
-    assert c["args"] == ["agent", "-config-dir=/consul/config", "-advertise=$(POD_IP)", "-node=$(POD_NAME)"]
+    assert c["args"] == [
+        "agent",
+        "-config-dir=/consul/config",
+        "-encrypt=$(GOSSIP_KEY)",
+        "-config-file=/consul/acl/acl-tokens.json",
+        "-advertise=$(POD_IP)",
+        "-node=$(POD_NAME)",
+    ]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
     assert "lifecycle" not in c
     assert pod(default)["terminationGracePeriodSeconds"] == 30
@@ -310,7 +318,7 @@ def test_servers_probes(default):
     ]
     assert (c["readinessProbe"]["periodSeconds"], c["readinessProbe"]["failureThreshold"]) == (3, 2)
     # Liveness must not depend on a leader: /v1/status/leader answers 200 with "" during elections.
-    assert c["livenessProbe"]["httpGet"] == {"path": "/v1/status/leader", "port": 8500}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v1/status/leader", "port": 8501, "scheme": "HTTPS"}
     assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 60
 
 
@@ -354,7 +362,9 @@ def test_servers_config_checksum_annotation_follows_config(default):
 
 
 def server_tier(rendered):
-    return [d for d in rendered.kubernetes() if d.name.startswith("consul-server")]
+    return [
+        d for d in rendered.kubernetes() if d.parent.endswith("consul:index:ConsulServers::consul") and d.name.startswith("consul-server")
+    ]
 
 
 def test_servers_recommended_labels_everywhere(default):
@@ -374,6 +384,7 @@ def test_servers_children_are_parented_and_named_from_the_component(default):
     children = [d for d in default.kubernetes() if d.parent.endswith("consul:index:ConsulServers::consul")]
     assert sorted((d.kind, d.name) for d in children) == [
         ("ConfigMap", "consul-server-config"),
+        ("NetworkPolicy", "consul-server"),
         ("PodDisruptionBudget", "consul-server"),
         ("Service", "consul-server"),
         ("Service", "consul-ui"),
@@ -385,11 +396,14 @@ def test_servers_children_are_parented_and_named_from_the_component(default):
 
 
 def test_servers_outputs(default):
-    assert default.outputs == {
+    outputs = dict(default.outputs)
+    assert outputs.pop("caCertificate").startswith("-----BEGIN CERTIFICATE-----")
+    assert re.fullmatch(r"[0-9a-f-]{36}", outputs.pop("aclManagementToken"))
+    assert outputs == {
         "namespace": "consul",
         "datacenter": "dc1",
         "serverServiceName": "consul-server",
-        "httpAddress": "http://consul-server.consul.svc:8500",
+        "httpAddress": "https://consul-server.consul.svc:8501",
         "uiServiceName": "consul-ui",
         "clientMode": "daemonset",
         "clientServiceName": "consul-client",

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
+import referencing
+from kubernetes_validate import utils
 
 from consul.settings import agent_config_validator
 
@@ -16,13 +21,27 @@ KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 _ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
 
 
+@functools.cache
+def _definitions(schema_dir: str) -> referencing.Resource[Any]:
+    return referencing.Resource.from_contents(utils.schema_contents(f"kubernetes-json-schema/{schema_dir}/_definitions.json", schema_dir))
+
+
+@functools.cache
+def _validator(version: str, kind: str, api_version: str) -> jsonschema.protocols.Validator:
+    """kubernetes_validate.validate(strict=True), with the schemas loaded once per kind and version."""
+    schema_dir = f"v{version}-local-strict"
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = utils.schema_contents(f"kubernetes-json-schema/{schema_dir}/{kind.lower()}-{group_version}.json", version)
+    registry = referencing.Resource.from_contents(schema) @ (_definitions(schema_dir) @ referencing.Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
 def schema_errors(manifest: dict[str, Any]) -> list[str]:
     """Strict OpenAPI validation of one object against every supported Kubernetes version."""
     errors = []
     for version in KUBERNETES_VERSIONS:
-        try:
-            kubernetes_validate.validate(manifest, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
+        validator = _validator(version, manifest["kind"], manifest["apiVersion"])
+        for error in validator.iter_errors(manifest):
             errors.append(f"{version} {manifest['kind']}/{manifest['metadata'].get('name')}: {error.message} at {list(error.path)}")
     return errors
 
@@ -67,12 +86,12 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
 
 
 def consul_config_files(manifests: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every Consul agent config file in the declared ConfigMaps (keys ending in .json)."""
+    """Every Consul agent config file the program writes: ConfigMap data and Secret stringData ending in .json."""
     for m in manifests:
-        if m["kind"] == "ConfigMap":
-            for key, text in m.get("data", {}).items():
-                if key.endswith(".json"):
-                    yield f"{m['metadata']['name']}/{key}", json.loads(text)
+        files = m.get("data", {}) if m["kind"] == "ConfigMap" else m.get("stringData", {}) if m["kind"] == "Secret" else {}
+        for key, text in files.items():
+            if key.endswith(".json"):
+                yield f"{m['kind']}/{m['metadata']['name']}/{key}", json.loads(text)
 
 
 def agent_config_errors(config: dict[str, Any]) -> list[str]:

@@ -1,0 +1,72 @@
+"""NetworkPolicies that admit only the traffic Consul needs (ingress; egress is left open)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pulumi
+import pulumi_kubernetes.meta.v1 as meta
+import pulumi_kubernetes.networking.v1 as networking
+
+from . import agent_config as cfg
+from .labels import Labels
+
+Port = tuple[int, str]
+
+RPC: list[Port] = [(cfg.SERVER_RPC_PORT, "TCP")]
+SERF_LAN: list[Port] = [(cfg.SERF_LAN_PORT, "TCP"), (cfg.SERF_LAN_PORT, "UDP")]
+SERF_WAN: list[Port] = [(cfg.SERF_WAN_PORT, "TCP"), (cfg.SERF_WAN_PORT, "UDP")]
+DNS: list[Port] = [(cfg.DNS_PORT, "TCP"), (cfg.DNS_PORT, "UDP")]
+
+
+def api_ports(tls: bool, plain_http: bool) -> list[Port]:
+    """The HTTP API ports reachable from outside the pod."""
+    ports = [(cfg.HTTPS_PORT, "TCP")] if tls else []
+    if plain_http or not tls:
+        ports.append((cfg.HTTP_PORT, "TCP"))
+    return ports
+
+
+def _rule(ports: Sequence[Port], *peers: Labels) -> networking.NetworkPolicyIngressRuleArgs:
+    """Admit `ports` from pods with `peers`' labels in the policy's namespace, or from anywhere when none."""
+    return networking.NetworkPolicyIngressRuleArgs(
+        from_=[networking.NetworkPolicyPeerArgs(pod_selector=meta.LabelSelectorArgs(match_labels=p.selector)) for p in peers] or None,
+        ports=[networking.NetworkPolicyPortArgs(port=port, protocol=protocol) for port, protocol in ports],
+    )
+
+
+def ingress_policy(
+    name: str,
+    namespace: pulumi.Input[str],
+    labels: Labels,
+    rules: Sequence[networking.NetworkPolicyIngressRuleArgs],
+    opts: pulumi.ResourceOptions,
+) -> networking.NetworkPolicy:
+    return networking.NetworkPolicy(
+        name,
+        metadata=meta.ObjectMetaArgs(name=name, namespace=namespace, labels=labels.all),
+        spec=networking.NetworkPolicySpecArgs(
+            pod_selector=meta.LabelSelectorArgs(match_labels=labels.selector),
+            policy_types=["Ingress"],
+            ingress=list(rules),
+        ),
+        opts=opts,
+    )
+
+
+def server_rules(servers: Labels, clients: Labels, tls: bool) -> list[networking.NetworkPolicyIngressRuleArgs]:
+    """Servers: RPC and gossip among themselves, RPC and LAN gossip from clients, the API from anywhere
+    (the UI Service, the ACL bootstrap Job, operators)."""
+    return [
+        _rule(RPC + SERF_LAN + SERF_WAN, servers),
+        _rule(RPC + SERF_LAN, clients),
+        _rule(api_ports(tls, plain_http=False)),
+    ]
+
+
+def client_rules(servers: Labels, clients: Labels, tls: bool) -> list[networking.NetworkPolicyIngressRuleArgs]:
+    """Clients: LAN gossip from every agent, the API and DNS from workloads anywhere (and CoreDNS)."""
+    return [
+        _rule(SERF_LAN, servers, clients),
+        _rule(api_ports(tls, plain_http=True) + DNS),
+    ]

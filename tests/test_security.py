@@ -1,0 +1,398 @@
+"""Gossip encryption, TLS, ACLs and NetworkPolicies: generators, every switch on and off, secrecy."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from harness import render, run_main
+
+from consul import keys
+from consul.generated import _ServerCertGenerator
+from consul.settings import SettingsError
+
+# --- generators, with real cryptography ----------------------------------------------------------
+
+
+def test_keys_gossip_key_is_32_random_bytes():
+    first, second = keys.gossip_key(), keys.gossip_key()
+    assert len(base64.b64decode(first, validate=True)) == 32
+    assert first != second
+    assert keys.check_gossip_key(first) is None
+
+
+def test_keys_ca_is_a_long_lived_ecdsa_p256_ca():
+    ca = keys.certificate_authority("Consul CA dc1")
+    cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days >= 3650
+    cert.verify_directly_issued_by(cert)
+    assert keys.check_ca(ca.cert_pem, ca.key_pem) is None
+
+
+def test_keys_server_certificate_is_signed_by_the_ca_with_the_sans():
+    ca = keys.certificate_authority("Consul CA dc1")
+    pair = keys.server_certificate(ca, "server.dc1.consul", ["server.dc1.consul", "localhost", "*.consul-server.consul.svc"], ["127.0.0.1"])
+    cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem.encode()))
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["server.dc1.consul", "localhost", "*.consul-server.consul.svc"]
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {u._name for u in usages} == {"serverAuth", "clientAuth"}
+    assert cert.public_key().curve.name == "secp256r1"
+
+
+def test_keys_checks_refuse_bad_material():
+    assert keys.check_gossip_key("not base64!") == "is not base64"
+    assert keys.check_gossip_key(base64.b64encode(b"x" * 20).decode()) == (
+        "decodes to 20 bytes; Consul takes 16, 24 or 32 (generate one with `consul keygen`)"
+    )
+    ca, other = keys.certificate_authority("a"), keys.certificate_authority("b")
+    assert keys.check_ca(ca.cert_pem, other.key_pem) == "the key does not belong to the certificate"
+    leaf = keys.server_certificate(ca, "x", ["x"], [])
+    assert keys.check_ca(leaf.cert_pem, leaf.key_pem) == "the certificate is not a CA (basicConstraints CA:FALSE)"
+
+
+def test_generated_certificate_is_replaced_only_when_an_input_changes():
+    ca = keys.certificate_authority("ca")
+    props = {
+        "ca_cert_pem": ca.cert_pem,
+        "ca_key_pem": ca.key_pem,
+        "common_name": "server.dc1.consul",
+        "dns_names": ["a"],
+        "ip_addresses": [],
+        "validity_days": 825,
+    }
+    generator = _ServerCertGenerator()
+    created = generator.create(dict(props))
+    assert generator.diff(created.id, created.outs, {**props, "cert_pem": None, "key_pem": None}).changes is False
+    changed = generator.diff(created.id, created.outs, {**props, "dns_names": ["a", "b"], "cert_pem": None, "key_pem": None})
+    assert (changed.changes, changed.replaces) == (True, ["dns_names"])
+
+
+# --- the cluster, with everything on (the default) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secure():
+    return render("ci-defaults")
+
+
+@pytest.fixture(scope="module")
+def insecure():
+    return render("ci-defaults", gossipEncryption=False, tls=False, acls=False, networkPolicy=False)
+
+
+def agent(rendered, tier):
+    return json.loads(rendered.one("ConfigMap", f"consul-{tier}-config")["data"]["00-agent.json"])
+
+
+def container(rendered, kind, name):
+    return rendered.one(kind, name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def string_data(rendered, name):
+    return rendered.one("Secret", name)["stringData"]
+
+
+TIERS = [("StatefulSet", "consul-server", "server"), ("DaemonSet", "consul-client", "client")]
+
+
+@pytest.mark.parametrize(("kind", "name", "tier"), TIERS)
+def test_gossip_default_key_from_a_secret_key_ref(secure, kind, name, tier):
+    key = string_data(secure, "consul-gossip")["key"]
+    assert len(base64.b64decode(key)) == 32
+    c = container(secure, kind, name)
+    assert {"name": "GOSSIP_KEY", "valueFrom": {"secretKeyRef": {"name": "consul-gossip", "key": "key"}}} in c["env"]
+    assert "-encrypt=$(GOSSIP_KEY)" in c["args"]
+    assert agent(secure, tier)["disable_keyring_file"] is True
+
+
+@pytest.mark.parametrize(("kind", "name", "tier"), TIERS)
+def test_gossip_off(insecure, kind, name, tier):
+    c = container(insecure, kind, name)
+    assert all(e["name"] != "GOSSIP_KEY" for e in c["env"])
+    assert not any(a.startswith("-encrypt") for a in c["args"])
+    assert "disable_keyring_file" not in agent(insecure, tier)
+    assert "consul-gossip" not in [d.name for d in insecure.of_kind("Secret")]
+
+
+def test_gossip_bring_your_own_key():
+    key = keys.gossip_key()
+    rendered = render("ci-defaults", gossipKey=key)
+    assert string_data(rendered, "consul-gossip")["key"] == key
+    assert "consul-gossip-key" not in [d.name for d in rendered.declared]
+
+
+def test_tls_default_servers(secure):
+    config = agent(secure, "server")
+    assert config["tls"] == {
+        "defaults": {
+            "ca_file": "/consul/tls/ca/tls.crt",
+            "cert_file": "/consul/tls/server/tls.crt",
+            "key_file": "/consul/tls/server/tls.key",
+            "verify_incoming": True,
+            "verify_outgoing": True,
+        },
+        "internal_rpc": {"verify_server_hostname": True},
+        "https": {"verify_incoming": False},
+    }
+    assert config["ports"]["https"] == 8501
+    assert config["addresses"] == {"http": "127.0.0.1"}
+    assert config["auto_encrypt"] == {"allow_tls": True}
+    assert config["connect"] == {"enabled": True}
+    c = container(secure, "StatefulSet", "consul-server")
+    assert {"name": "tls-ca", "mountPath": "/consul/tls/ca", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "tls-server", "mountPath": "/consul/tls/server", "readOnly": True} in c["volumeMounts"]
+    assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert secure.one("Secret", "consul-server-cert")["type"] == "kubernetes.io/tls"
+
+
+def test_tls_server_certificate_names_the_servers_and_verifies(secure):
+    ca = x509.load_pem_x509_certificate(string_data(secure, "consul-ca-cert")["tls.crt"].encode())
+    cert = x509.load_pem_x509_certificate(string_data(secure, "consul-server-cert")["tls.crt"].encode())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [
+        "server.dc1.consul",
+        "localhost",
+        "consul-server",
+        "consul-server.consul",
+        "consul-server.consul.svc",
+        "*.consul-server",
+        "*.consul-server.consul",
+        "*.consul-server.consul.svc",
+        "consul-ui",
+        "consul-ui.consul",
+        "consul-ui.consul.svc",
+    ]
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+
+
+def test_tls_default_clients_use_auto_encrypt(secure):
+    config = agent(secure, "client")
+    assert config["tls"] == {
+        "defaults": {"ca_file": "/consul/tls/ca/tls.crt", "verify_outgoing": True},
+        "internal_rpc": {"verify_server_hostname": True},
+    }
+    assert config["auto_encrypt"] == {"tls": True}
+    c = container(secure, "DaemonSet", "consul-client")
+    assert '-hcl=auto_encrypt = { ip_san = ["$(HOST_IP)", "$(POD_IP)"] }' in c["args"]
+    assert {"name": "tls-ca", "mountPath": "/consul/tls/ca", "readOnly": True} in c["volumeMounts"]
+    assert all(m["name"] != "tls-server" for m in c["volumeMounts"])
+
+
+def test_tls_off(insecure):
+    server = agent(insecure, "server")
+    assert not {"tls", "addresses", "auto_encrypt", "connect"} & set(server)
+    assert "https" not in server["ports"]
+    assert "tls" not in agent(insecure, "client")
+    assert insecure.one("Service", "consul-ui")["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert container(insecure, "StatefulSet", "consul-server")["livenessProbe"]["httpGet"] == {"path": "/v1/status/leader", "port": 8500}
+    assert insecure.outputs["httpAddress"] == "http://consul-server.consul.svc:8500"
+    assert insecure.outputs["caCertificate"] is None
+    assert not {"consul-ca-cert", "consul-server-cert"} & {d.name for d in insecure.of_kind("Secret")}
+
+
+def test_tls_bring_your_own_ca():
+    ca = keys.certificate_authority("Our CA")
+    rendered = render("ci-defaults", tlsCaCert=ca.cert_pem, tlsCaKey=ca.key_pem)
+    assert string_data(rendered, "consul-ca-cert")["tls.crt"] == ca.cert_pem
+    assert "consul-ca" not in [d.name for d in rendered.declared]
+    cert = x509.load_pem_x509_certificate(string_data(rendered, "consul-server-cert")["tls.crt"].encode())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem.encode()))
+
+
+@pytest.mark.parametrize(("kind", "name", "tier"), TIERS)
+def test_acls_default(secure, kind, name, tier):
+    assert agent(secure, tier)["acl"] == {
+        "enabled": True,
+        "default_policy": "deny",
+        "down_policy": "extend-cache",
+        "enable_token_persistence": True,
+    }
+    c = container(secure, kind, name)
+    assert "-config-file=/consul/acl/acl-tokens.json" in c["args"]
+    assert {"name": "acl-tokens", "mountPath": "/consul/acl", "readOnly": True} in c["volumeMounts"]
+
+
+def test_acls_agents_never_hold_the_management_token(secure):
+    tokens = string_data(secure, "consul-acl-tokens")
+    server = json.loads(string_data(secure, "consul-server-acl-config")["acl-tokens.json"])["acl"]["tokens"]
+    client = json.loads(string_data(secure, "consul-client-acl-config")["acl-tokens.json"])["acl"]["tokens"]
+    assert server == {"initial_management": tokens["management"], "agent": tokens["server-agent"]}
+    assert client == {"agent": tokens["client-agent"]}
+    assert len({tokens["management"], tokens["server-agent"], tokens["client-agent"]}) == 3
+    assert secure.outputs["aclManagementToken"] == tokens["management"]
+
+
+def test_acls_bootstrap_job(secure):
+    job = secure.one("Job", "consul-acl-bootstrap")
+    spec = job["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["CONSUL_HTTP_ADDR"]["value"] == "https://consul-server.consul.svc:8501"
+    assert env["CONSUL_HTTP_TOKEN"] == {
+        "name": "CONSUL_HTTP_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "consul-acl-tokens", "key": "management"}},
+    }
+    assert env["SERVER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "consul-acl-tokens", "key": "server-agent"}
+    assert env["CONSUL_CACERT"]["value"] == "/consul/tls/ca/tls.crt"
+    assert spec["restartPolicy"] == "Never"
+    script = spec["containers"][0]["command"][2]
+    assert "consul acl token create -accessor" in script
+    assert "do not accept the management token" in script
+
+
+def test_acls_off(insecure):
+    assert "acl" not in agent(insecure, "server")
+    assert insecure.of_kind("Job") == []
+    assert insecure.outputs["aclManagementToken"] is None
+    assert not any(a.startswith("-config-file") for a in container(insecure, "StatefulSet", "consul-server")["args"])
+
+
+def test_acls_bring_your_own_management_token():
+    token = keys.token_id()
+    rendered = render("ci-defaults", aclManagementToken=token)
+    assert string_data(rendered, "consul-acl-tokens")["management"] == token
+    assert "consul-management-token" not in [d.name for d in rendered.declared]
+
+
+def test_network_policy_default(secure):
+    servers = secure.one("NetworkPolicy", "consul-server")["spec"]
+    server_sel, client_sel = (
+        {"matchLabels": {"app.kubernetes.io/name": "consul", "app.kubernetes.io/instance": "consul", "app.kubernetes.io/component": c}}
+        for c in ("server", "client")
+    )
+    assert servers["podSelector"] == server_sel
+    assert servers["policyTypes"] == ["Ingress"]
+    assert [
+        ([p.get("podSelector") for p in r.get("from", [])], [(p["port"], p["protocol"]) for p in r["ports"]]) for r in servers["ingress"]
+    ] == [
+        ([server_sel], [(8300, "TCP"), (8301, "TCP"), (8301, "UDP"), (8302, "TCP"), (8302, "UDP")]),
+        ([client_sel], [(8300, "TCP"), (8301, "TCP"), (8301, "UDP")]),
+        ([], [(8501, "TCP")]),
+    ]
+    clients = secure.one("NetworkPolicy", "consul-client")["spec"]
+    assert [
+        ([p.get("podSelector") for p in r.get("from", [])], [(p["port"], p["protocol"]) for p in r["ports"]]) for r in clients["ingress"]
+    ] == [
+        ([server_sel, client_sel], [(8301, "TCP"), (8301, "UDP")]),
+        ([], [(8501, "TCP"), (8500, "TCP"), (8600, "TCP"), (8600, "UDP")]),
+    ]
+
+
+def test_network_policy_off(insecure):
+    assert insecure.of_kind("NetworkPolicy") == []
+
+
+# --- secrecy -----------------------------------------------------------------------------------------
+
+
+def _material(rendered):
+    found = [string_data(rendered, "consul-gossip")["key"], string_data(rendered, "consul-server-cert")["tls.key"]]
+    found += [v for k, v in string_data(rendered, "consul-acl-tokens").items()]
+    return found
+
+
+def test_no_key_material_outside_secrets(secure):
+    material = _material(secure)
+    for declared in secure.kubernetes():
+        if declared.kind == "Secret":
+            continue
+        text = json.dumps(declared.inputs)
+        assert not [m for m in material if m in text], declared.name
+    public_outputs = json.dumps({k: v for k, v in secure.outputs.items() if k not in secure.secret_outputs})
+    assert not [m for m in material if m in public_outputs]
+
+
+def test_secrets_travel_as_pulumi_secrets(secure):
+    for declared in secure.of_kind("Secret"):
+        assert declared.secret_paths == ["stringData"], declared.name
+    assert secure.secret_outputs == {"aclManagementToken"}
+    (server_cert,) = [d for d in secure.declared if d.name == "consul-server-cert" and not d.typ.startswith("kubernetes:")]
+    assert "ca_key_pem" in server_cert.secret_paths
+
+
+def test_generated_material_is_declared_with_secret_outputs(secure):
+    """The dynamic resources ask the engine to keep their generated values encrypted in state."""
+    generated = {d.name: d.secret_outputs for d in secure.declared if d.typ == "pulumi-python:dynamic:Resource"}
+    assert generated == {
+        "consul-gossip-key": ["key"],
+        "consul-ca": ["key_pem"],
+        "consul-server-cert": ["key_pem"],
+        "consul-management-token": ["secret_id"],
+        "consul-server-agent-token": ["secret_id"],
+        "consul-client-agent-token": ["secret_id"],
+    }
+
+
+def test_repo_holds_no_key_material():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert tracked
+    for name in tracked:
+        text = (root / name).read_text(errors="ignore")
+        assert "PRIVATE KEY-----\nMI" not in text, name
+        assert "consul:gossipKey: " not in text and "consul:aclManagementToken: " not in text, name
+
+
+SECRET_SETTINGS = [
+    (
+        "gossipKey",
+        keys.gossip_key(),
+        "invalid consul:gossipKey [secret]: must be set as a secret, or it sits in plain text in the stack file: pulumi config set --secret consul:gossipKey ...",
+    ),
+    (
+        "aclManagementToken",
+        keys.token_id(),
+        "invalid consul:aclManagementToken [secret]: must be set as a secret, or it sits in plain text in the stack file: pulumi config set --secret consul:aclManagementToken ...",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), SECRET_SETTINGS, ids=[k for k, _, _ in SECRET_SETTINGS])
+def test_secret_settings_must_be_pulumi_secrets(key, value, message):
+    rendered, error = run_main("ci-defaults", plain=[key], **{key: value})
+    assert str(error) == message
+    assert value not in str(error)
+    assert rendered.declared == []
+
+
+INVALID_MATERIAL: list[tuple[dict[str, object], str]] = [
+    (
+        {"gossipKey": "c2hvcnQ="},
+        "invalid consul:gossipKey [secret]: decodes to 5 bytes; Consul takes 16, 24 or 32 (generate one with `consul keygen`)",
+    ),
+    (
+        {"gossipKey": keys.gossip_key(), "gossipEncryption": False},
+        "invalid consul:gossipKey [secret]: must be unset when consul:gossipEncryption is false",
+    ),
+    ({"aclManagementToken": "root"}, "invalid consul:aclManagementToken [secret]: must be a Consul token SecretID (a UUID)"),
+    (
+        {"tlsCaKey": keys.certificate_authority("x").key_pem},
+        "invalid consul:tlsCaKey [secret]: goes with consul:tlsCaCert: bring both the CA certificate and its key, or neither",
+    ),
+    (
+        {"tlsCaCert": "-----BEGIN CERTIFICATE-----\nbad", "tlsCaKey": keys.certificate_authority("x").key_pem},
+        'invalid consul:tlsCaCert "(PEM)": the certificate is not a PEM X.509 certificate',
+    ),
+    ({"tls": "yes"}, 'invalid consul:tls "yes": must be true or false'),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), INVALID_MATERIAL, ids=[",".join(o) for o, _ in INVALID_MATERIAL])
+def test_invalid_material_fails_without_echoing_it(overrides, message):
+    rendered, error = run_main("ci-defaults", **overrides)
+    assert isinstance(error, SettingsError)
+    assert str(error) == message
+    assert rendered.declared == []
