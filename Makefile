@@ -1,11 +1,15 @@
-# make test   - lint, type-check and run the unit suite (creates venv/ first)
-# make bench  - time the program under mocks against the bare import floor
+# make render  - set up everything and render the dev stack with the real Pulumi engine into rendered/
+# make test    - lint, type-check and run the unit suite (creates venv/ first)
+# make preview STACK=dev / make up STACK=dev - the real thing, against the current kubeconfig context
+# make bench   - time the program under mocks against the bare import floor
 PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements
+STACK ?= dev
+RENDER_FLAGS ?=
 
-.PHONY: test lint typecheck unit bench clean
+.PHONY: test lint typecheck unit bench engine render check-rendered preview up engine-test clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +26,30 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not engine"
 
 test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate_program.py
 
+engine:
+	bash scripts/install-engine.sh
+
+render: $(STAMP) engine
+	$(BIN)/python scripts/run_stack.py render --stack $(STACK) $(RENDER_FLAGS)
+
+check-rendered: $(STAMP)
+	$(BIN)/python scripts/check_rendered.py rendered
+
+preview: $(STAMP) engine
+	$(BIN)/python scripts/run_stack.py preview --stack $(STACK)
+
+up: $(STAMP) engine
+	$(BIN)/python scripts/run_stack.py up --stack $(STACK)
+
+engine-test: $(STAMP) engine
+	$(BIN)/pytest -q -m engine
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis rendered
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis rendered .pulumi-render

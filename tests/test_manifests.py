@@ -124,3 +124,26 @@ def test_cached_schema_check_agrees_with_kubernetes_validate():
             ours_ok = not [e for e in schema_errors(manifest) if e.startswith(version)]
             assert ours_ok == library_ok, (manifest["kind"], version)
     assert schema_errors(broken)
+
+
+def test_check_rendered_script_flags_a_broken_file(tmp_path):
+    """scripts/check_rendered.py (run by CI on the engine's files) fails on a schema or config error."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    rendered = render("ci-defaults")
+    config_map = next(m for m in rendered.manifests() if m["kind"] == "ConfigMap")
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(config_map))
+    script = [sys.executable, "scripts/check_rendered.py", str(tmp_path)]
+    ok = subprocess.run(script, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    broken = json.loads(json.dumps(config_map))
+    broken["data"]["00-agent.json"] = json.dumps({"bootstrap_expected": 3})
+    broken["spec"] = {}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(broken))
+    bad = subprocess.run(script, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1
+    assert "Additional properties are not allowed ('spec' was unexpected)" in bad.stderr
+    assert "'bootstrap_expected' was unexpected" in bad.stderr

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Makes the Pulumi engine available in ~/.pulumi, where the official installer puts it:
+#   - the Pulumi CLI: an existing `pulumi` is used as it is; otherwise it is built from the Go
+#     module proxy (go >= 1.26);
+#   - the Kubernetes provider plugin, at the version the Python SDK in requirements.txt asks for:
+#     downloaded by `pulumi plugin install` where that works, otherwise built from the Go module proxy;
+#   - the Python dynamic-provider shim (pulumi-resource-pulumi-python), which the official install
+#     ships and a source build takes from the Pulumi SDK module.
+# Builds are cached in ~/.cache/consul-pulumi-engine and never repeated once their output exists.
+set -euo pipefail
+
+PULUMI_VERSION=3.274.1
+# The Kubernetes provider: keep K8S_PROVIDER_VERSION equal to pulumi-kubernetes in requirements.txt.
+K8S_PROVIDER_VERSION=4.25.0
+K8S_PROVIDER_MODULE=github.com/pulumi/pulumi-kubernetes/provider/v4
+K8S_PROVIDER_PSEUDO=v4.0.0-20260115033456-f47bc2d6f199
+K8S_SDK_GO_VERSION=v4.24.0
+MIN_GO_MINOR=26
+
+PULUMI_ROOT=${PULUMI_HOME:-$HOME/.pulumi}
+BIN_DIR=$PULUMI_ROOT/bin
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/consul-pulumi-engine
+export PATH="$BIN_DIR:$PATH"
+export PULUMI_SKIP_UPDATE_CHECK=true
+
+say() { echo "install-engine: $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+require_go() {
+  local why=$1
+  if ! command -v go >/dev/null 2>&1; then
+    die "$why, and there is no Go to build it with. Install Pulumi (https://www.pulumi.com/docs/iac/download-install/) or Go >= 1.$MIN_GO_MINOR (https://go.dev/dl/), then run this again."
+  fi
+  local minor
+  minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+  if [ "${minor:-0}" -lt "$MIN_GO_MINOR" ]; then
+    die "$why, and $(go env GOVERSION) is too old to build it. Install Pulumi (https://www.pulumi.com/docs/iac/download-install/) or Go >= 1.$MIN_GO_MINOR."
+  fi
+}
+
+# run STEP LOG COMMAND...: one build step, its output in LOG, a clear message when it fails.
+run() {
+  local step=$1 log=$2
+  shift 2
+  say "$step (log: $log)"
+  local start=$SECONDS
+  if ! "$@" >>"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    die "$step failed; the full log is $log"
+  fi
+  say "$step: done in $((SECONDS - start)) s"
+}
+
+build_cli() {
+  require_go "no pulumi CLI was found"
+  local dir=$CACHE/cli-v$PULUMI_VERSION log=$CACHE/cli-v$PULUMI_VERSION/build.log
+  mkdir -p "$dir" "$BIN_DIR"
+  : >"$log"
+  # pkg/v3's go.mod replaces sdk/v3 with a relative path, so `go install pkg@version` refuses it:
+  # a small wrapper module requires both at the same version and repeats the non-local replaces.
+  cat >"$dir/go.mod" <<EOF
+module consul-engine-build/cli
+
+go 1.$MIN_GO_MINOR
+
+replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e
+
+replace golang.org/x/text => golang.org/x/text v0.41.0
+EOF
+  (cd "$dir" && run "Pulumi CLI v$PULUMI_VERSION: fetching modules" "$log" \
+    go get "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi@v$PULUMI_VERSION" "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION")
+  (cd "$dir" && CGO_ENABLED=0 run "Pulumi CLI v$PULUMI_VERSION: compiling (several minutes on 2 cores)" "$log" \
+    go build -trimpath -tags osusergo,grpcnotrace \
+    -ldflags "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION" \
+    -o "$dir/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
+  install -m 0755 "$dir/pulumi" "$BIN_DIR/pulumi"
+}
+
+kubernetes_plugin_installed() {
+  pulumi plugin ls --json 2>/dev/null | python3 -c '
+import json, sys
+plugins = json.load(sys.stdin) or []
+sys.exit(0 if any(p["name"] == "kubernetes" and p["kind"] == "resource" and p["version"] == sys.argv[1] for p in plugins) else 1)
+' "$K8S_PROVIDER_VERSION"
+}
+
+build_kubernetes_provider() {
+  require_go "the Kubernetes provider plugin $K8S_PROVIDER_VERSION could not be downloaded"
+  local dir=$CACHE/kubernetes-$K8S_PROVIDER_VERSION log=$CACHE/kubernetes-$K8S_PROVIDER_VERSION/build.log
+  local binary=$dir/pulumi-resource-kubernetes
+  mkdir -p "$dir"
+  : >"$log"
+  if [ ! -x "$binary" ]; then
+    local source
+    source=$(go mod download -json "$K8S_PROVIDER_MODULE@$K8S_PROVIDER_PSEUDO" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+      || die "fetching $K8S_PROVIDER_MODULE@$K8S_PROVIDER_PSEUDO from the Go module proxy failed"
+    rm -rf "$dir/src"
+    cp -r "$source" "$dir/src"
+    chmod -R u+w "$dir/src"
+    # The provider's go.mod points its SDK at ../sdk, which the module does not contain.
+    (cd "$dir/src" && go mod edit -dropreplace github.com/pulumi/pulumi-kubernetes/sdk/v4)
+    (cd "$dir/src" && run "Kubernetes provider: fetching modules" "$log" go get "github.com/pulumi/pulumi-kubernetes/sdk/v4@$K8S_SDK_GO_VERSION")
+    # main.go embeds schema-embed.json, an output of the provider's `go generate` step.
+    (cd "$dir/src/cmd/pulumi-resource-kubernetes" && VERSION=$K8S_PROVIDER_VERSION run "Kubernetes provider: generating the embedded schema" "$log" go run ./generate.go)
+    (cd "$dir/src" && CGO_ENABLED=0 run "Kubernetes provider $K8S_PROVIDER_VERSION: compiling (10 minutes or more on 2 cores)" "$log" \
+      go build -trimpath -ldflags "-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$K8S_PROVIDER_VERSION" \
+      -o "$binary.tmp" ./cmd/pulumi-resource-kubernetes)
+    mv "$binary.tmp" "$binary"
+  fi
+  run "Kubernetes provider: registering the plugin" "$log" \
+    pulumi plugin install resource kubernetes "$K8S_PROVIDER_VERSION" --file "$binary"
+}
+
+install_dynamic_provider_shim() {
+  require_go "pulumi-resource-pulumi-python (the Python dynamic provider shim) is missing"
+  local source
+  source=$(go mod download -json "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+    || die "fetching github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION from the Go module proxy failed"
+  install -m 0755 "$source/python/dist/pulumi-resource-pulumi-python" "$BIN_DIR/pulumi-resource-pulumi-python"
+  say "installed pulumi-resource-pulumi-python"
+}
+
+mkdir -p "$CACHE"
+if command -v pulumi >/dev/null 2>&1; then
+  say "using $(command -v pulumi) ($(pulumi version))"
+else
+  build_cli
+fi
+
+if kubernetes_plugin_installed; then
+  say "Kubernetes provider plugin $K8S_PROVIDER_VERSION is installed"
+else
+  say "installing the Kubernetes provider plugin $K8S_PROVIDER_VERSION"
+  if ! timeout 120 pulumi plugin install resource kubernetes "$K8S_PROVIDER_VERSION" >"$CACHE/plugin-download.log" 2>&1; then
+    say "no download (see $CACHE/plugin-download.log): building it from the Go module proxy"
+    build_kubernetes_provider
+  fi
+  kubernetes_plugin_installed || die "the Kubernetes provider plugin $K8S_PROVIDER_VERSION is still not installed"
+fi
+
+if ! command -v pulumi-resource-pulumi-python >/dev/null 2>&1; then
+  install_dynamic_provider_shim
+fi
+say "ready: $(command -v pulumi) $(pulumi version), kubernetes $K8S_PROVIDER_VERSION"

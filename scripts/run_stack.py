@@ -1,0 +1,190 @@
+"""Runs the program with the real Pulumi engine: `render` (no cluster), `preview` and `up`.
+
+The program runs inline through Pulumi's Automation API, so the engine needs only the CLI, the
+Kubernetes provider and the dynamic-provider shim (scripts/install-engine.sh puts them in
+~/.pulumi/bin). The stack's settings come from Pulumi.yaml and Pulumi.<stack>.yaml as with
+`pulumi up`.
+
+render: the dev stack (or --stack) with the Kubernetes provider's renderYamlToDirectory, into
+    rendered/, on a local file backend in .pulumi-render/ (both gitignored). No cluster needed.
+preview / up: against the current kubeconfig context, on your configured backend
+    (PULUMI_BACKEND_URL or `pulumi login`; a local backend in .pulumi-state/ when there is none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pulumi import automation as auto
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from consul.program import main as consul_program  # noqa: E402 (after the path is set)
+
+PULUMI_BIN = Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi")) / "bin"
+RENDER_HOME = ROOT / ".pulumi-render"
+RENDERED = ROOT / "rendered"
+LOCAL_STATE = ROOT / ".pulumi-state"
+# The render stack holds key material generated for a cluster that does not exist; a real stack
+# uses your own passphrase or a cloud secrets provider.
+RENDER_PASSPHRASE = "render-only-not-for-real-clusters"
+
+
+class EngineError(Exception):
+    """The engine could not run; the message says why and what to do."""
+
+
+def _engine_env(backend: str, passphrase: str | None) -> dict[str, str]:
+    env = {
+        "PULUMI_BACKEND_URL": backend,
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        # The dynamic providers (consul.generated) run in a plugin process: same Python, same code.
+        "PULUMI_PYTHON_CMD": sys.executable,
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{PULUMI_BIN}:{os.environ.get('PATH', '')}",
+    }
+    if passphrase is not None:
+        env["PULUMI_CONFIG_PASSPHRASE"] = passphrase
+    return env
+
+
+def _require_cli() -> None:
+    if shutil.which("pulumi", path=f"{PULUMI_BIN}:{os.environ.get('PATH', '')}") is None:
+        raise EngineError("no pulumi CLI: run scripts/install-engine.sh (make render and make preview do it for you)")
+
+
+def _stack(name: str, work_dir: Path, env: dict[str, str]) -> auto.Stack:
+    os.environ["PATH"] = env["PATH"]
+    try:
+        return auto.create_or_select_stack(
+            stack_name=name,
+            project_name="consul",
+            program=consul_program,
+            opts=auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=env),
+        )
+    except auto.CommandError as error:
+        raise EngineError(_explain(error)) from None
+
+
+def _explain(error: auto.CommandError) -> str:
+    text = str(error)
+    if "passphrase" in text and ("incorrect" in text or "invalid" in text or "required" in text):
+        return (
+            "the stack's secrets cannot be decrypted with this passphrase: set PULUMI_CONFIG_PASSPHRASE "
+            "to the one the stack was created with (the render stack in .pulumi-render/ can simply be deleted)"
+        )
+    return text
+
+
+def _render_workspace(stack: str, home: Path, out: Path) -> Path:
+    """A copy of the project files for the render stack, so its state never touches the repo's stack files."""
+    work = home / "project"
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "Pulumi.yaml", work / "Pulumi.yaml")
+    source = ROOT / f"Pulumi.{stack}.yaml"
+    if not source.exists():
+        raise EngineError(f"no stack file Pulumi.{stack}.yaml")
+    target = work / f"Pulumi.{stack}.yaml"
+    settings = yaml.safe_load(source.read_text()) or {}
+    if target.exists():
+        previous = yaml.safe_load(target.read_text()) or {}
+        if "encryptionsalt" in previous:
+            settings["encryptionsalt"] = previous["encryptionsalt"]
+    settings.setdefault("config", {})["kubernetes:renderYamlToDirectory"] = str(out)
+    target.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return work
+
+
+def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path = RENDERED) -> auto.Stack:
+    """The render stack: the repo's stack settings, rendering into `out`, on a local backend in `home`."""
+    _require_cli()
+    (home / "state").mkdir(parents=True, exist_ok=True)
+    env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
+    os.environ.pop("KUBECONFIG", None)
+    return _stack(stack, _render_workspace(stack, home, out), env)
+
+
+def real_stack(stack: str) -> auto.Stack:
+    """A stack of the repo itself, against the current kubeconfig context."""
+    _require_cli()
+    backend = os.environ.get("PULUMI_BACKEND_URL")
+    if backend is None:
+        logged_in = subprocess.run(["pulumi", "whoami"], capture_output=True, env={**os.environ, **_engine_env("", None)}, check=False)
+        if logged_in.returncode != 0:
+            LOCAL_STATE.mkdir(exist_ok=True)
+            backend = f"file://{LOCAL_STATE}"
+            print(f"no Pulumi backend configured: using the local one in {LOCAL_STATE}", file=sys.stderr)
+    env = _engine_env(backend or "", os.environ.get("PULUMI_CONFIG_PASSPHRASE"))
+    if not backend:
+        env.pop("PULUMI_BACKEND_URL")
+    return _stack(stack, ROOT, env)
+
+
+def rendered_summary() -> str:
+    files = sorted(RENDERED.rglob("*.yaml"))
+    kinds: Counter[str] = Counter()
+    for path in files:
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                kinds[document["kind"]] += 1
+    listing = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    directories = [d.relative_to(ROOT) for d in sorted(RENDERED.iterdir()) if d.is_dir() and any(d.iterdir())]
+    return (
+        f"{len(files)} objects written to {RENDERED.relative_to(ROOT)}/: {listing}\n"
+        f"apply them to a cluster with: kubectl apply {' '.join(f'-f {d}' for d in directories)}\n"
+        "note: the Secret files hold this render stack's generated key material in plain base64; keep rendered/ private."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["render", "preview", "up"])
+    parser.add_argument("--stack", default="dev")
+    parser.add_argument("--json", action="store_true", help="preview: print the engine's JSON")
+    parser.add_argument("--expect-no-changes", action="store_true", help="render: fail if the stack would change (a second run)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        if args.command == "render":
+            stack = render_stack(args.stack)
+            if args.expect_no_changes:
+                stack.preview(expect_no_changes=True, color="never")
+                print("no changes: the render stack is up to date")
+            stack.up(on_output=print, color="never")
+            print(rendered_summary())
+        elif args.command == "preview":
+            result = real_stack(args.stack).preview(on_output=None if args.json else print, json=args.json or None, color="never")
+            if args.json:
+                print(result.stdout)
+        else:
+            real_stack(args.stack).up(on_output=print, color="never")
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except auto.CommandError as error:
+        print(f"error: {_explain(error)}", file=sys.stderr)
+        return 1
+    print(f"{args.command} of stack {args.stack} took {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def preview_json(stack: auto.Stack) -> dict[str, Any]:
+    """The engine's JSON preview of a stack (what `pulumi preview --json` prints)."""
+    parsed: dict[str, Any] = json.loads(stack.preview(json=True, color="never").stdout)
+    return parsed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
