@@ -39,17 +39,8 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequenc
     ``autopilot.min_quorum`` stops autopilot from removing servers below a majority.
     """
     config: dict[str, Any] = {
-        "server": True,
+        **_agent(cluster, retry_join, server=True),
         "bootstrap_expect": servers.replicas,
-        "datacenter": cluster.datacenter,
-        "domain": cluster.domain,
-        "recursors": list(cluster.recursors),
-        "data_dir": DATA_DIR,
-        "bind_addr": "0.0.0.0",
-        "client_addr": "0.0.0.0",
-        "retry_join": list(retry_join),
-        "leave_on_terminate": True,
-        "disable_update_check": True,
         "ui_config": {"enabled": True},
         "performance": {"raft_multiplier": 1},
         "autopilot": {"cleanup_dead_servers": True, "min_quorum": servers.replicas // 2 + 1},
@@ -86,17 +77,8 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
     lets a restarted agent take its place again.
     """
     config: dict[str, Any] = {
-        "server": False,
-        "datacenter": cluster.datacenter,
-        "domain": cluster.domain,
-        "recursors": list(cluster.recursors),
-        "data_dir": DATA_DIR,
-        "bind_addr": "0.0.0.0",
-        "client_addr": "0.0.0.0",
-        "retry_join": list(retry_join),
-        "leave_on_terminate": True,
+        **_agent(cluster, retry_join, server=False),
         "rejoin_after_leave": True,
-        "disable_update_check": True,
         "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "serf_lan": SERF_LAN_PORT},
     }
     if security.tls:
@@ -108,6 +90,22 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
         # The certificate comes from the servers; its IP SANs are added on the command line.
         config["auto_encrypt"] = {"tls": True}
     return _secure(config, security)
+
+
+def _agent(cluster: ClusterSpec, retry_join: Sequence[str], *, server: bool) -> dict[str, Any]:
+    """What every agent's config starts with: its role, the datacenter, the data dir, how it joins and leaves."""
+    return {
+        "server": server,
+        "datacenter": cluster.datacenter,
+        "domain": cluster.domain,
+        "recursors": list(cluster.recursors),
+        "data_dir": DATA_DIR,
+        "bind_addr": "0.0.0.0",
+        "client_addr": "0.0.0.0",
+        "retry_join": list(retry_join),
+        "leave_on_terminate": True,
+        "disable_update_check": True,
+    }
 
 
 def _secure(config: dict[str, Any], security: SecuritySpec) -> dict[str, Any]:

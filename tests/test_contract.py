@@ -1,0 +1,44 @@
+"""The configuration contract: Pulumi.yaml declares every key the program reads, and the README documents it."""
+
+from __future__ import annotations
+
+import re
+
+from harness import PROJECT_DIR, cli_config, project_declarations, stack_values
+
+from consul.settings import _Reader, load_settings
+
+
+def test_contract_every_key_is_declared_with_type_default_and_description():
+    for key, declaration in project_declarations().items():
+        assert declaration.get("type") in ("string", "integer", "boolean", "array", "object"), key
+        assert "default" in declaration, key
+        assert len(declaration.get("description", "")) > 20, key
+        if declaration["type"] == "array":
+            assert "items" in declaration, key
+
+
+def test_contract_the_program_reads_exactly_the_declared_keys(monkeypatch):
+    read: set[str] = set()
+    original = _Reader._text
+
+    def recording(self, key):
+        read.add(key)
+        return original(self, key)
+
+    monkeypatch.setattr(_Reader, "_text", recording)
+    raw = {key.split(":", 1)[1]: value for key, value in cli_config("ci-defaults", {}).items()}
+    load_settings(raw, warn=lambda _: None)
+    assert read == set(project_declarations())
+
+
+def test_contract_readme_documents_every_key():
+    readme = (PROJECT_DIR / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Za-z]+)` \|", readme, re.MULTILINE))
+    assert documented >= set(project_declarations())
+
+
+def test_contract_stack_files_only_set_declared_keys():
+    declared = set(project_declarations())
+    for stack in ("dev", "prod"):
+        assert set(stack_values(stack)) <= declared, stack
