@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pulumi
-from pulumi.runtime import config as runtime_config
 
 from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
 from .clients import ConsulClients, ConsulClientsArgs
@@ -13,23 +12,9 @@ from .labels import APP_NAME
 from .namespace import consul_namespace
 from .security import ConsulSecurity, ConsulSecurityArgs
 from .servers import ConsulServers, ConsulServersArgs
-from .settings import PROJECT, Settings, load_settings
+from .settings import PROJECT, Settings, load_settings, secret_config_keys, stack_config
 
 INSTANCE = "consul"
-
-
-def stack_config(project: str = PROJECT) -> dict[str, str]:
-    """Every ``<project>:<key>`` value of the running stack, as bare key -> string."""
-    merged = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
-    prefix = f"{project}:"
-    return {key[len(prefix) :]: str(value) for key, value in merged.items() if key.startswith(prefix)}
-
-
-def secret_config_keys(project: str = PROJECT) -> set[str]:
-    """The bare keys of ``<project>:`` values that were set as secrets."""
-    keys = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
-    prefix = f"{project}:"
-    return {key[len(prefix) :] for key in keys if key.startswith(prefix)}
 
 
 def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:

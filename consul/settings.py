@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import jsonschema
 import pulumi
+from pulumi.runtime import config as runtime_config
 
 from .keys import check_ca, check_gossip_key
 from .model import (
@@ -181,6 +182,20 @@ class _Reader:
                 return option
         names = " or ".join(f'"{o.value}"' for o in allowed)
         raise SettingsError(key, text, f"must be {names}")
+
+
+def stack_config(project: str = PROJECT) -> dict[str, str]:
+    """Every ``<project>:<key>`` value of the running stack, as bare key -> string."""
+    merged = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    prefix = f"{project}:"
+    return {key[len(prefix) :]: str(value) for key, value in merged.items() if key.startswith(prefix)}
+
+
+def secret_config_keys(project: str = PROJECT) -> set[str]:
+    """The bare keys of ``<project>:`` values that were set as secrets."""
+    keys = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
+    prefix = f"{project}:"
+    return {key[len(prefix) :] for key in keys if key.startswith(prefix)}
 
 
 def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), warn: Callable[[str], None] = pulumi.log.warn) -> Settings:

@@ -22,8 +22,8 @@ import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 
-from consul.program import deploy, main, secret_config_keys, stack_config
-from consul.settings import PROJECT, load_settings
+from consul.program import deploy, main
+from consul.settings import PROJECT, load_settings, secret_config_keys, stack_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 UNSET = object()
