@@ -77,3 +77,13 @@ def test_engine_second_run_changes_nothing(home):
     second = stack.up(color="never")
     assert second.summary.resource_changes == {"same": sum(second.summary.resource_changes.values())}
     assert {p: p.read_text() for p in out.rglob("*.yaml")} == files
+
+
+def test_engine_wrong_passphrase_is_named(home, monkeypatch):
+    place = home / "passphrase"
+    run_stack.render_stack("dev", place, place / "rendered").up(color="never")
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "not-the-one")
+    with pytest.raises(Exception) as raised:  # noqa: PT011 (the engine's error, explained below)
+        run_stack.render_stack("dev", place, place / "rendered").preview(color="never")
+    message = raised.value.args[0] if isinstance(raised.value, run_stack.EngineError) else run_stack._explain(raised.value)
+    assert message.startswith("the stack's secrets cannot be decrypted with this passphrase")
