@@ -1,45 +1,56 @@
 """How long the program takes to evaluate the dev stack under mocks, next to the import floor.
 
-Each figure is the median wall time of fresh Python processes, measured in this run:
-  floor     - `import pulumi, pulumi_kubernetes` and the Kubernetes modules the program uses
-  program   - the same imports, then the whole program evaluated for the dev stack under mocks
-The target is program - floor <= 0.3 s.
+Each run is a fresh Python process that times, with perf_counter:
+  floor    - `import pulumi, pulumi_kubernetes`: the Pulumi runtime with its mocks, and the
+             Kubernetes modules the program declares objects from
+  program  - then importing the program and evaluating the whole dev stack under mocks (the key
+             generators run in the engine's provider process, so they are not part of it)
+Both are medians over the runs of this invocation. The target is program <= 0.3 s above the floor.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = 7
+RUNS = 11
 TARGET_SECONDS = 0.3
 
-FLOOR = "import pulumi, pulumi_kubernetes, pulumi_kubernetes.apps.v1, pulumi_kubernetes.core.v1, pulumi_kubernetes.policy.v1"
-PROGRAM = FLOOR + "\nimport harness\nrendered = harness.render('dev')\nassert rendered.kubernetes()"
+ONE_RUN = """
+import json, time
+start = time.perf_counter()
+import pulumi, pulumi.dynamic, pulumi.runtime.mocks
+for module in ("apps.v1", "batch.v1", "core.v1", "meta.v1", "networking.v1", "policy.v1"):
+    __import__(f"pulumi_kubernetes.{module}")
+imported = time.perf_counter()
+import harness
+rendered = harness.render("dev", run_generators=False)
+assert len(rendered.kubernetes()) == 21
+done = time.perf_counter()
+print(json.dumps({"floor": imported - start, "program": done - imported}))
+"""
 
 
-def median_seconds(code: str) -> float:
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": ""})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def one_run() -> dict[str, float]:
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", ONE_RUN], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> None:
-    median_seconds(FLOOR)  # warm the file cache
-    floor = median_seconds(FLOOR)
-    program = median_seconds(PROGRAM)
-    above = program - floor
-    print(f"runs per figure:           {RUNS} (median)")
-    print(f"baseline, bare imports:    {floor:.3f} s")
-    print(f"dev stack under mocks:     {program:.3f} s")
-    print(f"program above the floor:   {above:.3f} s (target <= {TARGET_SECONDS:.1f} s: {'met' if above <= TARGET_SECONDS else 'NOT met'})")
+    one_run()  # warm the file cache
+    runs = [one_run() for _ in range(RUNS)]
+    floor = statistics.median(r["floor"] for r in runs)
+    program = statistics.median(r["program"] for r in runs)
+    print(f"runs:                                   {RUNS} fresh processes (median)")
+    print(f"baseline, import pulumi + kubernetes:   {floor:.3f} s")
+    print(f"program: import and evaluate dev stack: {program:.3f} s above that floor")
+    print(f"target <= {TARGET_SECONDS:.1f} s above the floor: {'met' if program <= TARGET_SECONDS else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
-from . import keys
+# The generators run where the engine creates the resources (the dynamic-provider process, or
+# the test mocks), so the program itself does not load `cryptography`: keys is imported there.
+CA_VALIDITY_DAYS = 3650
+SERVER_CERT_VALIDITY_DAYS = 825
 
 
 class _Generator(ResourceProvider, abc.ABC):
@@ -39,6 +42,8 @@ class _GossipKeyGenerator(_Generator):
     outputs = ("key",)
 
     def generate(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        from . import keys
+
         return {"key": keys.gossip_key()}
 
 
@@ -46,6 +51,8 @@ class _TokenGenerator(_Generator):
     outputs = ("accessor_id", "secret_id")
 
     def generate(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        from . import keys
+
         return {"accessor_id": keys.token_id(), "secret_id": keys.token_id()}
 
 
@@ -53,6 +60,8 @@ class _CaGenerator(_Generator):
     outputs = ("cert_pem", "key_pem")
 
     def generate(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        from . import keys
+
         pair = keys.certificate_authority(props["common_name"], int(props["validity_days"]))
         return {"cert_pem": pair.cert_pem, "key_pem": pair.key_pem}
 
@@ -61,6 +70,8 @@ class _ServerCertGenerator(_Generator):
     outputs = ("cert_pem", "key_pem")
 
     def generate(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        from . import keys
+
         pair = keys.server_certificate(
             keys.KeyPair(props["ca_cert_pem"], props["ca_key_pem"]),
             props["common_name"],
@@ -102,7 +113,7 @@ class CertificateAuthority(Resource):
     key_pem: pulumi.Output[str]
 
     def __init__(
-        self, name: str, common_name: str, validity_days: int = keys.CA_VALIDITY_DAYS, opts: pulumi.ResourceOptions | None = None
+        self, name: str, common_name: str, validity_days: int = CA_VALIDITY_DAYS, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         props = {"common_name": common_name, "validity_days": validity_days, "cert_pem": None, "key_pem": None}
         super().__init__(_CaGenerator(), name, props, _secret_outputs(opts, ["key_pem"]))
@@ -123,7 +134,7 @@ class ServerCertificate(Resource):
         common_name: str,
         dns_names: pulumi.Input[Sequence[str]],
         ip_addresses: Sequence[str],
-        validity_days: int = keys.SERVER_CERT_VALIDITY_DAYS,
+        validity_days: int = SERVER_CERT_VALIDITY_DAYS,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .generated import CA_VALIDITY_DAYS, SERVER_CERT_VALIDITY_DAYS
+
 GOSSIP_KEY_BYTES = 32
-CA_VALIDITY_DAYS = 3650
-SERVER_CERT_VALIDITY_DAYS = 825
 
 
 @dataclass(frozen=True)

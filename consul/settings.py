@@ -16,13 +16,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import jsonschema
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from .keys import check_ca, check_gossip_key
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
 from .model import (
     ClientMode,
     ClientSpec,
@@ -412,6 +413,8 @@ def _security(reader: _Reader) -> SecuritySpec:
     network_policy = reader.boolean("networkPolicy")
     gossip_key = reader.secret("gossipKey")
     if gossip_key is not None:
+        from .keys import check_gossip_key  # cryptography only where material is brought
+
         problem = check_gossip_key(gossip_key.value)
         if problem:
             raise SettingsError("gossipKey", gossip_key, problem)
@@ -427,6 +430,8 @@ def _security(reader: _Reader) -> SecuritySpec:
             f"goes with consul:{missing}: bring both the CA certificate and its key, or neither",
         )
     if ca_cert is not None and ca_key is not None:
+        from .keys import check_ca
+
         problem = check_ca(ca_cert, ca_key.value)
         if problem:
             raise SettingsError("tlsCaKey" if "key" in problem else "tlsCaCert", ca_key if "key" in problem else "(PEM)", problem)
@@ -542,6 +547,10 @@ def _extra_config(reader: _Reader, key: str, managed: Mapping[str, str]) -> dict
     for name, why in managed.items():
         if name in value:
             raise SettingsError(key, value, f'sets "{name}", which the program manages: {why}')
+    if not value:
+        return {}
+    import jsonschema  # loaded only when there is extra config to check
+
     error = jsonschema.exceptions.best_match(agent_config_validator().iter_errors(value))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -550,8 +559,10 @@ def _extra_config(reader: _Reader, key: str, managed: Mapping[str, str]) -> dict
 
 
 @cache
-def agent_config_validator() -> jsonschema.protocols.Validator:
+def agent_config_validator() -> Validator:
     """The validator for Consul agent config files (Consul's config structs as a JSON Schema)."""
+    import jsonschema
+
     schema = json.loads((Path(__file__).parent / "consul-agent-config.schema.json").read_text())
     validator_class = jsonschema.validators.validator_for(schema)
     return validator_class(schema)

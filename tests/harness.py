@@ -46,7 +46,7 @@ def stack_values(stack: str) -> dict[str, Any]:
 
 @functools.cache
 def _read_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _as_cli_string(value: Any) -> str:
@@ -92,7 +92,13 @@ class Declared:
 
 
 class _Recorder(pulumi_mocks.Mocks):
+    def __init__(self, run_generators: bool = True) -> None:
+        self.run_generators = run_generators
+
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        if args.typ == "pulumi-python:dynamic:Resource" and not self.run_generators:
+            # The engine runs generators in the dynamic-provider process, outside the program.
+            return f"{args.name}-id", {k: (f"{k}-of-{args.name}" if v is None else v) for k, v in args.inputs.items()}
         if args.typ == "pulumi-python:dynamic:Resource":
             # Run the dynamic provider's real create, as the engine would.
             inputs = _plain(args.inputs)
@@ -194,8 +200,8 @@ class Rendered:
 SECRET_KEYS = ("gossipKey", "tlsCaKey", "aclManagementToken")
 
 
-def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = ()) -> tuple[_Monitor, _Warnings]:
-    recorder = _Recorder()
+def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = (), run_generators: bool = True) -> tuple[_Monitor, _Warnings]:
+    recorder = _Recorder(run_generators)
     monitor = _Monitor(recorder)
     warnings = _Warnings()
     logger = logging.getLogger(f"consul-tests-{id(warnings)}")
@@ -207,9 +213,13 @@ def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = ()) 
     return monitor, warnings
 
 
-def render(stack: str = "dev", **overrides: Any) -> Rendered:
-    """Run the program for `stack` with `overrides` and return everything it declared."""
-    monitor, warnings = _start(stack, overrides)
+def render(stack: str = "dev", run_generators: bool = True, **overrides: Any) -> Rendered:
+    """Run the program for `stack` with `overrides` and return everything it declared.
+
+    The dynamic resources' generators run as the engine would run them, unless `run_generators`
+    is False (the benchmark times the program alone).
+    """
+    monitor, warnings = _start(stack, overrides, run_generators=run_generators)
     outputs: dict[str, Any] = {}
     secret: dict[str, bool] = {}
 
