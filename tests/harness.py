@@ -12,7 +12,7 @@ import copy
 import functools
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,3 +251,15 @@ def run_main(stack: str = "dev", plain: Sequence[str] = (), **overrides: Any) ->
     except Exception as raised:  # noqa: BLE001 (the test inspects it)
         error = raised
     return Rendered(list(monitor.declared), {}, warnings.messages), error
+
+
+def declare(build: Callable[[], object]) -> Rendered:
+    """Run `build` (code that declares components directly, as a library user would) under mocks."""
+    monitor, warnings = _start("ci-defaults", {})
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def run() -> None:
+        build()
+
+    run()
+    return Rendered(list(monitor.declared), {}, warnings.messages)

@@ -410,3 +410,23 @@ def test_servers_outputs(default):
         "agentAddress": "http://consul-client.consul.svc:8500",
         "dnsServiceName": "consul-dns",
     }
+
+
+def test_components_work_as_a_library_with_their_documented_defaults():
+    """ConsulServers and ConsulClients need only a namespace (and the join list); security is opt-in."""
+    from harness import declare
+
+    from consul import ConsulClients, ConsulClientsArgs, ConsulServers, ConsulServersArgs
+
+    def build():
+        servers = ConsulServers("edge", ConsulServersArgs(namespace="edge-ns"))
+        ConsulClients("edge", ConsulClientsArgs(namespace="edge-ns", retry_join=servers.retry_join))
+
+    rendered = declare(build)
+    assert rendered.one("StatefulSet", "edge-server")["spec"]["replicas"] == 3
+    assert rendered.one("DaemonSet", "edge-client")["metadata"]["namespace"] == "edge-ns"
+    config = json.loads(rendered.one("ConfigMap", "edge-server-config")["data"]["00-agent.json"])
+    assert config["retry_join"][0] == "edge-server-0.edge-server.edge-ns.svc:8301"
+    assert not {"tls", "acl", "disable_keyring_file"} & set(config)
+    assert rendered.of_kind("NetworkPolicy") == []
+    assert rendered.of_kind("Secret") == []
