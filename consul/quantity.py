@@ -31,7 +31,7 @@ _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[numk
 
 def parse_quantity(text: str) -> Decimal | None:
     """Return the quantity's value, or None when `text` is not a Kubernetes quantity."""
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if match is None:
         return None
     return Decimal(match["number"]) * _SUFFIXES[match["suffix"] or ""]

@@ -225,7 +225,7 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
 
 def _namespace(reader: _Reader) -> str:
     value = reader.string("namespace")
-    if len(value) > MAX_LABEL or not _DNS_LABEL.match(value):
+    if len(value) > MAX_LABEL or not _DNS_LABEL.fullmatch(value):
         raise SettingsError(
             "namespace",
             value,
@@ -245,7 +245,7 @@ def _cluster(reader: _Reader, warn: Callable[[str], None]) -> ClusterSpec:
 
 def _image(reader: _Reader) -> str:
     value = reader.string("image")
-    match = _IMAGE.match(value)
+    match = _IMAGE.fullmatch(value)
     if match is None:
         raise SettingsError("image", value, "must be an image reference such as hashicorp/consul:2.0.3")
     tag, digest = match["tag"], match["digest"]
@@ -255,7 +255,7 @@ def _image(reader: _Reader) -> str:
         raise SettingsError(
             "image", value, "must be pinned to a release tag (hashicorp/consul:X.Y.Z) or a sha256 digest, never latest or no tag"
         )
-    release = _RELEASE_TAG.match(tag)
+    release = _RELEASE_TAG.fullmatch(tag)
     if release is None:
         raise SettingsError(
             "image", value, "must be pinned to a release tag X.Y.Z (a moving tag such as 1.22 changes under you) or a sha256 digest"
@@ -270,7 +270,7 @@ def _image(reader: _Reader) -> str:
 
 def _datacenter(reader: _Reader) -> str:
     value = reader.string("datacenter")
-    if len(value) > MAX_LABEL or not _DATACENTER.match(value):
+    if len(value) > MAX_LABEL or not _DATACENTER.fullmatch(value):
         raise SettingsError("datacenter", value, "must be 1 to 63 lowercase letters, digits, '-' or '_' (Consul refuses other names)")
     return value
 
@@ -278,7 +278,7 @@ def _datacenter(reader: _Reader) -> str:
 def _domain(reader: _Reader, warn: Callable[[str], None]) -> str:
     value = reader.string("domain")
     parts = value.rstrip(".").split(".")
-    if not value or len(value) > 253 or not all(len(p) <= MAX_LABEL and _DNS_SUBDOMAIN_PART.match(p) for p in parts):
+    if not value or len(value) > 253 or not all(len(p) <= MAX_LABEL and _DNS_SUBDOMAIN_PART.fullmatch(p) for p in parts):
         raise SettingsError("domain", value, "must be a lowercase DNS name such as consul or consul.example.internal")
     if value.rstrip(".") in ("cluster.local", "svc.cluster.local") or value.rstrip(".").endswith(".cluster.local"):
         warn(
@@ -462,7 +462,7 @@ def _is_uuid(text: str) -> bool:
 def _annotations(reader: _Reader, key: str) -> dict[str, str]:
     value = reader.json(key, dict, "an object of annotation keys to string values")
     for name, text in value.items():
-        if not _LABEL_KEY.match(name) or not isinstance(text, str):
+        if not _LABEL_KEY.fullmatch(name) or not isinstance(text, str):
             raise SettingsError(
                 key, value, f"each entry must be a valid annotation key and a string value (got {_show(name)}: {_show(text)})"
             )
@@ -470,7 +470,7 @@ def _annotations(reader: _Reader, key: str) -> dict[str, str]:
 
 
 def _is_dns_subdomain(text: str) -> bool:
-    return len(text) <= 253 and all(_DNS_SUBDOMAIN_PART.match(p) for p in text.split("."))
+    return len(text) <= 253 and all(_DNS_SUBDOMAIN_PART.fullmatch(p) for p in text.split("."))
 
 
 def _resources(reader: _Reader, key: str) -> Resources:
@@ -535,7 +535,7 @@ def _tolerations(reader: _Reader, key: str) -> tuple[Toleration, ...]:
 def _node_selector(reader: _Reader, key: str) -> dict[str, str]:
     value = reader.json(key, dict, "an object of node label keys to values")
     for label, text in value.items():
-        if not _LABEL_KEY.match(label) or not isinstance(text, str) or not _LABEL_VALUE.match(text):
+        if not _LABEL_KEY.fullmatch(label) or not isinstance(text, str) or not _LABEL_VALUE.fullmatch(text):
             raise SettingsError(
                 key, value, f"each entry must be a valid label key and string label value (got {_show(label)}: {_show(text)})"
             )

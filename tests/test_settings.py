@@ -328,6 +328,23 @@ INVALID = [
         "10.96.0.300",
         'invalid consul:dnsClusterIP "10.96.0.300": must be empty (assigned by the cluster) or an IP address in the Service CIDR',
     ),
+    # A trailing newline (a stray line break in a stack file) is not part of any name.
+    (
+        "namespace",
+        "consul\n",
+        "invalid consul:namespace \"consul\\n\": must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+    ),
+    (
+        "datacenter",
+        "dc1\n",
+        "invalid consul:datacenter \"dc1\\n\": must be 1 to 63 lowercase letters, digits, '-' or '_' (Consul refuses other names)",
+    ),
+    (
+        "image",
+        "hashicorp/consul:2.0.3\n",
+        'invalid consul:image "hashicorp/consul:2.0.3\\n": must be an image reference such as hashicorp/consul:2.0.3',
+    ),
+    ("serverStorageSize", "10Gi\n", 'invalid consul:serverStorageSize "10Gi\\n": must be a positive Kubernetes quantity such as 10Gi'),
     ("serverReplica", 3, None),
 ]
 
