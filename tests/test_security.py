@@ -11,6 +11,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from harness import render, run_main
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from validation import agent_config_errors, consul_config_files, schema_errors
 
 from consul import keys
 from consul.generated import _ServerCertGenerator
@@ -401,3 +404,36 @@ def test_invalid_material_fails_without_echoing_it(overrides, message):
     assert isinstance(error, SettingsError)
     assert str(error) == message
     assert rendered.declared == []
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=[Phase.explicit, Phase.reuse, Phase.generate]
+)
+@given(gossip=st.booleans(), tls=st.booleans(), acls=st.booleans(), policies=st.booleans())
+def test_property_any_mix_of_switches_gives_valid_consistent_objects(gossip, tls, acls, policies):
+    rendered = render("ci-defaults", gossipEncryption=gossip, tls=tls, acls=acls, networkPolicy=policies)
+    manifests = list(rendered.manifests())
+    assert [e for m in manifests for e in schema_errors(m)] == []
+    assert [e for _, config in consul_config_files(manifests) for e in agent_config_errors(config)] == []
+    text = json.dumps([m for m in manifests if m["kind"] != "Secret"])
+    assert ("8501" in text) == tls
+    assert ("GOSSIP_KEY" in text) == gossip
+    assert ("acl-tokens.json" in text) == acls
+    assert bool(rendered.of_kind("NetworkPolicy")) == policies
+    assert bool(rendered.of_kind("Job")) == acls
+    assert {d.name for d in rendered.of_kind("Secret")} == {
+        *(["consul-gossip"] if gossip else []),
+        *(["consul-ca-cert", "consul-server-cert"] if tls else []),
+        *(["consul-acl-tokens", "consul-server-acl-config", "consul-client-acl-config"] if acls else []),
+    }
+
+
+def test_every_object_is_a_child_of_a_component(secure):
+    components = {d.name for d in secure.declared if d.typ.startswith("consul:index:")}
+    assert components == {"consul"}
+    for declared in secure.declared:
+        if declared.typ.startswith("consul:index:") or declared.kind == "Namespace":
+            assert declared.parent.endswith("pulumi:pulumi:Stack::consul-ci-defaults"), declared.name
+        else:
+            assert "$consul:index:Consul" in declared.parent or "::consul:index:Consul" in declared.parent, declared.name
+            assert declared.name.startswith("consul-"), declared.name
