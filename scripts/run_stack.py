@@ -81,7 +81,9 @@ def _stack(name: str, work_dir: Path, env: dict[str, str]) -> auto.Stack:
 def _explain(error: auto.CommandError) -> str:
     text = str(error)
     if "passphrase must be set" in text:
-        return "this stack keeps its secrets with a passphrase: set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) and run again"
+        return (
+            "this stack keeps its secrets with a passphrase: set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) and run again"
+        )
     if "passphrase" in text and ("incorrect" in text or "invalid" in text or "required" in text):
         return (
             "the stack's secrets cannot be decrypted with this passphrase: set PULUMI_CONFIG_PASSPHRASE "
