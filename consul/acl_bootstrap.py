@@ -126,7 +126,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
 
         job = batch.Job(
             full_name,
-            metadata=meta.ObjectMetaArgs(name=full_name, namespace=namespace, labels=labels.all),
+            metadata=labels.metadata(full_name, namespace),
             spec=batch.JobSpecArgs(
                 backoff_limit=6,
                 active_deadline_seconds=1800,

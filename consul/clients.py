@@ -93,14 +93,15 @@ class ConsulClients(pulumi.ComponentResource):
         namespace = pulumi.Output.from_input(args.namespace)
         child = pulumi.ResourceOptions(parent=self)
 
-        def metadata(object_name: str, annotations: dict[str, str] | None = None) -> meta.ObjectMetaArgs:
-            return meta.ObjectMetaArgs(name=object_name, namespace=namespace, labels=labels.all, annotations=annotations)
-
         files = pulumi.Output.from_input(args.retry_join).apply(
             lambda join: cfg.config_files(cfg.client_config(cluster, join, features), spec.extra_config)
         )
-        account = core.ServiceAccount(full_name, metadata=metadata(full_name), automount_service_account_token=False, opts=child)
-        config_map = core.ConfigMap(f"{full_name}-config", metadata=metadata(f"{full_name}-config"), data=files, opts=child)
+        account = core.ServiceAccount(
+            full_name, metadata=labels.metadata(full_name, namespace), automount_service_account_token=False, opts=child
+        )
+        config_map = core.ConfigMap(
+            f"{full_name}-config", metadata=labels.metadata(f"{full_name}-config", namespace), data=files, opts=child
+        )
         template = core.PodTemplateSpecArgs(
             metadata=meta.ObjectMetaArgs(labels=labels.all, annotations={cfg.CHECKSUM_ANNOTATION: files.apply(cfg.checksum)}),
             spec=_pod_spec(labels, cluster, spec, args.secrets, account.metadata.name, config_map.metadata.name),
@@ -118,7 +119,7 @@ class ConsulClients(pulumi.ComponentResource):
         if spec.mode is ClientMode.DAEMONSET:
             apps.DaemonSet(
                 full_name,
-                metadata=metadata(full_name),
+                metadata=labels.metadata(full_name, namespace),
                 spec=apps.DaemonSetSpecArgs(
                     selector=selector,
                     update_strategy=apps.DaemonSetUpdateStrategyArgs(
@@ -134,7 +135,7 @@ class ConsulClients(pulumi.ComponentResource):
         else:
             pods_service = core.Service(
                 f"{full_name}-pods",
-                metadata=metadata(f"{full_name}-pods"),
+                metadata=labels.metadata(f"{full_name}-pods", namespace),
                 spec=core.ServiceSpecArgs(
                     cluster_ip="None",
                     publish_not_ready_addresses=True,
@@ -145,7 +146,7 @@ class ConsulClients(pulumi.ComponentResource):
             )
             apps.StatefulSet(
                 full_name,
-                metadata=metadata(full_name),
+                metadata=labels.metadata(full_name, namespace),
                 spec=apps.StatefulSetSpecArgs(
                     service_name=pods_service.metadata.name,
                     replicas=spec.replicas,
@@ -163,13 +164,13 @@ class ConsulClients(pulumi.ComponentResource):
                 session_affinity_config=core.SessionAffinityConfigArgs(client_ip=core.ClientIPConfigArgs(timeout_seconds=STICKY_SECONDS)),
                 ports=service_ports,
             )
-        service = core.Service(full_name, metadata=metadata(full_name), spec=client_service, opts=child)
+        service = core.Service(full_name, metadata=labels.metadata(full_name, namespace), spec=client_service, opts=child)
 
         dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
         if args.dns.enabled:
             dns = core.Service(
                 f"{name}-dns",
-                metadata=meta.ObjectMetaArgs(name=f"{name}-dns", namespace=namespace, labels=Labels(name, "dns", cluster.version).all),
+                metadata=Labels(name, "dns", cluster.version).metadata(f"{name}-dns", namespace),
                 spec=core.ServiceSpecArgs(
                     type="ClusterIP",
                     cluster_ip=args.dns.cluster_ip,

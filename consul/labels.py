@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes.meta.v1 as meta
 
 APP_NAME = "consul"
 
@@ -33,6 +37,10 @@ class Labels:
             "app.kubernetes.io/managed-by": "pulumi",
             "app.kubernetes.io/version": _label_value(self.version),
         }
+
+    def metadata(self, name: str, namespace: pulumi.Input[str], annotations: Mapping[str, str] | None = None) -> meta.ObjectMetaArgs:
+        """Metadata of an object of this tier: its stable name, the namespace, every label."""
+        return meta.ObjectMetaArgs(name=name, namespace=namespace, labels=self.all, annotations=dict(annotations) if annotations else None)
 
 
 def _label_value(text: str) -> str:

@@ -44,7 +44,7 @@ def ingress_policy(
 ) -> networking.NetworkPolicy:
     return networking.NetworkPolicy(
         name,
-        metadata=meta.ObjectMetaArgs(name=name, namespace=namespace, labels=labels.all),
+        metadata=labels.metadata(name, namespace),
         spec=networking.NetworkPolicySpecArgs(
             pod_selector=meta.LabelSelectorArgs(match_labels=labels.selector),
             policy_types=["Ingress"],

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes.core.v1 as core
-import pulumi_kubernetes.meta.v1 as meta
 
 from . import agent_config as cfg
 from . import generated
@@ -110,7 +109,7 @@ class ConsulSecurity(pulumi.ComponentResource):
         def secret(object_name: str, string_data: dict[str, pulumi.Input[str]], secret_type: str = "Opaque") -> core.Secret:
             return core.Secret(
                 object_name,
-                metadata=meta.ObjectMetaArgs(name=object_name, namespace=namespace, labels=labels.all),
+                metadata=labels.metadata(object_name, namespace),
                 type=secret_type,
                 string_data={k: pulumi.Output.secret(v) for k, v in string_data.items()},
                 opts=child,

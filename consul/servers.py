@@ -90,22 +90,21 @@ class ConsulServers(pulumi.ComponentResource):
         namespace = pulumi.Output.from_input(args.namespace)
         child = pulumi.ResourceOptions(parent=self)
 
-        def metadata(object_name: str) -> meta.ObjectMetaArgs:
-            return meta.ObjectMetaArgs(name=object_name, namespace=namespace, labels=labels.all)
-
         retry_join = namespace.apply(lambda ns: [f"{full_name}-{i}.{full_name}.{ns}.svc:{cfg.SERF_LAN_PORT}" for i in range(spec.replicas)])
         files = retry_join.apply(lambda join: cfg.config_files(cfg.server_config(cluster, spec, join, features), spec.extra_config))
 
         account = core.ServiceAccount(
             full_name,
-            metadata=metadata(full_name),
+            metadata=labels.metadata(full_name, namespace),
             automount_service_account_token=False,
             opts=child,
         )
-        config_map = core.ConfigMap(f"{full_name}-config", metadata=metadata(f"{full_name}-config"), data=files, opts=child)
+        config_map = core.ConfigMap(
+            f"{full_name}-config", metadata=labels.metadata(f"{full_name}-config", namespace), data=files, opts=child
+        )
         service = core.Service(
             full_name,
-            metadata=metadata(full_name),
+            metadata=labels.metadata(full_name, namespace),
             spec=core.ServiceSpecArgs(
                 cluster_ip="None",
                 publish_not_ready_addresses=True,
@@ -120,7 +119,7 @@ class ConsulServers(pulumi.ComponentResource):
         core_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map])
         apps.StatefulSet(
             full_name,
-            metadata=metadata(full_name),
+            metadata=labels.metadata(full_name, namespace),
             spec=apps.StatefulSetSpecArgs(
                 service_name=service.metadata.name,
                 replicas=spec.replicas,
@@ -155,7 +154,7 @@ class ConsulServers(pulumi.ComponentResource):
         )
         policy.PodDisruptionBudget(
             full_name,
-            metadata=metadata(full_name),
+            metadata=labels.metadata(full_name, namespace),
             spec=policy.PodDisruptionBudgetSpecArgs(
                 # One server at a time: never below quorum, and never 0, which blocks every node drain.
                 max_unavailable=1,
@@ -168,12 +167,7 @@ class ConsulServers(pulumi.ComponentResource):
         if args.ui.service_type is not UiServiceType.NONE:
             ui = core.Service(
                 f"{name}-ui",
-                metadata=meta.ObjectMetaArgs(
-                    name=f"{name}-ui",
-                    namespace=namespace,
-                    labels=Labels(name, "ui", cluster.version).all,
-                    annotations=dict(args.ui.annotations) or None,
-                ),
+                metadata=Labels(name, "ui", cluster.version).metadata(f"{name}-ui", namespace, args.ui.annotations),
                 spec=core.ServiceSpecArgs(
                     type=args.ui.service_type.value,
                     selector=labels.selector,
