@@ -2,6 +2,8 @@
 # make test    - lint, type-check and run the unit suite (creates venv/ first)
 # make preview STACK=dev / make up STACK=dev - the real thing, against the current kubeconfig context
 # make bench   - time the program under mocks against the bare import floor
+# make live    - the rendered stack as real Consul 1.16.1 agents in network namespaces (root; builds Consul once)
+# make e2e     - pulumi up against a real kube-apiserver with kwok nodes (builds the control plane once)
 PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.requirements
 STACK ?= dev
 RENDER_FLAGS ?=
 
-.PHONY: test lint typecheck unit bench engine render check-rendered preview up engine-test clean
+.PHONY: test lint typecheck unit bench engine render check-rendered preview up engine-test consul-binary kube-binaries live e2e clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q -m "not engine"
+	$(BIN)/pytest -q tests/unit
 
 test: lint typecheck unit
 
@@ -49,7 +51,19 @@ up: $(STAMP) engine
 	$(BIN)/python scripts/run_stack.py up --stack $(STACK)
 
 engine-test: $(STAMP) engine
-	$(BIN)/pytest -q -m engine
+	$(BIN)/pytest -q tests/engine
+
+consul-binary:
+	bash testbed/build-consul.sh
+
+kube-binaries:
+	bash testbed/build-kube.sh
+
+live: $(STAMP) engine consul-binary
+	$(BIN)/pytest -v -s -p no:randomly tests/live
+
+e2e: $(STAMP) engine kube-binaries
+	$(BIN)/pytest -v -s tests/e2e
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis rendered .pulumi-render
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis rendered .pulumi-render testbed/logs

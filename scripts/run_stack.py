@@ -92,12 +92,12 @@ def _explain(error: auto.CommandError) -> str:
     return text
 
 
-def _render_workspace(stack: str, home: Path, out: Path) -> Path:
+def _render_workspace(stack: str, home: Path, out: Path, source: Path | None = None) -> Path:
     """A copy of the project files for the render stack, so its state never touches the repo's stack files."""
     work = home / "project"
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ROOT / "Pulumi.yaml", work / "Pulumi.yaml")
-    source = ROOT / f"Pulumi.{stack}.yaml"
+    source = source or ROOT / f"Pulumi.{stack}.yaml"
     if not source.exists():
         raise EngineError(f"no stack file Pulumi.{stack}.yaml")
     target = work / f"Pulumi.{stack}.yaml"
@@ -111,13 +111,13 @@ def _render_workspace(stack: str, home: Path, out: Path) -> Path:
     return work
 
 
-def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path = RENDERED) -> auto.Stack:
-    """The render stack: the repo's stack settings, rendering into `out`, on a local backend in `home`."""
+def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path = RENDERED, stack_file: Path | None = None) -> auto.Stack:
+    """The render stack: the repo's stack settings (or `stack_file`), rendering into `out`, on a local backend in `home`."""
     _require_cli()
     (home / "state").mkdir(parents=True, exist_ok=True)
     env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
     os.environ.pop("KUBECONFIG", None)
-    return _stack(stack, _render_workspace(stack, home, out), env)
+    return _stack(stack, _render_workspace(stack, home, out, stack_file), env)
 
 
 def real_stack(stack: str) -> auto.Stack:

@@ -25,7 +25,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from consul.program import deploy, main
 from consul.settings import PROJECT, load_settings, secret_config_keys, stack_config
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 UNSET = object()
 
 

@@ -1,0 +1,75 @@
+"""The seed's flow: a workload registers with its node's agent, is found by DNS, deregisters in one call."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import management_token, workload
+
+pytestmark = pytest.mark.live
+
+
+def dig(bed, pod, name: str, server_ip: str, port: int = 8600) -> list[str]:
+    out = bed.netns_exec(pod, ["dig", "+short", "+time=2", "+tries=1", "-p", str(port), f"@{server_ip}", name, "A"])
+    return sorted(line for line in out.stdout.split() if line)
+
+
+def catalog_services(pod, token: str) -> dict[str, list[str]]:
+    out = pod.exec(["curl", "-s", "-H", f"X-Consul-Token: {token}", "http://127.0.0.1:8500/v1/catalog/services"])
+    services: dict[str, list[str]] = json.loads(out.stdout)
+    return services
+
+
+def test_dns_answers_under_default_deny(bed):
+    """DNS queries carry no token: the anonymous token must be able to read nodes and services."""
+    client = bed.tier("client")[0]
+    registered = client.exec(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "-H",
+            f"X-Consul-Token: {management_token(bed)}",
+            "--data",
+            '{"Name": "dns-check", "Port": 1}',
+            "http://127.0.0.1:8500/v1/agent/service/register",
+        ]
+    )
+    assert registered.stdout == "200"
+    bed.wait_for("dns-check in the catalog", lambda: "dns-check" in catalog_services(client, management_token(bed)), 10)
+    assert dig(bed, client, "dns-check.service.consul", client.ip) == [client.ip]
+    assert dig(bed, client, "node-1.node.consul", client.ip) == [bed.pod("consul-client-node-1").ip]
+    kv = client.exec(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8500/v1/kv/?recurse"])
+    assert kv.stdout == "403"  # read nodes and services for DNS, and no more
+
+
+def test_workload_registers_is_found_by_dns_and_deregisters(bed, rendered):
+    app = workload(bed, rendered, "web-app", node=0, service_token="web")
+    client = next(p for p in bed.tier("client") if p.placement.node == app.placement.node)
+    server = bed.pod("consul-server-0")
+
+    registered = app.exec(["sh", "-ec", 'consul services register -name web -id web-1 -port 8080 -address "$POD_IP"'])
+    assert registered.returncode == 0, registered.stderr
+    assert bed.wait_for("web in the catalog", lambda: "web" in catalog_services(server, management_token(bed)), 10) < 10
+
+    # DNS as the consul-dns Service (53 -> 8600) serves it: the client agents answer, with no token.
+    for agent in bed.tier("client"):
+        assert dig(bed, app, "web.service.consul", agent.ip) == [app.ip], agent.name
+
+    deregistered = app.exec(["consul", "services", "deregister", "-id", "web-1"])
+    assert deregistered.returncode == 0, deregistered.stderr
+    assert "web" not in catalog_services(server, management_token(bed))
+    assert dig(bed, app, "web.service.consul", client.ip) == []
+
+
+def test_a_service_token_writes_only_its_own_service(bed, rendered):
+    app = workload(bed, rendered, "web-intruder", node=1, service_token="web")
+    other = app.exec(["consul", "services", "register", "-name", "billing", "-port", "9090"])
+    assert other.returncode != 0
+    assert "Permission denied" in other.stderr + other.stdout
