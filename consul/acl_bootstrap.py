@@ -15,10 +15,30 @@ from .labels import Labels
 from .model import ClusterSpec, Resources
 from .security import MANAGEMENT_TOKEN_KEY, AclTokenIds
 
-AGENT_POLICY_RULES = """node_prefix "" { policy = "write" }
+
+# Clients are named after their Kubernetes nodes, which the program cannot know: their one token
+# may write any node's catalog entry except a server's (the longest prefix wins in Consul's rules).
+# Servers each get a token with their own node identity only.
+def client_agent_rules(server_node_prefix: str) -> str:
+    return (
+        'node_prefix "" { policy = "write" }\n'
+        f'node_prefix "{server_node_prefix}" {{ policy = "deny" }}\n'
+        'service_prefix "" { policy = "read" }\n'
+    )
+
+
+# What Consul DNS needs under default deny, given to the anonymous token (queries carry no token):
+# read nodes and services; nothing else (no KV, no writes, no ACLs).
+DNS_POLICY_RULES = """node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
-agent_prefix "" { policy = "read" }
 """
+ANONYMOUS_TOKEN_ID = "00000000-0000-0000-0000-000000000002"
+# Bumped whenever a policy's rules change, so a re-run updates a policy an older version created.
+RULES_VERSION = "2"
+TOKENS_DIR = "/consul/bootstrap"
+# The Job gives up (and says why) before the provider stops waiting for it.
+JOB_DEADLINE_SECONDS = 900
+JOB_TIMEOUTS = pulumi.CustomTimeouts(create="20m", update="20m")
 
 # Waits for a leader, proves the management token works, then creates what is missing:
 # re-running it changes nothing. A management token the servers do not know means their data
@@ -44,21 +64,38 @@ until out=$(consul acl token read -self 2>&1); do
   esac
   sleep 5
 done
-ensure() {
-  tier=$1 accessor=$2 secret=$3
-  policy="consul-$tier-agent"
-  if ! consul acl policy read -name "$policy" >/dev/null 2>&1; then
-    consul acl policy create -name "$policy" -description "Consul $tier agents" -rules "$AGENT_RULES" >/dev/null
-    echo "created policy $policy"
-  fi
-  if ! consul acl token read -accessor-id "$accessor" >/dev/null 2>&1; then
-    consul acl token create -accessor "$accessor" -secret "$secret" -policy-name "$policy" -description "agent token of the Consul ${tier}s" >/dev/null
-    echo "created the $tier agent token $accessor"
+policy() {
+  name=$1 description="$2 (rules v$RULES_VERSION)" rules=$3
+  if ! current=$(consul acl policy read -name "$name" 2>/dev/null); then
+    consul acl policy create -name "$name" -description "$description" -rules "$rules" >/dev/null
+    echo "created policy $name"
+  elif ! printf '%s' "$current" | grep -qF "$description"; then
+    consul acl policy update -name "$name" -description "$description" -rules "$rules" >/dev/null
+    echo "updated policy $name to rules v$RULES_VERSION"
   fi
 }
-ensure server "$SERVER_ACCESSOR" "$SERVER_TOKEN"
-ensure client "$CLIENT_ACCESSOR" "$CLIENT_TOKEN"
-echo "ACL policies and agent tokens are in place"
+token() {
+  accessor=$1 key=$2 description=$3
+  shift 3
+  if ! consul acl token read -accessor-id "$accessor" >/dev/null 2>&1; then
+    consul acl token create -accessor "$accessor" -secret "$(cat "$TOKENS_DIR/$key")" -description "$description" "$@" >/dev/null
+    echo "created $description ($accessor)"
+  fi
+}
+policy consul-client-agent "Consul client agents: any node but a server" "$CLIENT_AGENT_RULES"
+token "$CLIENT_ACCESSOR" agent-client "agent token of the Consul clients" -policy-name consul-client-agent
+for pair in $SERVER_AGENTS; do
+  token "${pair#*=}" "agent-${pair%%=*}" "agent token of ${pair%%=*}" -node-identity "${pair%%=*}:$DATACENTER"
+done
+for pair in $SERVICE_TOKENS; do
+  token "${pair#*=}" "service-${pair%%=*}" "service token of ${pair%%=*}" -service-identity "${pair%%=*}"
+done
+policy consul-dns "Consul DNS for the anonymous token: read nodes and services" "$DNS_RULES"
+if ! consul acl token read -accessor-id "$ANONYMOUS_TOKEN" | grep -q "consul-dns"; then
+  consul acl token update -accessor-id "$ANONYMOUS_TOKEN" -policy-name consul-dns -description "Anonymous Token: Consul DNS" >/dev/null
+  echo "created DNS read access for the anonymous token"
+fi
+echo "ACL policies and tokens are in place"
 """
 
 
@@ -94,29 +131,39 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
         tls = args.ca_secret is not None
         scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
 
-        def from_tokens(env_name: str, key: str) -> core.EnvVarArgs:
-            return core.EnvVarArgs(
-                name=env_name,
-                value_from=core.EnvVarSourceArgs(secret_key_ref=core.SecretKeySelectorArgs(name=args.tokens.secret_name, key=key)),
+        def pairs(items: tuple[tuple[str, pulumi.Input[str]], ...]) -> pulumi.Output[str]:
+            """name=accessor pairs, space-separated (accessor IDs are public)."""
+            return pulumi.Output.all(*[accessor for _, accessor in items]).apply(
+                lambda ids: " ".join(f"{name}={accessor}" for (name, _), accessor in zip(items, ids, strict=True))
             )
 
         env = [
             core.EnvVarArgs(
                 name="CONSUL_HTTP_ADDR", value=pulumi.Output.concat(f"{scheme}://", args.server_service, ".", namespace, f".svc:{port}")
             ),
+            core.EnvVarArgs(name="CONSUL_HTTP_TOKEN_FILE", value=f"{TOKENS_DIR}/{MANAGEMENT_TOKEN_KEY}"),
             core.EnvVarArgs(name="NAMESPACE", value=namespace),
+            core.EnvVarArgs(name="DATACENTER", value=args.cluster.datacenter),
             core.EnvVarArgs(name="SERVERS", value=args.server_service),
             core.EnvVarArgs(name="TOKENS_SECRET", value=args.tokens.secret_name),
+            core.EnvVarArgs(name="TOKENS_DIR", value=TOKENS_DIR),
             core.EnvVarArgs(name="MANAGEMENT_KEY", value=MANAGEMENT_TOKEN_KEY),
-            core.EnvVarArgs(name="AGENT_RULES", value=AGENT_POLICY_RULES),
-            core.EnvVarArgs(name="SERVER_ACCESSOR", value=args.tokens.server_agent_accessor),
+            core.EnvVarArgs(name="RULES_VERSION", value=RULES_VERSION),
+            core.EnvVarArgs(name="CLIENT_AGENT_RULES", value=client_agent_rules(f"{name}-server-")),
+            core.EnvVarArgs(name="DNS_RULES", value=DNS_POLICY_RULES),
+            core.EnvVarArgs(name="ANONYMOUS_TOKEN", value=ANONYMOUS_TOKEN_ID),
             core.EnvVarArgs(name="CLIENT_ACCESSOR", value=args.tokens.client_agent_accessor),
-            from_tokens("CONSUL_HTTP_TOKEN", MANAGEMENT_TOKEN_KEY),
-            from_tokens("SERVER_TOKEN", "server-agent"),
-            from_tokens("CLIENT_TOKEN", "client-agent"),
+            core.EnvVarArgs(name="SERVER_AGENTS", value=pairs(args.tokens.server_agents)),
+            core.EnvVarArgs(name="SERVICE_TOKENS", value=pairs(args.tokens.services)),
         ]
-        volumes = [core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs())]
-        mounts = [core.VolumeMountArgs(name="tmp", mount_path="/tmp")]
+        volumes = [
+            core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
+            core.VolumeArgs(name="tokens", secret=core.SecretVolumeSourceArgs(secret_name=args.tokens.secret_name, default_mode=0o440)),
+        ]
+        mounts = [
+            core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+            core.VolumeMountArgs(name="tokens", mount_path=TOKENS_DIR, read_only=True),
+        ]
         if args.ca_secret is not None:
             env.append(core.EnvVarArgs(name="CONSUL_CACERT", value=cfg.CA_FILE))
             volumes.append(
@@ -129,7 +176,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             metadata=labels.metadata(full_name, namespace),
             spec=batch.JobSpecArgs(
                 backoff_limit=6,
-                active_deadline_seconds=1800,
+                active_deadline_seconds=JOB_DEADLINE_SECONDS,
                 template=core.PodTemplateSpecArgs(
                     metadata=meta.ObjectMetaArgs(labels=labels.all),
                     spec=core.PodSpecArgs(
@@ -153,7 +200,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=JOB_TIMEOUTS),
         )
         self.job_name = job.metadata.name
         self.register_outputs({"job_name": self.job_name})

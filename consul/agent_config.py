@@ -10,6 +10,7 @@ from typing import Any
 from .model import ClusterSpec, SecuritySpec, ServerSpec
 
 CHECKSUM_ANNOTATION = "consul.hashicorp.com/config-checksum"
+SECRETS_CHECKSUM_ANNOTATION = "consul.hashicorp.com/secrets-checksum"
 DATA_DIR = "/consul/data"
 CONFIG_DIR = "/consul/config"
 GENERATED_FILE = "00-agent.json"
@@ -22,6 +23,9 @@ SERVER_KEY_FILE = f"{TLS_DIR}/server/tls.key"
 ACL_DIR = "/consul/acl"
 ACL_TOKENS_FILE_NAME = "acl-tokens.json"
 ACL_TOKENS_FILE = f"{ACL_DIR}/{ACL_TOKENS_FILE_NAME}"
+GOSSIP_DIR = "/consul/gossip"
+GOSSIP_FILE_NAME = "gossip.json"
+GOSSIP_FILE = f"{GOSSIP_DIR}/{GOSSIP_FILE_NAME}"
 
 HTTP_PORT = 8500
 HTTPS_PORT = 8501
@@ -41,6 +45,9 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequenc
     config: dict[str, Any] = {
         **_agent(cluster, retry_join, server=True),
         "bootstrap_expect": servers.replicas,
+        # A server that left on terminate rejoins the members its serf snapshot knows, clients
+        # included: they keep their addresses while the servers come back at new ones.
+        "rejoin_after_leave": True,
         "ui_config": {"enabled": True},
         "performance": {"raft_multiplier": 1},
         "autopilot": {"cleanup_dead_servers": True, "min_quorum": servers.replicas // 2 + 1},
@@ -71,10 +78,13 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequenc
 def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: SecuritySpec) -> dict[str, Any]:
     """The generated config of every client agent.
 
-    ``retry_join`` runs only while an agent starts (consul #3902): the client liveness probe
-    restarts an agent that has seen no leader for minutes, so it joins again by DNS name.
+    ``retry_join`` runs only while an agent starts (consul #3902); servers that come back at new
+    addresses find the clients from their own serf snapshot (``rejoin_after_leave`` on servers),
+    and the client liveness probe is the last resort for an agent stranded for minutes.
     ``leave_on_terminate`` deregisters a deleted agent's services with it; ``rejoin_after_leave``
-    lets a restarted agent take its place again.
+    lets a restarted agent take its place again. The HTTP API is plain HTTP on 8500 only: an
+    auto_encrypt certificate chains to Connect's CA, which no workload holds, so HTTPS is not
+    offered on the clients (see the README's security table).
     """
     config: dict[str, Any] = {
         **_agent(cluster, retry_join, server=False),
@@ -86,8 +96,7 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
             "defaults": {"ca_file": CA_FILE, "verify_outgoing": True},
             "internal_rpc": {"verify_server_hostname": True},
         }
-        config["ports"]["https"] = HTTPS_PORT
-        # The certificate comes from the servers; its IP SANs are added on the command line.
+        # RPC to the servers with a certificate the servers issue (auto_encrypt).
         config["auto_encrypt"] = {"tls": True}
     return _secure(config, security)
 
@@ -111,7 +120,8 @@ def _agent(cluster: ClusterSpec, retry_join: Sequence[str], *, server: bool) -> 
 def _secure(config: dict[str, Any], security: SecuritySpec) -> dict[str, Any]:
     """What servers and clients share: the keyring and ACL settings."""
     if security.gossip_encryption:
-        # The key comes from a Secret (-encrypt); a persisted local.keyring would silently win over it.
+        # The key comes from a Secret-mounted config file (GOSSIP_FILE); a persisted
+        # local.keyring would silently win over it.
         config["disable_keyring_file"] = True
     if security.acls:
         config["acl"] = {
@@ -126,6 +136,11 @@ def _secure(config: dict[str, Any], security: SecuritySpec) -> dict[str, Any]:
 def acl_tokens_file(tokens: Mapping[str, str]) -> str:
     """The agent's token config file (kept in a Secret): e.g. {"agent": ...}."""
     return _dump({"acl": {"tokens": dict(tokens)}})
+
+
+def gossip_file(key: str) -> str:
+    """The gossip key as a config file (kept in a Secret), so it never reaches a command line."""
+    return _dump({"encrypt": key})
 
 
 def config_files(generated: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, str]:

@@ -23,6 +23,10 @@ LIVENESS_FAILURE_THRESHOLD = 10
 # Kubernetes' maximum ClientIP affinity: a workload keeps talking to one agent all day.
 STICKY_SECONDS = 86400
 DNS_PORT = 53
+# A node's agent restarts in seconds; 10% of the nodes at a time (at least one) keeps a rollout of
+# a few hundred nodes well inside ROLLOUT_TIMEOUTS, while 90% of the nodes keep their agent.
+DAEMONSET_MAX_UNAVAILABLE = "10%"
+ROLLOUT_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m")
 
 
 @dataclass(frozen=True)
@@ -49,17 +53,16 @@ class ConsulClientsArgs:
     network_policy: bool = False
 
 
-def client_ports(spec: ClientSpec, tls: bool) -> list[core.ContainerPortArgs]:
-    """The agent's ports; with host ports, the API and DNS are also bound on the node's address."""
+def client_ports(spec: ClientSpec) -> list[core.ContainerPortArgs]:
+    """The agent's ports; with host ports, the API and DNS are also bound on the node's address.
+    No HTTPS: an auto_encrypt certificate chains to Connect's CA, which workloads cannot verify."""
     host = spec.host_ports
 
     def port(name: str, number: int, protocol: str, on_host: bool = False) -> core.ContainerPortArgs:
         return core.ContainerPortArgs(name=name, container_port=number, protocol=protocol, host_port=number if host and on_host else None)
 
-    https = [port("https", cfg.HTTPS_PORT, "TCP", on_host=True)] if tls else []
     return [
         port("http", cfg.HTTP_PORT, "TCP", on_host=True),
-        *https,
         port("serflan-tcp", cfg.SERF_LAN_PORT, "TCP"),
         port("serflan-udp", cfg.SERF_LAN_PORT, "UDP"),
         port("dns-tcp", cfg.DNS_PORT, "TCP", on_host=True),
@@ -103,16 +106,14 @@ class ConsulClients(pulumi.ComponentResource):
             f"{full_name}-config", metadata=labels.metadata(f"{full_name}-config", namespace), data=files, opts=child
         )
         template = core.PodTemplateSpecArgs(
-            metadata=meta.ObjectMetaArgs(labels=labels.all, annotations={cfg.CHECKSUM_ANNOTATION: files.apply(cfg.checksum)}),
+            metadata=meta.ObjectMetaArgs(labels=labels.all, annotations=pods.checksum_annotations(files, args.secrets)),
             spec=_pod_spec(labels, cluster, spec, args.secrets, account.metadata.name, config_map.metadata.name),
         )
         selector = meta.LabelSelectorArgs(match_labels=labels.selector)
-        workload_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map])
+        workload_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map], custom_timeouts=ROLLOUT_TIMEOUTS)
 
-        https_port = [core.ServicePortArgs(name="https", port=cfg.HTTPS_PORT, target_port="https", protocol="TCP")] if features.tls else []
         service_ports = [
             core.ServicePortArgs(name="http", port=cfg.HTTP_PORT, target_port="http", protocol="TCP"),
-            *https_port,
             core.ServicePortArgs(name="dns-tcp", port=cfg.DNS_PORT, target_port="dns-tcp", protocol="TCP"),
             core.ServicePortArgs(name="dns-udp", port=cfg.DNS_PORT, target_port="dns-udp", protocol="UDP"),
         ]
@@ -123,7 +124,7 @@ class ConsulClients(pulumi.ComponentResource):
                 spec=apps.DaemonSetSpecArgs(
                     selector=selector,
                     update_strategy=apps.DaemonSetUpdateStrategyArgs(
-                        type="RollingUpdate", rolling_update=apps.RollingUpdateDaemonSetArgs(max_unavailable=1)
+                        type="RollingUpdate", rolling_update=apps.RollingUpdateDaemonSetArgs(max_unavailable=DAEMONSET_MAX_UNAVAILABLE)
                     ),
                     template=template,
                 ),
@@ -186,7 +187,7 @@ class ConsulClients(pulumi.ComponentResource):
 
         if args.network_policy:
             servers = Labels(instance=name, component="server", version=cluster.version)
-            network_policy.ingress_policy(full_name, namespace, labels, network_policy.client_rules(servers, labels, features.tls), child)
+            network_policy.ingress_policy(full_name, namespace, labels, network_policy.client_rules(servers, labels), child)
 
         self.mode = pulumi.Output.from_input(spec.mode.value)
         self.service_name = service.metadata.name
@@ -214,10 +215,7 @@ def _pod_spec(
     config_map: pulumi.Input[str],
 ) -> core.PodSpecArgs:
     daemonset = spec.mode is ClientMode.DAEMONSET
-    tls = secrets.features.tls
     wiring = pods.secret_wiring(secrets)
-    # The auto_encrypt certificate must name the addresses workloads dial: node and pod IP.
-    ip_sans = ['-hcl=auto_encrypt = { ip_san = ["$(HOST_IP)", "$(POD_IP)"] }'] if tls else []
     affinity = None if daemonset else pods.node_anti_affinity(labels, Placement.PREFERRED)
     local_http = f"http://127.0.0.1:{cfg.HTTP_PORT}"
     return core.PodSpecArgs(
@@ -236,8 +234,8 @@ def _pod_spec(
                 cluster.image,
                 node_name="$(NODE_NAME)" if daemonset else "$(POD_NAME)",
                 env=[pods.field_env("NODE_NAME", "spec.nodeName"), pods.field_env("HOST_IP", "status.hostIP")],
-                ports=client_ports(spec, tls),
-                readiness_probe=pods.leader_readiness_probe(local_http),
+                ports=client_ports(spec),
+                readiness_probe=pods.serving_readiness_probe("http"),
                 # Restarts an agent stranded without servers (all server IPs changed, consul
                 # #3902) so that retry_join runs again; sustained minutes, not an election.
                 liveness_probe=pods.exec_probe(
@@ -248,7 +246,6 @@ def _pod_spec(
                 ),
                 resources=spec.resources,
                 wiring=wiring,
-                args=ip_sans,
             )
         ],
     )

@@ -158,3 +158,5 @@ class SecuritySpec:
     ca_cert: str | None = None
     ca_key: SecretText | None = None
     management_token: SecretText | None = None
+    service_tokens: tuple[str, ...] = ()
+    """Services that get an ACL token with that service's identity, in a Secret of their own."""

@@ -19,12 +19,10 @@ SERF_WAN: list[Port] = [(cfg.SERF_WAN_PORT, "TCP"), (cfg.SERF_WAN_PORT, "UDP")]
 DNS: list[Port] = [(cfg.DNS_PORT, "TCP"), (cfg.DNS_PORT, "UDP")]
 
 
-def api_ports(tls: bool, plain_http: bool) -> list[Port]:
-    """The HTTP API ports reachable from outside the pod."""
-    ports = [(cfg.HTTPS_PORT, "TCP")] if tls else []
-    if plain_http or not tls:
-        ports.append((cfg.HTTP_PORT, "TCP"))
-    return ports
+def server_api_ports(tls: bool) -> list[Port]:
+    """The servers' HTTP API port reachable from outside the pod: HTTPS with TLS (plain HTTP is
+    bound to the pod's loopback), plain HTTP without."""
+    return [(cfg.HTTPS_PORT, "TCP")] if tls else [(cfg.HTTP_PORT, "TCP")]
 
 
 def _rule(ports: Sequence[Port], *peers: Labels) -> networking.NetworkPolicyIngressRuleArgs:
@@ -60,13 +58,14 @@ def server_rules(servers: Labels, clients: Labels, tls: bool) -> list[networking
     return [
         _rule(RPC + SERF_LAN + SERF_WAN, servers),
         _rule(RPC + SERF_LAN, clients),
-        _rule(api_ports(tls, plain_http=False)),
+        _rule(server_api_ports(tls)),
     ]
 
 
-def client_rules(servers: Labels, clients: Labels, tls: bool) -> list[networking.NetworkPolicyIngressRuleArgs]:
-    """Clients: LAN gossip from every agent, the API and DNS from workloads anywhere (and CoreDNS)."""
+def client_rules(servers: Labels, clients: Labels) -> list[networking.NetworkPolicyIngressRuleArgs]:
+    """Clients: LAN gossip from every agent, the plain-HTTP API and DNS from workloads anywhere (and CoreDNS).
+    Clients serve no HTTPS (see agent_config.client_config)."""
     return [
         _rule(SERF_LAN, servers, clients),
-        _rule(api_ports(tls, plain_http=True) + DNS),
+        _rule([(cfg.HTTP_PORT, "TCP"), *DNS]),
     ]

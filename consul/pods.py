@@ -9,16 +9,35 @@ import pulumi
 import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.meta.v1 as meta
 
-from .agent_config import ACL_DIR, ACL_TOKENS_FILE, CONFIG_DIR, DATA_DIR, TLS_DIR
+from .agent_config import (
+    ACL_DIR,
+    CHECKSUM_ANNOTATION,
+    CONFIG_DIR,
+    DATA_DIR,
+    GOSSIP_DIR,
+    GOSSIP_FILE,
+    SECRETS_CHECKSUM_ANNOTATION,
+    TLS_DIR,
+    checksum,
+)
 from .labels import Labels
 from .model import Placement, Resources, Toleration
-from .security import GOSSIP_SECRET_KEY, TierSecrets
+from .security import TierSecrets
 
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 ZONE_TOPOLOGY = "topology.kubernetes.io/zone"
 
 CONSUL_UID = 100
 CONSUL_GID = 1000
+
+
+def checksum_annotations(files: pulumi.Output[dict[str, str]], secrets: TierSecrets) -> dict[str, pulumi.Input[str]]:
+    """Digests of everything a pod reads at start (its config files and its Secrets): a change of
+    either changes the pod template, so the tier rolls, one server at a time."""
+    annotations: dict[str, pulumi.Input[str]] = {CHECKSUM_ANNOTATION: files.apply(checksum)}
+    if secrets.checksum is not None:
+        annotations[SECRETS_CHECKSUM_ANNOTATION] = secrets.checksum
+    return annotations
 
 
 def pod_security_context() -> core.PodSecurityContextArgs:
@@ -89,6 +108,20 @@ def leader_readiness_probe(http_url: str) -> core.ProbeArgs:
     return exec_probe(leader_check(http_url), period=3, failure_threshold=2, initial_delay=5)
 
 
+def serving_readiness_probe(port: str) -> core.ProbeArgs:
+    """Ready means "this agent serves its HTTP API": /v1/status/leader answers 200 with or without a
+    leader, and needs no ACL token. An election or a server outage leaves a client Ready, so its
+    node keeps registration, deregistration and DNS (answered from its cache under extend-cache)."""
+    return core.ProbeArgs(
+        http_get=core.HTTPGetActionArgs(path="/v1/status/leader", port=port),
+        initial_delay_seconds=2,
+        period_seconds=3,
+        failure_threshold=2,
+        success_threshold=1,
+        timeout_seconds=2,
+    )
+
+
 @dataclass(frozen=True)
 class SecretWiring:
     """How an agent gets its Secrets: environment, extra arguments, volumes and mounts."""
@@ -100,18 +133,11 @@ class SecretWiring:
 
 
 def secret_wiring(secrets: TierSecrets) -> SecretWiring:
-    """The gossip key as an environment variable from a secretKeyRef (expanded into -encrypt, never
-    written out), and the CA, server certificate and ACL token file as read-only Secret volumes."""
+    """Every Secret as a read-only volume: the gossip key and the ACL tokens as config files the
+    agent loads (never on its command line or in its environment), the CA and server certificate."""
     wiring = SecretWiring()
-    if secrets.gossip is not None:
-        wiring.env.append(
-            core.EnvVarArgs(
-                name="GOSSIP_KEY",
-                value_from=core.EnvVarSourceArgs(secret_key_ref=core.SecretKeySelectorArgs(name=secrets.gossip, key=GOSSIP_SECRET_KEY)),
-            )
-        )
-        wiring.args.append("-encrypt=$(GOSSIP_KEY)")
     mounted = [
+        ("gossip", secrets.gossip, GOSSIP_DIR),
         ("tls-ca", secrets.ca, f"{TLS_DIR}/ca"),
         ("tls-server", secrets.server_tls, f"{TLS_DIR}/server"),
         ("acl-tokens", secrets.acl_tokens, ACL_DIR),
@@ -122,8 +148,10 @@ def secret_wiring(secrets: TierSecrets) -> SecretWiring:
                 core.VolumeArgs(name=volume, secret=core.SecretVolumeSourceArgs(secret_name=secret_name, default_mode=0o440))
             )
             wiring.mounts.append(core.VolumeMountArgs(name=volume, mount_path=path, read_only=True))
+    if secrets.gossip is not None:
+        wiring.args.append(f"-config-file={GOSSIP_FILE}")
     if secrets.acl_tokens is not None:
-        wiring.args.append(f"-config-file={ACL_TOKENS_FILE}")
+        wiring.args.append(f"-config-file={ACL_DIR}/{secrets.acl_file}")
     return wiring
 
 

@@ -27,7 +27,12 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
             host_access=settings.clients.uses_host_namespace,
         )
         namespace = ns.metadata.name
-    security = ConsulSecurity(INSTANCE, ConsulSecurityArgs(namespace=namespace, cluster=settings.cluster, spec=settings.security))
+    security = ConsulSecurity(
+        INSTANCE,
+        ConsulSecurityArgs(
+            namespace=namespace, cluster=settings.cluster, spec=settings.security, server_replicas=settings.servers.replicas
+        ),
+    )
     network_policy = settings.security.network_policy
     servers = ConsulServers(
         INSTANCE,

@@ -20,16 +20,22 @@ MANAGEMENT_TOKEN_KEY = "management"
 class TierSecrets:
     """The Secrets one tier mounts or reads; None where the feature is off.
 
-    gossip: Secret holding the gossip key under ``key``.
+    gossip: Secret holding the gossip key under ``key`` and as the config file ``gossip.json``.
     ca: Secret holding the CA certificate under ``tls.crt``.
     server_tls: ``kubernetes.io/tls`` Secret with the server certificate (servers only).
-    acl_tokens: Secret holding the agent's token config file ``acl-tokens.json``.
+    acl_tokens: Secret holding the agents' token config files.
+    acl_file: which file of ``acl_tokens`` an agent loads; ``$(POD_NAME).json`` gives every server
+        a token of its own (default: ``acl-tokens.json``, one file for the tier).
     """
 
     gossip: pulumi.Input[str] | None = None
     ca: pulumi.Input[str] | None = None
     server_tls: pulumi.Input[str] | None = None
     acl_tokens: pulumi.Input[str] | None = None
+    acl_file: str = cfg.ACL_TOKENS_FILE_NAME
+    checksum: pulumi.Input[str] | None = None
+    """A digest of every Secret's contents above (not secret itself): in the pod template, so a
+    new key, certificate or token file rolls the tier."""
 
     @property
     def features(self) -> SecuritySpec:
@@ -44,11 +50,37 @@ class TierSecrets:
 
 @dataclass(frozen=True)
 class AclTokenIds:
-    """Accessor IDs (public) of the agent tokens, and the Secret that holds every token's SecretID."""
+    """Accessor IDs (public) of the tokens the ACL Job creates, and the Secret holding every SecretID.
+
+    secret_name: the Secret with every token's SecretID, one key each (``token_key``).
+    server_agents: (server node name, accessor ID): one agent token per server, with that node's
+        identity only.
+    client_agent_accessor: the client agents' token.
+    services: (service name, accessor ID): one token per ``serviceTokens`` entry, with that
+        service's identity.
+    """
 
     secret_name: pulumi.Input[str]
-    server_agent_accessor: pulumi.Input[str]
+    server_agents: tuple[tuple[str, pulumi.Input[str]], ...]
     client_agent_accessor: pulumi.Input[str]
+    services: tuple[tuple[str, pulumi.Input[str]], ...] = ()
+
+    @staticmethod
+    def server_key(node: str) -> str:
+        return f"agent-{node}"
+
+    @staticmethod
+    def service_key(service: str) -> str:
+        return f"service-{service}"
+
+
+CLIENT_AGENT_KEY = "agent-client"
+SERVICE_TOKEN_KEY = "token"
+
+
+def service_token_secret(instance: str, service: str) -> str:
+    """The Secret a workload reads its service token from (key ``token``)."""
+    return f"{instance}-service-token-{service}"
 
 
 @dataclass(frozen=True)
@@ -58,11 +90,13 @@ class ConsulSecurityArgs:
     namespace: where the Secrets go (required).
     cluster: datacenter and domain, for the server certificate's ``server.<dc>.<domain>`` SAN.
     spec: which features are on, and any material brought by the user (default: all on, all generated).
+    server_replicas: how many servers get an agent token of their own (default: 3).
     """
 
     namespace: pulumi.Input[str]
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     spec: SecuritySpec = field(default_factory=SecuritySpec)
+    server_replicas: int = 3
 
 
 def server_dns_names(instance: str, namespace: str, cluster: ClusterSpec) -> list[str]:
@@ -106,7 +140,10 @@ class ConsulSecurity(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         labels = Labels(instance=name, component="security", version=cluster.version)
 
+        contents: dict[str, dict[str, pulumi.Input[str]]] = {}
+
         def secret(object_name: str, string_data: dict[str, pulumi.Input[str]], secret_type: str = "Opaque") -> core.Secret:
+            contents[object_name] = string_data
             return core.Secret(
                 object_name,
                 metadata=labels.metadata(object_name, namespace),
@@ -122,7 +159,8 @@ class ConsulSecurity(pulumi.ComponentResource):
 
         if spec.gossip_encryption:
             key: pulumi.Input[str] = spec.gossip_key.value if spec.gossip_key else generated.GossipKey(f"{name}-gossip-key", opts=child).key
-            gossip_name = secret(f"{name}-gossip", {GOSSIP_SECRET_KEY: key}).metadata.name
+            gossip_file = pulumi.Output.from_input(key).apply(cfg.gossip_file)
+            gossip_name = secret(f"{name}-gossip", {GOSSIP_SECRET_KEY: key, cfg.GOSSIP_FILE_NAME: gossip_file}).metadata.name
 
         if spec.tls:
             if spec.ca_cert and spec.ca_key:
@@ -155,25 +193,62 @@ class ConsulSecurity(pulumi.ComponentResource):
                 if spec.management_token
                 else generated.AclToken(f"{name}-management-token", "initial management token", opts=child).secret_id
             )
-            server_agent = generated.AclToken(f"{name}-server-agent-token", "agent token of the servers", opts=child)
+            server_nodes = [f"{name}-server-{i}" for i in range(args.server_replicas)]
+            server_agents = {node: generated.AclToken(f"{node}-agent-token", f"agent token of {node}", opts=child) for node in server_nodes}
             client_agent = generated.AclToken(f"{name}-client-agent-token", "agent token of the client agents", opts=child)
+            services = {
+                service: generated.AclToken(f"{name}-service-{service}-token", f"service token of {service}", opts=child)
+                for service in spec.service_tokens
+            }
             tokens = secret(
                 f"{name}-acl-tokens",
-                {MANAGEMENT_TOKEN_KEY: management, "server-agent": server_agent.secret_id, "client-agent": client_agent.secret_id},
+                {
+                    MANAGEMENT_TOKEN_KEY: management,
+                    **{AclTokenIds.server_key(node): token.secret_id for node, token in server_agents.items()},
+                    CLIENT_AGENT_KEY: client_agent.secret_id,
+                    **{AclTokenIds.service_key(service): token.secret_id for service, token in services.items()},
+                },
             )
-            server_file = pulumi.Output.all(management, server_agent.secret_id).apply(
-                lambda ids: cfg.acl_tokens_file({"initial_management": ids[0], "agent": ids[1]})
-            )
+
+            def server_file(node: str) -> pulumi.Output[str]:
+                return pulumi.Output.all(management, server_agents[node].secret_id).apply(
+                    lambda ids: cfg.acl_tokens_file({"initial_management": ids[0], "agent": ids[1]})
+                )
+
             client_file = client_agent.secret_id.apply(lambda token: cfg.acl_tokens_file({"agent": token}))
-            server_acl = secret(f"{name}-server-acl-config", {cfg.ACL_TOKENS_FILE_NAME: server_file}).metadata.name
+            server_acl = secret(f"{name}-server-acl-config", {f"{node}.json": server_file(node) for node in server_nodes}).metadata.name
             client_acl = secret(f"{name}-client-acl-config", {cfg.ACL_TOKENS_FILE_NAME: client_file}).metadata.name
+            for service, token in services.items():
+                secret(service_token_secret(name, service), {SERVICE_TOKEN_KEY: token.secret_id})
             self.acl_tokens = AclTokenIds(
                 secret_name=tokens.metadata.name,
-                server_agent_accessor=server_agent.accessor_id,
+                server_agents=tuple((node, token.accessor_id) for node, token in server_agents.items()),
                 client_agent_accessor=client_agent.accessor_id,
+                services=tuple((service, token.accessor_id) for service, token in services.items()),
             )
             self.management_token = pulumi.Output.secret(management)
 
-        self.server_secrets = TierSecrets(gossip=gossip_name, ca=ca_name, server_tls=server_tls_name, acl_tokens=server_acl)
-        self.client_secrets = TierSecrets(gossip=gossip_name, ca=ca_name, acl_tokens=client_acl)
+        def checksum(*names: str) -> pulumi.Output[str] | None:
+            mounted = {n: contents[n] for n in names if n in contents}
+            if not mounted:
+                return None
+            flat = [(n, k, v) for n, data in sorted(mounted.items()) for k, v in sorted(data.items())]
+            digest = pulumi.Output.all(*[v for _, _, v in flat]).apply(
+                lambda values: cfg.checksum({f"{n}/{k}": str(v) for (n, k, _), v in zip(flat, values, strict=True)})
+            )
+            # A SHA-256 of high-entropy material reveals none of it; kept visible so diffs show a roll.
+            return pulumi.Output.unsecret(digest)
+
+        gossip_secret, ca_secret = f"{name}-gossip", f"{name}-ca-cert"
+        self.server_secrets = TierSecrets(
+            gossip=gossip_name,
+            ca=ca_name,
+            server_tls=server_tls_name,
+            acl_tokens=server_acl,
+            acl_file="$(POD_NAME).json",
+            checksum=checksum(gossip_secret, ca_secret, f"{name}-server-cert", f"{name}-server-acl-config"),
+        )
+        self.client_secrets = TierSecrets(
+            gossip=gossip_name, ca=ca_name, acl_tokens=client_acl, checksum=checksum(gossip_secret, ca_secret, f"{name}-client-acl-config")
+        )
         self.register_outputs({"management_token": self.management_token, "ca_cert_pem": self.ca_cert_pem})

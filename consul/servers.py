@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pulumi
@@ -18,6 +19,22 @@ from .security import TierSecrets
 
 UI_HTTP_PORT = 80
 UI_HTTPS_PORT = 443
+# A rollout replaces one server at a time (each: stop, start, rejoin, Ready): up to 7 servers, and
+# image pulls, take longer than the provider's default 10-minute await.
+ROLLOUT_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m")
+
+
+def staged_upgrade_await(spec: ServerSpec) -> dict[str, str] | None:
+    """With a partition, the provider's StatefulSet await (every pod at the new revision) can never
+    be met: wait instead for the pods at and above the partition to be updated, and all Ready."""
+    if spec.update_partition == 0:
+        return None
+    updated = spec.replicas - spec.update_partition
+    return {
+        "pulumi.com/waitFor": json.dumps(
+            [f"jsonpath={{.status.updatedReplicas}}={updated}", f"jsonpath={{.status.readyReplicas}}={spec.replicas}"]
+        )
+    }
 
 
 @dataclass(frozen=True)
@@ -116,10 +133,10 @@ class ConsulServers(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        core_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map])
+        core_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map], custom_timeouts=ROLLOUT_TIMEOUTS)
         apps.StatefulSet(
             full_name,
-            metadata=labels.metadata(full_name, namespace),
+            metadata=labels.metadata(full_name, namespace, staged_upgrade_await(spec)),
             spec=apps.StatefulSetSpecArgs(
                 service_name=service.metadata.name,
                 replicas=spec.replicas,
@@ -135,13 +152,15 @@ class ConsulServers(pulumi.ComponentResource):
                 template=core.PodTemplateSpecArgs(
                     metadata=meta.ObjectMetaArgs(
                         labels=labels.all,
-                        annotations={cfg.CHECKSUM_ANNOTATION: files.apply(cfg.checksum)},
+                        annotations=pods.checksum_annotations(files, args.secrets),
                     ),
                     spec=_pod_spec(labels, cluster, spec, args.secrets, account.metadata.name, config_map.metadata.name),
                 ),
                 volume_claim_templates=[
                     core.PersistentVolumeClaimArgs(
-                        metadata=meta.ObjectMetaArgs(name="data", labels=labels.all),
+                        # Selector labels only: volumeClaimTemplates cannot change, and a version
+                        # label here would replace the StatefulSet (every server at once) on upgrade.
+                        metadata=meta.ObjectMetaArgs(name="data", labels=labels.selector),
                         spec=core.PersistentVolumeClaimSpecArgs(
                             access_modes=["ReadWriteOnce"],
                             storage_class_name=spec.storage_class,

@@ -443,7 +443,9 @@ def _security(reader: _Reader) -> SecuritySpec:
             raise SettingsError("aclManagementToken", management_token, "must be a Consul token SecretID (a UUID)")
         if not acls:
             raise SettingsError("aclManagementToken", management_token, "must be unset when consul:acls is false")
+    service_tokens = _service_tokens(reader, acls)
     return SecuritySpec(
+        service_tokens=service_tokens,
         gossip_encryption=gossip,
         tls=tls,
         acls=acls,
@@ -453,6 +455,25 @@ def _security(reader: _Reader) -> SecuritySpec:
         ca_key=ca_key,
         management_token=management_token,
     )
+
+
+MAX_SERVICE_NAME = 42  # "consul-service-token-" + the name stays a 63-character label
+
+
+def _service_tokens(reader: _Reader, acls: bool) -> tuple[str, ...]:
+    values = reader.json("serviceTokens", list, "a list of Consul service names")
+    for value in values:
+        if not isinstance(value, str) or len(value) > MAX_SERVICE_NAME or not _DNS_LABEL.fullmatch(value):
+            raise SettingsError(
+                "serviceTokens",
+                values,
+                f"each entry must be a service name: a DNS-1123 label of at most {MAX_SERVICE_NAME} characters (got {_show(value)})",
+            )
+    if len(set(values)) != len(values):
+        raise SettingsError("serviceTokens", values, "each service may appear once")
+    if values and not acls:
+        raise SettingsError("serviceTokens", values, "must be empty when consul:acls is false (without ACLs no token is needed)")
+    return tuple(values)
 
 
 def _is_uuid(text: str) -> bool:

@@ -131,6 +131,22 @@ class Pod:
     def running(self) -> bool:
         return self.pid is not None
 
+    def wait_started(self, timeout: float = 15) -> bool:
+        """Whether the container started: podinit has chrooted and become the container's command
+        (a runtime's "running" state). Until then its pid is still the launcher on the machine's root."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.pid
+            if pid is None and self.exit_code is not None:
+                return False
+            try:
+                if pid is not None and os.readlink(f"/proc/{pid}/root") != "/":
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
+
     def event(self, what: str) -> None:
         self.events.append((time.monotonic(), what))
 
@@ -386,6 +402,8 @@ class Pod:
     # --- what kubectl offers --------------------------------------------------------------
     def exec(self, command: list[str], *, timeout: float = 30, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """`kubectl exec`: the command in the container's namespaces, root and user, with its environment."""
+        if not self.wait_started():
+            return subprocess.CompletedProcess(command, 126, "", f"container of {self.name} is not running")
         pid = self.pid
         if pid is None:
             return subprocess.CompletedProcess(command, 126, "", f"container of {self.name} is not running")

@@ -31,7 +31,9 @@ UNSET = object()
 
 def project_declarations() -> dict[str, dict[str, Any]]:
     """The ``config:`` block of Pulumi.yaml."""
-    declarations: dict[str, dict[str, Any]] = copy.deepcopy(_read_yaml(PROJECT_DIR / "Pulumi.yaml"))["config"]
+    config = copy.deepcopy(_read_yaml(PROJECT_DIR / "Pulumi.yaml"))["config"]
+    # Keys of another namespace (kubernetes:...) are provider settings, not the program's.
+    declarations: dict[str, dict[str, Any]] = {k: v for k, v in config.items() if ":" not in k}
     return declarations
 
 

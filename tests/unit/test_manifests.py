@@ -108,7 +108,7 @@ def test_validators_can_fail():
 
 
 def test_cached_schema_check_agrees_with_kubernetes_validate():
-    """tests/validation.py caches kubernetes-validate's schemas; its verdicts must be the library's."""
+    """tests/unit/validation.py caches kubernetes-validate's schemas; its verdicts must be the library's."""
     import kubernetes_validate
 
     manifests = list(render("ci-defaults").manifests())

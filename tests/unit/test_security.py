@@ -98,8 +98,12 @@ def agent(rendered, tier):
     return json.loads(rendered.one("ConfigMap", f"consul-{tier}-config")["data"]["00-agent.json"])
 
 
+def pod_spec(rendered, kind, name):
+    return rendered.one(kind, name)["spec"]["template"]["spec"]
+
+
 def container(rendered, kind, name):
-    return rendered.one(kind, name)["spec"]["template"]["spec"]["containers"][0]
+    return pod_spec(rendered, kind, name)["containers"][0]
 
 
 def string_data(rendered, name):
@@ -110,20 +114,25 @@ TIERS = [("StatefulSet", "consul-server", "server"), ("DaemonSet", "consul-clien
 
 
 @pytest.mark.parametrize(("kind", "name", "tier"), TIERS)
-def test_gossip_default_key_from_a_secret_key_ref(secure, kind, name, tier):
-    key = string_data(secure, "consul-gossip")["key"]
-    assert len(base64.b64decode(key)) == 32
+def test_gossip_default_key_from_a_secret_mounted_config_file(secure, kind, name, tier):
+    data = string_data(secure, "consul-gossip")
+    assert len(base64.b64decode(data["key"])) == 32
+    assert json.loads(data["gossip.json"]) == {"encrypt": data["key"]}
     c = container(secure, kind, name)
-    assert {"name": "GOSSIP_KEY", "valueFrom": {"secretKeyRef": {"name": "consul-gossip", "key": "key"}}} in c["env"]
-    assert "-encrypt=$(GOSSIP_KEY)" in c["args"]
+    assert "-config-file=/consul/gossip/gossip.json" in c["args"]
+    assert {"name": "gossip", "mountPath": "/consul/gossip", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "gossip", "secret": {"secretName": "consul-gossip", "defaultMode": 0o440}} in pod_spec(secure, kind, name)["volumes"]
+    # Never on the command line or in the environment.
+    assert not any("GOSSIP" in e["name"] or "secretKeyRef" in e.get("valueFrom", {}) for e in c["env"])
+    assert not any(a.startswith("-encrypt") for a in c["args"])
     assert agent(secure, tier)["disable_keyring_file"] is True
 
 
 @pytest.mark.parametrize(("kind", "name", "tier"), TIERS)
 def test_gossip_off(insecure, kind, name, tier):
     c = container(insecure, kind, name)
-    assert all(e["name"] != "GOSSIP_KEY" for e in c["env"])
-    assert not any(a.startswith("-encrypt") for a in c["args"])
+    assert "-config-file=/consul/gossip/gossip.json" not in c["args"]
+    assert all(m["name"] != "gossip" for m in c["volumeMounts"])
     assert "disable_keyring_file" not in agent(insecure, tier)
     assert "consul-gossip" not in [d.name for d in insecure.of_kind("Secret")]
 
@@ -187,8 +196,11 @@ def test_tls_default_clients_use_auto_encrypt(secure):
         "internal_rpc": {"verify_server_hostname": True},
     }
     assert config["auto_encrypt"] == {"tls": True}
+    # No HTTPS on clients: an auto_encrypt certificate chains to Connect's CA, which workloads do not hold.
+    assert "https" not in config["ports"]
     c = container(secure, "DaemonSet", "consul-client")
-    assert '-hcl=auto_encrypt = { ip_san = ["$(HOST_IP)", "$(POD_IP)"] }' in c["args"]
+    assert not any(a.startswith("-hcl") for a in c["args"])
+    assert all(p["containerPort"] != 8501 for p in c["ports"])
     assert {"name": "tls-ca", "mountPath": "/consul/tls/ca", "readOnly": True} in c["volumeMounts"]
     assert all(m["name"] != "tls-server" for m in c["volumeMounts"])
 
@@ -223,18 +235,34 @@ def test_acls_default(secure, kind, name, tier):
         "enable_token_persistence": True,
     }
     c = container(secure, kind, name)
-    assert "-config-file=/consul/acl/acl-tokens.json" in c["args"]
+    own_file = "$(POD_NAME).json" if tier == "server" else "acl-tokens.json"
+    assert f"-config-file=/consul/acl/{own_file}" in c["args"]
     assert {"name": "acl-tokens", "mountPath": "/consul/acl", "readOnly": True} in c["volumeMounts"]
 
 
-def test_acls_agents_never_hold_the_management_token(secure):
+def test_acls_every_server_has_its_own_agent_token_and_no_agent_the_management_one(secure):
     tokens = string_data(secure, "consul-acl-tokens")
-    server = json.loads(string_data(secure, "consul-server-acl-config")["acl-tokens.json"])["acl"]["tokens"]
+    servers = {k: json.loads(v)["acl"]["tokens"] for k, v in string_data(secure, "consul-server-acl-config").items()}
     client = json.loads(string_data(secure, "consul-client-acl-config")["acl-tokens.json"])["acl"]["tokens"]
-    assert server == {"initial_management": tokens["management"], "agent": tokens["server-agent"]}
-    assert client == {"agent": tokens["client-agent"]}
-    assert len({tokens["management"], tokens["server-agent"], tokens["client-agent"]}) == 3
+    nodes = [f"consul-server-{i}" for i in range(3)]
+    assert servers == {f"{n}.json": {"initial_management": tokens["management"], "agent": tokens[f"agent-{n}"]} for n in nodes}
+    assert client == {"agent": tokens["agent-client"]}
+    assert sorted(tokens) == ["agent-client", *[f"agent-{n}" for n in nodes], "management"]
+    assert len(set(tokens.values())) == 5
     assert secure.outputs["aclManagementToken"] == tokens["management"]
+
+
+def test_acls_service_tokens_default_none_and_override():
+    none = render("ci-defaults")
+    assert [d.name for d in none.of_kind("Secret") if "service-token" in d.name] == []
+    rendered = render("ci-defaults", serviceTokens=["web", "billing"])
+    tokens = string_data(rendered, "consul-acl-tokens")
+    for service in ("web", "billing"):
+        assert string_data(rendered, f"consul-service-token-{service}") == {"token": tokens[f"service-{service}"]}
+    env = {
+        e["name"]: e.get("value") for e in rendered.one("Job", "consul-acl-bootstrap")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert [pair.split("=")[0] for pair in env["SERVICE_TOKENS"].split()] == ["web", "billing"]
 
 
 def test_acls_bootstrap_job(secure):
@@ -242,15 +270,21 @@ def test_acls_bootstrap_job(secure):
     spec = job["spec"]["template"]["spec"]
     env = {e["name"]: e for e in spec["containers"][0]["env"]}
     assert env["CONSUL_HTTP_ADDR"]["value"] == "https://consul-server.consul.svc:8501"
-    assert env["CONSUL_HTTP_TOKEN"] == {
-        "name": "CONSUL_HTTP_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "consul-acl-tokens", "key": "management"}},
-    }
-    assert env["SERVER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "consul-acl-tokens", "key": "server-agent"}
+    assert env["CONSUL_HTTP_TOKEN_FILE"]["value"] == "/consul/bootstrap/management"
+    assert {"name": "tokens", "mountPath": "/consul/bootstrap", "readOnly": True} in spec["containers"][0]["volumeMounts"]
+    assert {"name": "tokens", "secret": {"secretName": "consul-acl-tokens", "defaultMode": 0o440}} in spec["volumes"]
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
+    assert [p.split("=")[0] for p in env["SERVER_AGENTS"]["value"].split()] == ["consul-server-0", "consul-server-1", "consul-server-2"]
+    assert env["DATACENTER"]["value"] == "dc1"
+    assert env["CLIENT_AGENT_RULES"]["value"] == (
+        'node_prefix "" { policy = "write" }\nnode_prefix "consul-server-" { policy = "deny" }\nservice_prefix "" { policy = "read" }\n'
+    )
+    assert env["DNS_RULES"]["value"] == 'node_prefix "" { policy = "read" }\nservice_prefix "" { policy = "read" }\n'
     assert env["CONSUL_CACERT"]["value"] == "/consul/tls/ca/tls.crt"
     assert spec["restartPolicy"] == "Never"
     script = spec["containers"][0]["command"][2]
-    assert "consul acl token create -accessor" in script
+    assert '-node-identity "${pair%%=*}:$DATACENTER"' in script
+    assert '-service-identity "${pair%%=*}"' in script
     assert "do not accept the management token" in script
 
 
@@ -288,7 +322,7 @@ def test_network_policy_default(secure):
         ([p.get("podSelector") for p in r.get("from", [])], [(p["port"], p["protocol"]) for p in r["ports"]]) for r in clients["ingress"]
     ] == [
         ([server_sel, client_sel], [(8301, "TCP"), (8301, "UDP")]),
-        ([], [(8501, "TCP"), (8500, "TCP"), (8600, "TCP"), (8600, "UDP")]),
+        ([], [(8500, "TCP"), (8600, "TCP"), (8600, "UDP")]),
     ]
 
 
@@ -332,7 +366,7 @@ def test_generated_material_is_declared_with_secret_outputs(secure):
         "consul-ca": ["key_pem"],
         "consul-server-cert": ["key_pem"],
         "consul-management-token": ["secret_id"],
-        "consul-server-agent-token": ["secret_id"],
+        **{f"consul-server-{i}-agent-token": ["secret_id"] for i in range(3)},
         "consul-client-agent-token": ["secret_id"],
     }
 
@@ -341,7 +375,7 @@ def test_repo_holds_no_key_material():
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
     assert tracked
     for name in tracked:
@@ -417,7 +451,7 @@ def test_property_any_mix_of_switches_gives_valid_consistent_objects(gossip, tls
     assert [e for _, config in consul_config_files(manifests) for e in agent_config_errors(config)] == []
     text = json.dumps([m for m in manifests if m["kind"] != "Secret"])
     assert ("8501" in text) == tls
-    assert ("GOSSIP_KEY" in text) == gossip
+    assert ("gossip.json" in text) == gossip
     assert ("acl-tokens.json" in text) == acls
     assert bool(rendered.of_kind("NetworkPolicy")) == policies
     assert bool(rendered.of_kind("Job")) == acls

@@ -9,6 +9,7 @@ import re
 import pytest
 from harness import render
 
+from consul import keys
 from consul.agent_config import CHECKSUM_ANNOTATION as CONFIG_CHECKSUM_ANNOTATION
 
 SELECTOR = {
@@ -299,8 +300,8 @@ def test_servers_advertise_pod_ip_and_no_leave_prestop(default):
     assert c["args"] == [
         "agent",
         "-config-dir=/consul/config",
-        "-encrypt=$(GOSSIP_KEY)",
-        "-config-file=/consul/acl/acl-tokens.json",
+        "-config-file=/consul/gossip/gossip.json",
+        "-config-file=/consul/acl/$(POD_NAME).json",
         "-advertise=$(POD_IP)",
         "-node=$(POD_NAME)",
     ]
@@ -430,3 +431,41 @@ def test_components_work_as_a_library_with_their_documented_defaults():
     assert not {"tls", "acl", "disable_keyring_file"} & set(config)
     assert rendered.of_kind("NetworkPolicy") == []
     assert rendered.of_kind("Secret") == []
+
+
+# --- lifecycle: what the Kubernetes provider does with the StatefulSet over its life --------------
+
+
+def test_servers_volume_claim_labels_never_carry_the_version(default):
+    """volumeClaimTemplates are immutable: a version label there would replace the StatefulSet on upgrade."""
+    claim = default.one("StatefulSet", "consul-server")["spec"]["volumeClaimTemplates"][0]
+    assert claim["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "consul",
+        "app.kubernetes.io/instance": "consul",
+        "app.kubernetes.io/component": "server",
+    }
+    upgraded = render("ci-defaults", image="hashicorp/consul:1.16.1").one("StatefulSet", "consul-server")
+    assert upgraded["spec"]["volumeClaimTemplates"] == [claim]
+
+
+def test_servers_staged_upgrade_await_default_none(default):
+    assert "annotations" not in default.one("StatefulSet", "consul-server")["metadata"]
+
+
+def test_servers_staged_upgrade_await_with_a_partition():
+    rendered = render("ci-defaults", serverReplicas=5, serverUpdatePartition=3)
+    annotations = rendered.one("StatefulSet", "consul-server")["metadata"]["annotations"]
+    assert json.loads(annotations["pulumi.com/waitFor"]) == ["jsonpath={.status.updatedReplicas}=2", "jsonpath={.status.readyReplicas}=5"]
+
+
+def test_servers_pod_template_carries_digests_of_config_and_secrets(default):
+    annotations = default.one("StatefulSet", "consul-server")["spec"]["template"]["metadata"]["annotations"]
+    assert sorted(annotations) == ["consul.hashicorp.com/config-checksum", "consul.hashicorp.com/secrets-checksum"]
+    assert all(len(v) == 64 for v in annotations.values())
+    key = keys.gossip_key()
+    same_key_twice = [render("ci-defaults", gossipKey=key, aclManagementToken="0" * 8 + "-0000-0000-0000-" + "0" * 12) for _ in range(2)]
+    digests = [r.one("StatefulSet", "consul-server")["spec"]["template"]["metadata"]["annotations"] for r in same_key_twice]
+    # Generated tokens and certificates differ per render; the brought gossip key is the same.
+    assert digests[0]["consul.hashicorp.com/config-checksum"] == digests[1]["consul.hashicorp.com/config-checksum"]
+    other = render("ci-defaults", gossipKey=keys.gossip_key()).one("StatefulSet", "consul-server")["spec"]["template"]["metadata"]
+    assert other["annotations"]["consul.hashicorp.com/secrets-checksum"] != annotations["consul.hashicorp.com/secrets-checksum"]
