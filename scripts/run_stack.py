@@ -92,8 +92,8 @@ def _explain(error: auto.CommandError) -> str:
     return text
 
 
-def _render_workspace(stack: str, home: Path, out: Path, source: Path | None = None) -> Path:
-    """A copy of the project files for the render stack, so its state never touches the repo's stack files."""
+def _workspace(stack: str, home: Path, extra_config: dict[str, str], source: Path | None = None) -> Path:
+    """A copy of the project files for a stack of its own, so its state never touches the repo's stack files."""
     work = home / "project"
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ROOT / "Pulumi.yaml", work / "Pulumi.yaml")
@@ -106,7 +106,7 @@ def _render_workspace(stack: str, home: Path, out: Path, source: Path | None = N
         previous = yaml.safe_load(target.read_text()) or {}
         if "encryptionsalt" in previous:
             settings["encryptionsalt"] = previous["encryptionsalt"]
-    settings.setdefault("config", {})["kubernetes:renderYamlToDirectory"] = str(out)
+    settings.setdefault("config", {}).update(extra_config)
     target.write_text(yaml.safe_dump(settings, sort_keys=False))
     return work
 
@@ -117,7 +117,15 @@ def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path = RENDE
     (home / "state").mkdir(parents=True, exist_ok=True)
     env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
     os.environ.pop("KUBECONFIG", None)
-    return _stack(stack, _render_workspace(stack, home, out, stack_file), env)
+    return _stack(stack, _workspace(stack, home, {"kubernetes:renderYamlToDirectory": str(out)}, stack_file), env)
+
+
+def cluster_stack(stack: str, home: Path, kubeconfig: Path, stack_file: Path | None = None) -> auto.Stack:
+    """A stack against the cluster of `kubeconfig`, on a local backend in `home` (the e2e bed's)."""
+    _require_cli()
+    (home / "state").mkdir(parents=True, exist_ok=True)
+    env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
+    return _stack(stack, _workspace(stack, home, {"kubernetes:kubeconfig": str(kubeconfig)}, stack_file), env)
 
 
 def real_stack(stack: str) -> auto.Stack:

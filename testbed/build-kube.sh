@@ -8,12 +8,14 @@
 #     from that real go.mod, never copied by hand;
 #   - etcd v3.6 embedded (go.etcd.io/etcd/server/v3 at the version Kubernetes' go.mod names);
 #   - kwok v0.8.0 (sigs.k8s.io/kwok), which is built against the same k8s.io v0.36.1 modules.
-# The binary is cached in ~/.cache/consul-testbed/kube-<version>/ and never rebuilt.
+# The binary is cached in ~/.cache/consul-testbed/kube-<version>-r<recipe>/ and never rebuilt.
 set -euo pipefail
 K8S_VERSION=v1.36.1
 KWOK_VERSION=v0.8.0
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/consul-testbed
-DIR=$CACHE/kube-$K8S_VERSION
+# Bump RECIPE when main.go below changes, so a cached binary of an older recipe is not reused.
+RECIPE=2
+DIR=$CACHE/kube-$K8S_VERSION-r$RECIPE
 BIN=$DIR/kube-testbed
 say() { echo "build-kube: $*" >&2; }
 
@@ -96,8 +98,10 @@ func main() {
 	}
 }
 
-// runKwok is kwok's own main (sigs.k8s.io/kwok/cmd/kwok).
+// runKwok is kwok's own main (sigs.k8s.io/kwok/cmd/kwok). Kubernetes' packages register a
+// --version flag of their own on pflag.CommandLine, which cobra would merge into kwok's command.
 func runKwok() int {
+	pflag.CommandLine = pflag.NewFlagSet(os.Args[0], pflag.ExitOnError)
 	flagset := pflag.NewFlagSet("global", pflag.ContinueOnError)
 	flagset.ParseErrorsAllowlist.UnknownFlags = true
 	flagset.Usage = func() {}

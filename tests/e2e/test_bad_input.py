@@ -1,0 +1,43 @@
+"""Bad input never half-deploys: `pulumi up` fails before the API server receives any object."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Deployment
+from run_stack import auto
+
+pytestmark = pytest.mark.e2e
+
+
+def inventory(plane) -> dict[str, list[str]]:
+    """Every object a deployment could create, cluster-wide, by kind."""
+    paths = {
+        "namespaces": "/api/v1/namespaces",
+        "secrets": "/api/v1/secrets",
+        "configmaps": "/api/v1/configmaps",
+        "services": "/api/v1/services",
+        "statefulsets": "/apis/apps/v1/statefulsets",
+        "daemonsets": "/apis/apps/v1/daemonsets",
+        "jobs": "/apis/batch/v1/jobs",
+    }
+    return {
+        kind: sorted(f"{o['metadata'].get('namespace')}/{o['metadata']['name']}" for o in plane.api.items(path))
+        for kind, path in paths.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("serverReplicas", "4", "invalid consul:serverReplicas 4: must be 1, 3, 5 or 7"),
+        ("image", "consul:1.4.2", "invalid consul:image"),
+    ],
+)
+def test_bad_input_fails_before_any_object_reaches_the_cluster(cluster, tmp_path, key, value, message):
+    before = inventory(cluster)
+    deployment = Deployment(cluster, tmp_path, stack="bad", namespace="consul-bad")
+    deployment.set(**{key: value})
+    with pytest.raises(auto.CommandError) as failed:
+        deployment.up(f"bad {key}")
+    assert message in str(failed.value)
+    assert inventory(cluster) == before

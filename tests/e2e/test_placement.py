@@ -1,0 +1,94 @@
+"""The scheduler and admission on the rendered objects: anti-affinity, zone spread, Pod Security with host ports.
+
+These apply the YAML `make render` writes (what `kubectl apply` would send), to clusters whose
+node layouts a test sets up.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import run_stack
+from conftest import STACK_FILE, FakeNode, apply_rendered, ready, three_zones
+
+pytestmark = pytest.mark.e2e
+
+
+def render(home: Path, **config: object) -> Path:
+    stack = run_stack.render_stack("e2e", home, home / "rendered", STACK_FILE)
+    for key, value in config.items():
+        stack.set_config(f"consul:{key}", run_stack.auto.ConfigValue(str(value)))
+    stack.up(color="never", on_output=lambda line: None)
+    return home / "rendered"
+
+
+def servers(plane, namespace: str = "consul-e2e") -> list[dict[str, object]]:
+    pods = plane.api.items(f"/api/v1/namespaces/{namespace}/pods?labelSelector=app.kubernetes.io/component=server")
+    return sorted(pods, key=lambda p: p["metadata"]["name"])
+
+
+def fresh_nodes(plane, nodes: list[FakeNode]) -> None:
+    plane.remove_nodes()
+    plane.add_nodes(nodes)
+
+
+def test_prod_shape_five_servers_on_five_nodes_in_three_zones(cluster, tmp_path):
+    fresh_nodes(cluster, three_zones(5))
+    apply_rendered(
+        cluster, render(tmp_path, serverReplicas=5, serverAntiAffinity="required", serverZoneSpread="required", namespace="consul-e2e")
+    )
+    cluster.wait("5 servers Ready", lambda: len(servers(cluster)) == 5 and all(ready(p) for p in servers(cluster)), 60)
+    nodes = [p["spec"]["nodeName"] for p in servers(cluster)]
+    assert len(set(nodes)) == 5
+    zones = sorted(cluster.api.get(f"/api/v1/nodes/{n}")["metadata"]["labels"]["topology.kubernetes.io/zone"] for n in nodes)
+    assert zones == ["zone-a", "zone-a", "zone-b", "zone-b", "zone-c"]
+    cluster.api.delete("/api/v1/namespaces/consul-e2e")
+
+
+@pytest.mark.parametrize(("placement", "pending"), [("required", 1), ("preferred", 0)])
+def test_three_servers_on_two_nodes(cluster, tmp_path, placement, pending):
+    namespace = f"consul-two-{placement}"
+    fresh_nodes(cluster, [FakeNode("node-0", "zone-a"), FakeNode("node-1", "zone-b")])
+    apply_rendered(cluster, render(tmp_path, serverAntiAffinity=placement, namespace=namespace))
+    cluster.wait("3 server pods", lambda: len(servers(cluster, namespace)) == 3, 30)
+    time.sleep(5)  # the scheduler has had its chance
+    phases = sorted(p["status"].get("phase") for p in servers(cluster, namespace))
+    assert phases.count("Pending") == pending
+    assert phases.count("Running") == 3 - pending
+
+
+def test_host_ports_relabel_the_namespace_and_admission_passes(cluster, tmp_path):
+    namespace = "consul-hostports"
+    fresh_nodes(cluster, three_zones(3))
+    apply_rendered(cluster, render(tmp_path, clientHostPorts="true", namespace=namespace))
+    labels = cluster.api.get(f"/api/v1/namespaces/{namespace}")["metadata"]["labels"]
+    assert (labels["pod-security.kubernetes.io/enforce"], labels["pod-security.kubernetes.io/warn"]) == ("privileged", "restricted")
+    cluster.wait(
+        "3 clients admitted and Ready",
+        lambda: (
+            len(c := cluster.api.items(f"/api/v1/namespaces/{namespace}/pods?labelSelector=app.kubernetes.io/component=client")) == 3
+            and all(ready(p) for p in c)
+        ),
+        60,
+    )
+
+
+def test_the_restricted_namespace_refuses_host_ports(cluster, tmp_path):
+    """The same clients in the default (restricted) namespace: admission refuses them, proving it is enforced."""
+    namespace = "consul-restricted"
+    fresh_nodes(cluster, three_zones(3))
+    apply_rendered(cluster, render(tmp_path, namespace=namespace))
+    daemonset = cluster.api.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets/consul-client")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    container["ports"][0]["hostPort"] = 8500
+    cluster.api.request("PUT", f"/apis/apps/v1/namespaces/{namespace}/daemonsets/consul-client", daemonset)
+    cluster.wait(
+        "a FailedCreate for the host port",
+        lambda: any(
+            "hostPort" in e.get("message", "") and e.get("reason") == "FailedCreate"
+            for e in cluster.api.items(f"/api/v1/namespaces/{namespace}/events")
+        ),
+        60,
+    )
