@@ -95,6 +95,13 @@ if ! consul acl token read -accessor-id "$ANONYMOUS_TOKEN" | grep -q "consul-dns
   consul acl token update -accessor-id "$ANONYMOUS_TOKEN" -policy-name consul-dns -description "Anonymous Token: Consul DNS" >/dev/null
   echo "created DNS read access for the anonymous token"
 fi
+# Autopilot reads min_quorum from the agents' config only when it first starts: after a scale-up
+# the running servers learn the new majority from here (the config file tells new servers).
+quorum=$(consul operator autopilot get-config | awk '/^MinQuorum/ {print $3}')
+if [ "$quorum" != "$MIN_QUORUM" ]; then
+  consul operator autopilot set-config -min-quorum="$MIN_QUORUM" >/dev/null
+  echo "set autopilot min_quorum from $quorum to $MIN_QUORUM"
+fi
 echo "ACL policies and tokens are in place"
 """
 
@@ -155,6 +162,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             core.EnvVarArgs(name="CLIENT_ACCESSOR", value=args.tokens.client_agent_accessor),
             core.EnvVarArgs(name="SERVER_AGENTS", value=pairs(args.tokens.server_agents)),
             core.EnvVarArgs(name="SERVICE_TOKENS", value=pairs(args.tokens.services)),
+            core.EnvVarArgs(name="MIN_QUORUM", value=str(len(args.tokens.server_agents) // 2 + 1)),
         ]
         volumes = [
             core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),

@@ -14,7 +14,12 @@ SECRETS_CHECKSUM_ANNOTATION = "consul.hashicorp.com/secrets-checksum"
 DATA_DIR = "/consul/data"
 CONFIG_DIR = "/consul/config"
 GENERATED_FILE = "00-agent.json"
+# Settings that follow the server count and matter only while agents start or bootstrap
+# (bootstrap_expect, retry_join, autopilot.min_quorum): a file of their own, left out of the pod
+# template's checksum, so scaling the servers restarts no running agent.
+CLUSTER_SIZE_FILE = "05-cluster-size.json"
 EXTRA_FILE = "90-extra.json"
+SIZE_KEYS = ("bootstrap_expect", "retry_join")
 
 TLS_DIR = "/consul/tls"
 CA_FILE = f"{TLS_DIR}/ca/tls.crt"
@@ -144,16 +149,23 @@ def gossip_file(key: str) -> str:
 
 
 def config_files(generated: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, str]:
-    """ConfigMap data: the generated file, then the user's extra file (loaded last, by name order)."""
-    files = {GENERATED_FILE: _dump(generated)}
+    """ConfigMap data: the generated file, the cluster-size file, then the user's extra file
+    (Consul loads them in name order and merges them)."""
+    base = {k: v for k, v in generated.items() if k not in SIZE_KEYS}
+    size = {k: v for k, v in generated.items() if k in SIZE_KEYS}
+    if "autopilot" in generated and "min_quorum" in generated["autopilot"]:
+        base["autopilot"] = {k: v for k, v in generated["autopilot"].items() if k != "min_quorum"}
+        size["autopilot"] = {"min_quorum": generated["autopilot"]["min_quorum"]}
+    files = {GENERATED_FILE: _dump(base), CLUSTER_SIZE_FILE: _dump(size)}
     if extra:
         files[EXTRA_FILE] = _dump(extra)
     return files
 
 
 def checksum(files: Mapping[str, str]) -> str:
-    """A digest of config files, for a pod-template annotation that rolls pods when config changes."""
-    return hashlib.sha256(_dump(dict(files)).encode()).hexdigest()
+    """A digest of config files, for a pod-template annotation that rolls pods when config changes.
+    The cluster-size file is left out (see CLUSTER_SIZE_FILE)."""
+    return hashlib.sha256(_dump({k: v for k, v in files.items() if k != CLUSTER_SIZE_FILE}).encode()).hexdigest()
 
 
 def _dump(value: Mapping[str, Any]) -> str:

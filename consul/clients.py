@@ -187,7 +187,9 @@ class ConsulClients(pulumi.ComponentResource):
 
         if args.network_policy:
             servers = Labels(instance=name, component="server", version=cluster.version)
-            network_policy.ingress_policy(full_name, namespace, labels, network_policy.client_rules(servers, labels), child)
+            network_policy.ingress_policy(
+                full_name, namespace, labels, network_policy.client_rules(servers, labels, spec.api_namespaces), child
+            )
 
         self.mode = pulumi.Output.from_input(spec.mode.value)
         self.service_name = service.metadata.name

@@ -120,6 +120,9 @@ class ClientSpec:
     tolerations: tuple[Toleration, ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
     extra_config: Mapping[str, Any] = field(default_factory=dict)
+    api_namespaces: tuple[str, ...] = ()
+    """Namespaces whose pods may call the agents' plain-HTTP API (8500) under the NetworkPolicy;
+    empty: every namespace. DNS (8600) stays open to every namespace, CoreDNS included."""
 
     @property
     def uses_host_namespace(self) -> bool:

@@ -22,9 +22,12 @@ def consul_namespace(name: str, labels: dict[str, str], *, host_access: bool, op
 
     With ``host_access`` (client agents on host ports or the host network, which every level
     but "privileged" forbids) it enforces "privileged" and keeps warning on "restricted".
+
+    `pulumi destroy` leaves the namespace: deleting it would delete the servers' data claims in it,
+    which the StatefulSet keeps on purpose (README, "Removing Consul").
     """
     return core.Namespace(
         name,
         metadata=meta.ObjectMetaArgs(name=name, labels={**labels, **pod_security_labels("privileged" if host_access else "restricted")}),
-        opts=opts,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True)),
     )

@@ -62,10 +62,24 @@ def server_rules(servers: Labels, clients: Labels, tls: bool) -> list[networking
     ]
 
 
-def client_rules(servers: Labels, clients: Labels) -> list[networking.NetworkPolicyIngressRuleArgs]:
-    """Clients: LAN gossip from every agent, the plain-HTTP API and DNS from workloads anywhere (and CoreDNS).
-    Clients serve no HTTPS (see agent_config.client_config)."""
+def client_rules(servers: Labels, clients: Labels, api_namespaces: Sequence[str] = ()) -> list[networking.NetworkPolicyIngressRuleArgs]:
+    """Clients: LAN gossip from every agent; DNS from anywhere (workloads and CoreDNS); the plain-HTTP
+    API from every namespace, or only from `api_namespaces`. Clients serve no HTTPS (see
+    agent_config.client_config), so narrowing who can reach 8500 is how tokens stay off other
+    namespaces' paths."""
+    if not api_namespaces:
+        return [_rule(SERF_LAN, servers, clients), _rule([(cfg.HTTP_PORT, "TCP"), *DNS])]
+    from_namespaces = networking.NetworkPolicyPeerArgs(
+        namespace_selector=meta.LabelSelectorArgs(
+            match_expressions=[
+                meta.LabelSelectorRequirementArgs(key="kubernetes.io/metadata.name", operator="In", values=list(api_namespaces))
+            ]
+        )
+    )
     return [
         _rule(SERF_LAN, servers, clients),
-        _rule([(cfg.HTTP_PORT, "TCP"), *DNS]),
+        networking.NetworkPolicyIngressRuleArgs(
+            from_=[from_namespaces], ports=[networking.NetworkPolicyPortArgs(port=cfg.HTTP_PORT, protocol="TCP")]
+        ),
+        _rule(DNS),
     ]

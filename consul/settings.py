@@ -388,7 +388,18 @@ def _clients(reader: _Reader) -> ClientSpec:
         tolerations=_tolerations(reader, "clientTolerations"),
         node_selector=_node_selector(reader, "clientNodeSelector"),
         extra_config=_extra_config(reader, "clientExtraConfig", MANAGED_CLIENT_KEYS),
+        api_namespaces=_api_namespaces(reader),
     )
+
+
+def _api_namespaces(reader: _Reader) -> tuple[str, ...]:
+    values = reader.json("clientApiNamespaces", list, "a list of namespace names")
+    for value in values:
+        if not isinstance(value, str) or len(value) > MAX_LABEL or not _DNS_LABEL.fullmatch(value):
+            raise SettingsError(
+                "clientApiNamespaces", values, f"each entry must be a namespace name (a DNS-1123 label; got {_show(value)})"
+            )
+    return tuple(values)
 
 
 def _dns(reader: _Reader) -> DnsSpec:

@@ -265,3 +265,21 @@ def declare(build: Callable[[], object]) -> Rendered:
 
     run()
     return Rendered(list(monitor.declared), {}, warnings.messages)
+
+
+def merged_agent_config(data: Mapping[str, str]) -> dict[str, Any]:
+    """The program's generated config files of one ConfigMap merged as Consul merges its config dir
+    (objects merged key by key, in file name order), without the user's extra file."""
+    merged: dict[str, Any] = {}
+    for name in sorted(data):
+        if name.endswith(".json") and not name.startswith("90-"):
+            _merge(merged, json.loads(data[name]))
+    return merged
+
+
+def _merge(into: dict[str, Any], more: Mapping[str, Any]) -> None:
+    for key, value in more.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)

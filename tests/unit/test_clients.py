@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from harness import render
+from harness import merged_agent_config, render
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +42,7 @@ def container(rendered):
 
 
 def client_config(rendered):
-    return json.loads(rendered.one("ConfigMap", "consul-client-config")["data"]["00-agent.json"])
+    return merged_agent_config(rendered.one("ConfigMap", "consul-client-config")["data"])
 
 
 # --- clientMode / clientReplicas -------------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_clients_tolerations_and_node_selector_override():
 
 
 def test_clients_extra_config_default(default):
-    assert set(default.one("ConfigMap", "consul-client-config")["data"]) == {"00-agent.json"}
+    assert set(default.one("ConfigMap", "consul-client-config")["data"]) == {"00-agent.json", "05-cluster-size.json"}
 
 
 def test_clients_extra_config_override():
@@ -188,7 +188,7 @@ def test_clients_extra_config_override():
 
 
 def test_clients_join_the_servers_by_their_pod_names(default):
-    servers = json.loads(default.one("ConfigMap", "consul-server-config")["data"]["00-agent.json"])
+    servers = merged_agent_config(default.one("ConfigMap", "consul-server-config")["data"])
     assert client_config(default)["retry_join"] == servers["retry_join"]
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from harness import cli_config, render
+from harness import cli_config, merged_agent_config, render
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from validation import agent_config_errors, consul_config_files, schema_errors
@@ -45,7 +43,7 @@ def test_property_valid_settings_give_valid_objects_and_quorum(overrides):
     assert all(agent_config_errors(config) == [] for _, config in consul_config_files(rendered.manifests()))
     replicas = overrides["serverReplicas"]
     statefulset = rendered.one("StatefulSet", "consul-server")
-    config = json.loads(rendered.one("ConfigMap", "consul-server-config")["data"]["00-agent.json"])
+    config = merged_agent_config(rendered.one("ConfigMap", "consul-server-config")["data"])
     assert statefulset["spec"]["replicas"] == replicas == config["bootstrap_expect"]
     assert replicas % 2 == 1
     assert config["retry_join"] == [f"consul-server-{i}.consul-server.{overrides['namespace']}.svc:8301" for i in range(replicas)]

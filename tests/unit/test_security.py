@@ -10,7 +10,7 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from harness import render, run_main
+from harness import merged_agent_config, render, run_main
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from validation import agent_config_errors, consul_config_files, schema_errors
@@ -95,7 +95,7 @@ def insecure():
 
 
 def agent(rendered, tier):
-    return json.loads(rendered.one("ConfigMap", f"consul-{tier}-config")["data"]["00-agent.json"])
+    return merged_agent_config(rendered.one("ConfigMap", f"consul-{tier}-config")["data"])
 
 
 def pod_spec(rendered, kind, name):
@@ -471,3 +471,54 @@ def test_every_object_is_a_child_of_a_component(secure):
         else:
             assert "$consul:index:Consul" in declared.parent or "::consul:index:Consul" in declared.parent, declared.name
             assert declared.name.startswith("consul-"), declared.name
+
+
+def test_network_policy_client_api_namespaces_narrow_only_the_api():
+    rendered = render("ci-defaults", clientApiNamespaces=["shop", "billing"])
+    rules = rendered.one("NetworkPolicy", "consul-client")["spec"]["ingress"]
+    assert rules[1] == {
+        "from": [
+            {
+                "namespaceSelector": {
+                    "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "billing"]}]
+                }
+            }
+        ],
+        "ports": [{"port": 8500, "protocol": "TCP"}],
+    }
+    assert rules[2] == {"ports": [{"port": 8600, "protocol": "TCP"}, {"port": 8600, "protocol": "UDP"}]}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (["Shop"], 'invalid consul:clientApiNamespaces ["Shop"]: each entry must be a namespace name (a DNS-1123 label; got "Shop")'),
+        ("shop", 'invalid consul:clientApiNamespaces "shop": must be a list of namespace names (YAML or JSON in the stack file)'),
+    ],
+)
+def test_network_policy_client_api_namespaces_invalid(value, message):
+    rendered, error = run_main("ci-defaults", clientApiNamespaces=value)
+    assert str(error) == message
+    assert rendered.declared == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            ["Web"],
+            'invalid consul:serviceTokens ["Web"]: each entry must be a service name: a DNS-1123 label of at most 42 characters (got "Web")',
+        ),
+        (["web", "web"], 'invalid consul:serviceTokens ["web", "web"]: each service may appear once'),
+    ],
+)
+def test_service_tokens_invalid(value, message):
+    rendered, error = run_main("ci-defaults", serviceTokens=value)
+    assert str(error) == message
+    assert rendered.declared == []
+
+
+def test_service_tokens_need_acls():
+    rendered, error = run_main("ci-defaults", serviceTokens=["web"], acls=False)
+    assert str(error) == 'invalid consul:serviceTokens ["web"]: must be empty when consul:acls is false (without ACLs no token is needed)'
+    assert rendered.declared == []

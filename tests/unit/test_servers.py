@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from harness import render
+from harness import merged_agent_config, render
 
 from consul import keys
 from consul.agent_config import CHECKSUM_ANNOTATION as CONFIG_CHECKSUM_ANNOTATION
@@ -39,7 +39,7 @@ def container(rendered):
 
 
 def agent_config(rendered):
-    return json.loads(rendered.one("ConfigMap", "consul-server-config")["data"]["00-agent.json"])
+    return merged_agent_config(rendered.one("ConfigMap", "consul-server-config")["data"])
 
 
 # --- namespace -------------------------------------------------------------------------------
@@ -242,15 +242,15 @@ def test_servers_resources_override():
 # --- extra config ----------------------------------------------------------------------------------
 
 
-def test_servers_extra_config_default_writes_one_file(default):
-    assert set(default.one("ConfigMap", "consul-server-config")["data"]) == {"00-agent.json"}
+def test_servers_extra_config_default_writes_no_extra_file(default):
+    assert set(default.one("ConfigMap", "consul-server-config")["data"]) == {"00-agent.json", "05-cluster-size.json"}
 
 
 def test_servers_extra_config_override_is_loaded_last():
     data = render("ci-defaults", serverExtraConfig={"log_level": "debug", "telemetry": {"disable_hostname": True}}).one(
         "ConfigMap", "consul-server-config"
     )["data"]
-    assert sorted(data) == ["00-agent.json", "90-extra.json"]
+    assert sorted(data) == ["00-agent.json", "05-cluster-size.json", "90-extra.json"]
     assert json.loads(data["90-extra.json"]) == {"log_level": "debug", "telemetry": {"disable_hostname": True}}
 
 
@@ -357,9 +357,23 @@ def test_servers_service_account(default):
 def test_servers_config_checksum_annotation_follows_config(default):
     data = default.one("ConfigMap", "consul-server-config")["data"]
     annotation = statefulset(default)["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION]
-    assert annotation == hashlib.sha256(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n").hexdigest()
+    rolled = {k: v for k, v in data.items() if k != "05-cluster-size.json"}
+    assert annotation == hashlib.sha256(json.dumps(rolled, indent=2, sort_keys=True).encode() + b"\n").hexdigest()
     changed = render("ci-defaults", datacenter="dc2")
     assert statefulset(changed)["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION] != annotation
+
+
+def test_servers_scaling_changes_no_pod_template(default):
+    """bootstrap_expect, retry_join and min_quorum sit in 05-cluster-size.json, outside the checksums:
+    going from 3 to 5 servers restarts none of the running ones."""
+    five = render("ci-defaults", serverReplicas=5)
+    size = json.loads(five.one("ConfigMap", "consul-server-config")["data"]["05-cluster-size.json"])
+    assert (size["bootstrap_expect"], size["autopilot"], len(size["retry_join"])) == (5, {"min_quorum": 3}, 5)
+    annotations = statefulset(default)["spec"]["template"]["metadata"]["annotations"]
+    assert (
+        statefulset(five)["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION]
+        == annotations[CONFIG_CHECKSUM_ANNOTATION]
+    )
 
 
 def server_tier(rendered):
@@ -426,7 +440,7 @@ def test_components_work_as_a_library_with_their_documented_defaults():
     rendered = declare(build)
     assert rendered.one("StatefulSet", "edge-server")["spec"]["replicas"] == 3
     assert rendered.one("DaemonSet", "edge-client")["metadata"]["namespace"] == "edge-ns"
-    config = json.loads(rendered.one("ConfigMap", "edge-server-config")["data"]["00-agent.json"])
+    config = merged_agent_config(rendered.one("ConfigMap", "edge-server-config")["data"])
     assert config["retry_join"][0] == "edge-server-0.edge-server.edge-ns.svc:8301"
     assert not {"tls", "acl", "disable_keyring_file"} & set(config)
     assert rendered.of_kind("NetworkPolicy") == []
