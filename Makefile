@@ -60,7 +60,7 @@ kube-binaries:
 	bash testbed/build-kube.sh
 
 live: $(STAMP) engine consul-binary
-	$(BIN)/pytest -v -s -p no:randomly tests/live
+	$(BIN)/pytest -v -s tests/live
 
 e2e: $(STAMP) engine kube-binaries
 	$(BIN)/pytest -v -s tests/e2e
