@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import run_stack
@@ -24,7 +25,7 @@ def render(home: Path, **config: object) -> Path:
     return home / "rendered"
 
 
-def servers(plane, namespace: str = "consul-e2e") -> list[dict[str, object]]:
+def servers(plane, namespace: str = "consul-e2e") -> list[Any]:
     pods = plane.api.items(f"/api/v1/namespaces/{namespace}/pods?labelSelector=app.kubernetes.io/component=server")
     return sorted(pods, key=lambda p: p["metadata"]["name"])
 

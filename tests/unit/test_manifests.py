@@ -58,7 +58,7 @@ HOST_ACCESS = {"host-ports": {"consul: hostPort"}, "host-network": {"host namesp
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
     stack, overrides = CASES[request.param]
-    return request.param, render(stack, **overrides)
+    return request.param, render(stack, True, **overrides)
 
 
 @pytest.fixture
