@@ -11,7 +11,7 @@ STAMP := $(VENV)/.requirements
 STACK ?= dev
 RENDER_FLAGS ?=
 
-.PHONY: test lint typecheck unit bench engine render check-rendered preview up engine-test consul-binary kube-binaries live e2e clean
+.PHONY: test lint typecheck unit bench engine render check-rendered preview up pulumi engine-test consul-binary kube-binaries live e2e clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,13 +42,18 @@ render: $(STAMP) engine
 	$(BIN)/python scripts/run_stack.py render --stack $(STACK) $(RENDER_FLAGS)
 
 check-rendered: $(STAMP)
-	$(BIN)/python scripts/check_rendered.py rendered
+	$(BIN)/python scripts/check_rendered.py rendered/$(STACK)
 
+# NEW=1 allows a stack that has no Pulumi.<stack>.yaml yet (a typo is refused otherwise).
 preview: $(STAMP) engine
-	$(BIN)/python scripts/run_stack.py preview --stack $(STACK)
+	$(BIN)/python scripts/run_stack.py preview --stack $(STACK) $(if $(NEW),--new)
 
 up: $(STAMP) engine
-	$(BIN)/python scripts/run_stack.py up --stack $(STACK)
+	$(BIN)/python scripts/run_stack.py up --stack $(STACK) $(if $(NEW),--new)
+
+# The pulumi CLI on the state the targets above use: make pulumi ARGS="config set consul:tls false --stack dev"
+pulumi: $(STAMP) engine
+	$(BIN)/python scripts/run_stack.py cli $(ARGS)
 
 engine-test: $(STAMP) engine
 	$(BIN)/pytest -q tests/engine

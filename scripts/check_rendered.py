@@ -27,7 +27,8 @@ from validation import (  # noqa: E402 (after the path is set)
 
 
 def load(directory: Path) -> list[dict[str, Any]]:
-    return [d for path in sorted(directory.rglob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    files = [p for p in sorted(directory.rglob("*.yaml")) if p.name != "kustomization.yaml"]
+    return [d for path in files for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def decoded(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def decoded(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    directory = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "rendered"
+    directory = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "rendered" / "dev"
     manifests = load(directory)
     if not manifests:
         print(f"no manifests in {directory}", file=sys.stderr)

@@ -44,10 +44,15 @@ run() {
   shift 2
   say "$step (log: $log)"
   local start=$SECONDS
+  # A heartbeat with the elapsed time and the packages compiled so far (go build -v names each one).
+  ( while sleep 60; do say "  ... $step: $((SECONDS - start)) s, $(grep -c '^[a-z]' "$log" 2>/dev/null || echo 0) log lines"; done ) &
+  local heartbeat=$!
   if ! "$@" >>"$log" 2>&1; then
+    kill "$heartbeat" 2>/dev/null || true
     tail -n 20 "$log" >&2
     die "$step failed; the full log is $log"
   fi
+  kill "$heartbeat" 2>/dev/null || true
   say "$step: done in $((SECONDS - start)) s"
 }
 
@@ -70,7 +75,7 @@ EOF
   (cd "$dir" && run "Pulumi CLI v$PULUMI_VERSION: fetching modules" "$log" \
     go get "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi@v$PULUMI_VERSION" "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION")
   (cd "$dir" && CGO_ENABLED=0 run "Pulumi CLI v$PULUMI_VERSION: compiling (several minutes on 2 cores)" "$log" \
-    go build -trimpath -tags osusergo,grpcnotrace \
+    go build -v -trimpath -tags osusergo,grpcnotrace \
     -ldflags "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION" \
     -o "$dir/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
   install -m 0755 "$dir/pulumi" "$BIN_DIR/pulumi"
@@ -103,7 +108,7 @@ build_kubernetes_provider() {
     # main.go embeds schema-embed.json, an output of the provider's `go generate` step.
     (cd "$dir/src/cmd/pulumi-resource-kubernetes" && VERSION=$K8S_PROVIDER_VERSION run "Kubernetes provider: generating the embedded schema" "$log" go run ./generate.go)
     (cd "$dir/src" && CGO_ENABLED=0 run "Kubernetes provider $K8S_PROVIDER_VERSION: compiling (10 minutes or more on 2 cores)" "$log" \
-      go build -trimpath -ldflags "-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$K8S_PROVIDER_VERSION" \
+      go build -v -trimpath -ldflags "-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$K8S_PROVIDER_VERSION" \
       -o "$binary.tmp" ./cmd/pulumi-resource-kubernetes)
     mv "$binary.tmp" "$binary"
   fi
@@ -121,6 +126,9 @@ install_dynamic_provider_shim() {
 }
 
 mkdir -p "$CACHE"
+if ! command -v pulumi >/dev/null 2>&1 || ! kubernetes_plugin_installed; then
+  say "the engine is not installed: building what is missing from the Go module proxy, once (about 31 minutes on 2 busy cores; later runs reuse it)"
+fi
 if command -v pulumi >/dev/null 2>&1; then
   say "using $(command -v pulumi) ($(pulumi version))"
 else

@@ -6,7 +6,9 @@ Kubernetes provider and the dynamic-provider shim (scripts/install-engine.sh put
 `pulumi up`.
 
 render: the dev stack (or --stack) with the Kubernetes provider's renderYamlToDirectory, into
-    rendered/, on a local file backend in .pulumi-render/ (both gitignored). No cluster needed.
+    rendered/<stack>/, on a local file backend in .pulumi-render/ (both gitignored). No cluster
+    needed. Files of objects the stack no longer has are removed, and a kustomization.yaml lists
+    the Namespace first: `kubectl apply -k rendered/<stack>` applies it in one command.
 preview / up: against the current kubeconfig context, on your configured backend
     (PULUMI_BACKEND_URL or `pulumi login`; a local backend in .pulumi-state/ when there is none).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +38,7 @@ from consul.program import main as consul_program  # noqa: E402 (after the path 
 PULUMI_BIN = Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi")) / "bin"
 RENDER_HOME = ROOT / ".pulumi-render"
 RENDERED = ROOT / "rendered"
+KUSTOMIZATION = "kustomization.yaml"
 LOCAL_STATE = ROOT / ".pulumi-state"
 # The render stack holds key material generated for a cluster that does not exist; a real stack
 # uses your own passphrase or a cloud secrets provider.
@@ -92,32 +96,40 @@ def _explain(error: auto.CommandError) -> str:
     return text
 
 
-def _workspace(stack: str, home: Path, extra_config: dict[str, str], source: Path | None = None) -> Path:
-    """A copy of the project files for a stack of its own, so its state never touches the repo's stack files."""
+def _workspace(stack: str, home: Path, source: Path | None = None) -> Path:
+    """A copy of the project files for a stack of its own, so its state never touches the repo's
+    stack files. The stack file is copied as it is, byte for byte, so the engine reads exactly what
+    `pulumi preview` reads (the same YAML, the same types, the same errors); only the copy's own
+    encryption salt is kept from an earlier run when the repo's file has none."""
     work = home / "project"
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ROOT / "Pulumi.yaml", work / "Pulumi.yaml")
     source = source or ROOT / f"Pulumi.{stack}.yaml"
     if not source.exists():
-        raise EngineError(f"no stack file Pulumi.{stack}.yaml")
+        raise EngineError(f"no stack file Pulumi.{stack}.yaml (the stacks are: {', '.join(known_stacks())})")
     target = work / f"Pulumi.{stack}.yaml"
-    settings = yaml.safe_load(source.read_text()) or {}
-    if target.exists():
-        previous = yaml.safe_load(target.read_text()) or {}
-        if "encryptionsalt" in previous:
-            settings["encryptionsalt"] = previous["encryptionsalt"]
-    settings.setdefault("config", {}).update(extra_config)
-    target.write_text(yaml.safe_dump(settings, sort_keys=False))
+    text = source.read_text()
+    salt = re.compile(r"^encryptionsalt:.*$", re.MULTILINE)
+    if not salt.search(text) and target.exists() and (previous := salt.search(target.read_text())):
+        text = f"{previous.group(0)}\n{text}"
+    target.write_text(text)
     return work
 
 
-def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path = RENDERED, stack_file: Path | None = None) -> auto.Stack:
-    """The render stack: the repo's stack settings (or `stack_file`), rendering into `out`, on a local backend in `home`."""
+def known_stacks() -> list[str]:
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in ROOT.glob("Pulumi.*.yaml"))
+
+
+def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path | None = None, stack_file: Path | None = None) -> auto.Stack:
+    """The render stack: the repo's stack settings (or `stack_file`), rendering into `out`
+    (default rendered/<stack>), on a local backend in `home`."""
     _require_cli()
     (home / "state").mkdir(parents=True, exist_ok=True)
     env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
     os.environ.pop("KUBECONFIG", None)
-    return _stack(stack, _workspace(stack, home, {"kubernetes:renderYamlToDirectory": str(out)}, stack_file), env)
+    rendered = _stack(stack, _workspace(stack, home / stack, stack_file), env)
+    rendered.set_config("kubernetes:renderYamlToDirectory", auto.ConfigValue(str(out or RENDERED / stack)))
+    return rendered
 
 
 def cluster_stack(stack: str, home: Path, kubeconfig: Path, stack_file: Path | None = None) -> auto.Stack:
@@ -125,11 +137,18 @@ def cluster_stack(stack: str, home: Path, kubeconfig: Path, stack_file: Path | N
     _require_cli()
     (home / "state").mkdir(parents=True, exist_ok=True)
     env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
-    return _stack(stack, _workspace(stack, home, {"kubernetes:kubeconfig": str(kubeconfig)}, stack_file), env)
+    deployed = _stack(stack, _workspace(stack, home, stack_file), env)
+    deployed.set_config("kubernetes:kubeconfig", auto.ConfigValue(str(kubeconfig)))
+    return deployed
 
 
 def real_stack(stack: str) -> auto.Stack:
     """A stack of the repo itself, against the current kubeconfig context."""
+    return _stack(stack, ROOT, real_env())
+
+
+def real_env() -> dict[str, str]:
+    """The engine's environment for the repo's own stacks: your backend, or the local one in .pulumi-state/."""
     _require_cli()
     backend = os.environ.get("PULUMI_BACKEND_URL")
     if backend is None:
@@ -141,31 +160,79 @@ def real_stack(stack: str) -> auto.Stack:
     env = _engine_env(backend or "", os.environ.get("PULUMI_CONFIG_PASSPHRASE"))
     if not backend:
         env.pop("PULUMI_BACKEND_URL")
-    return _stack(stack, ROOT, env)
+    return env
 
 
-def rendered_summary() -> str:
-    files = sorted(RENDERED.rglob("*.yaml"))
+def run_cli(args: list[str]) -> int:
+    """`pulumi ARGS` on the same state and settings the make targets use (make pulumi ARGS=...)."""
+    env = {**os.environ, **real_env()}
+    return subprocess.run(["pulumi", *args], cwd=ROOT, env=env, check=False).returncode
+
+
+def tidy_rendered(stack: auto.Stack, out: Path) -> list[Path]:
+    """Remove the files of objects the stack no longer has (a render after its state was deleted,
+    or objects a setting removed), then write kustomization.yaml with the Namespace first.
+    Returns the files removed."""
+    resources = (stack.export_stack().deployment or {}).get("resources", [])
+    current = {
+        (r["outputs"].get("kind"), (r["outputs"].get("metadata") or {}).get("namespace"), (r["outputs"].get("metadata") or {}).get("name"))
+        for r in resources
+        if r.get("type", "").startswith("kubernetes:") and r.get("outputs")
+    }
+    removed = []
+    files = sorted(out.rglob("*.yaml")) if out.exists() else []
+    kept = []
+    for path in files:
+        if path.name == KUSTOMIZATION:
+            continue
+        document = yaml.safe_load(path.read_text()) or {}
+        key = (document.get("kind"), document.get("metadata", {}).get("namespace"), document.get("metadata", {}).get("name"))
+        if key not in current:
+            path.unlink()
+            removed.append(path)
+        else:
+            kept.append((document.get("kind") != "Namespace", str(path.relative_to(out))))
+    if kept:
+        (out / KUSTOMIZATION).write_text(
+            "# Written by make render: `kubectl apply -k` applies the Namespace before what lives in it.\n"
+            + yaml.safe_dump(
+                {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [p for _, p in sorted(kept)]}
+            )
+        )
+    return removed
+
+
+def rendered_summary(out: Path, since: float, removed: list[Path]) -> str:
+    files = sorted(p for p in out.rglob("*.yaml") if p.name != KUSTOMIZATION)
+    written = [p for p in files if p.stat().st_mtime >= since]
     kinds: Counter[str] = Counter()
     for path in files:
         for document in yaml.safe_load_all(path.read_text()):
             if document:
                 kinds[document["kind"]] += 1
     listing = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
-    directories = [d.relative_to(ROOT) for d in sorted(RENDERED.iterdir()) if d.is_dir() and any(d.iterdir())]
+    where = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     return (
-        f"{len(files)} objects written to {RENDERED.relative_to(ROOT)}/: {listing}\n"
-        f"apply them to a cluster with: kubectl apply {' '.join(f'-f {d}' for d in directories)}\n"
+        f"{len(files)} objects in {where}/ ({listing}): {len(written)} written by this run, {len(removed)} stale removed\n"
+        f"apply them to a cluster with: kubectl apply -k {where}\n"
         "note: the Secret files hold this render stack's generated key material in plain base64; keep rendered/ private."
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["render", "preview", "up"])
+    parser.add_argument("command", choices=["render", "preview", "up", "cli"], help="cli ARGS: run `pulumi ARGS` on the same state")
     parser.add_argument("--stack", default="dev")
     parser.add_argument("--json", action="store_true", help="preview: print the engine's JSON")
     parser.add_argument("--expect-no-changes", action="store_true", help="render: fail if the stack would change (a second run)")
+    parser.add_argument("--new", action="store_true", help="preview/up: allow a stack that has no Pulumi.<stack>.yaml yet")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cli"]:  # cli ARGS...: everything after it is pulumi's
+        try:
+            return run_cli(argv[1:])
+        except EngineError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
@@ -174,8 +241,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.expect_no_changes:
                 stack.preview(expect_no_changes=True, color="never")
                 print("no changes: the render stack is up to date")
+            since = time.time() - 1
             stack.up(on_output=print, color="never")
-            print(rendered_summary())
+            out = RENDERED / args.stack
+            print(rendered_summary(out, since, tidy_rendered(stack, out)))
+        elif args.stack not in known_stacks() and not args.new:
+            raise EngineError(
+                f"no stack file Pulumi.{args.stack}.yaml: the stacks are {', '.join(known_stacks())} "
+                f"(a typo?); to start a new stack, run again with NEW=1 (make) or --new"
+            )
         elif args.command == "preview":
             result = real_stack(args.stack).preview(on_output=None if args.json else print, json=args.json or None, color="never")
             if args.json:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the control-plane test bed's binary once, from the Go module proxy:
 # one multi-call program `kube-testbed` with the sub-commands etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and kwok. One module graph means every shared
+# kube-controller-manager, kube-scheduler, kubectl and kwok. One module graph means every shared
 # package (client-go, apiserver, etcd client...) is compiled once, not five times.
 #   - Kubernetes v1.36.1 (k8s.io/kubernetes): its go.mod replaces the k8s.io/* staging modules
 #     with local paths, so the wrapper replaces each with its published v0.36.1, a list generated
@@ -14,7 +14,7 @@ K8S_VERSION=v1.36.1
 KWOK_VERSION=v0.8.0
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/consul-testbed
 # Bump RECIPE when main.go below changes, so a cached binary of an older recipe is not reused.
-RECIPE=2
+RECIPE=3
 DIR=$CACHE/kube-$K8S_VERSION-r$RECIPE
 BIN=$DIR/kube-testbed
 say() { echo "build-kube: $*" >&2; }
@@ -28,7 +28,7 @@ mkdir -p "$DIR"
 LOG=$DIR/build.log
 : >"$LOG"
 start=$SECONDS
-say "building etcd, kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION and kwok $KWOK_VERSION once (about 25 minutes on 2 cores; log: $LOG)"
+say "building etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION and kwok $KWOK_VERSION once (about 20 minutes on 2 cores; log: $LOG)"
 k8s_gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
 staging=${K8S_VERSION/v1./v0.}
 {
@@ -68,6 +68,7 @@ import (
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubectl "k8s.io/kubectl/pkg/cmd"
 	"sigs.k8s.io/kwok/pkg/config"
 	kwokcmd "sigs.k8s.io/kwok/pkg/kwok/cmd"
 	"sigs.k8s.io/kwok/pkg/log"
@@ -76,7 +77,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kube-testbed etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kwok [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kube-testbed etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kwok [flags]")
 		os.Exit(2)
 	}
 	name := os.Args[1]
@@ -90,6 +91,8 @@ func main() {
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
 	case "kube-scheduler":
 		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubectl":
+		os.Exit(cli.Run(kubectl.NewDefaultKubectlCommand()))
 	case "kwok":
 		os.Exit(runKwok())
 	default:

@@ -40,9 +40,9 @@ class Node:
 
 
 def load_manifests(directory: Path) -> list[dict[str, Any]]:
-    """Every object under a rendered directory, in file name order."""
+    """Every object under a rendered directory, in file name order (kustomization.yaml is no object)."""
     objects: list[dict[str, Any]] = []
-    for path in sorted(directory.rglob("*.yaml")):
+    for path in sorted(p for p in directory.rglob("*.yaml") if p.name != "kustomization.yaml"):
         objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
     return objects
 

@@ -24,7 +24,21 @@ import run_stack  # noqa: E402
 
 from testbed.cluster.controlplane import ControlPlane, FakeNode  # noqa: E402
 
-KUBE_BIN = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "consul-testbed" / "kube-v1.36.1-r2" / "kube-testbed"
+
+def _kube_binary() -> Path:
+    """Where testbed/build-kube.sh caches its binary (its K8S_VERSION and RECIPE, read from the script)."""
+    import re
+
+    script = (ROOT / "testbed" / "build-kube.sh").read_text()
+    version = re.search(r"^K8S_VERSION=(\S+)", script, re.MULTILINE)
+    recipe = re.search(r"^RECIPE=(\S+)", script, re.MULTILINE)
+    if version is None or recipe is None:
+        raise RuntimeError("testbed/build-kube.sh must name K8S_VERSION and RECIPE")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "consul-testbed" / f"kube-{version.group(1)}-r{recipe.group(1)}" / "kube-testbed"
+
+
+KUBE_BIN = _kube_binary()
 STACK_FILE = Path(__file__).with_name("Pulumi.e2e.yaml")
 LOGS = ROOT / "testbed" / "logs" / "e2e"
 NAMESPACE = "consul-e2e"

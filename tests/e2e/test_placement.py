@@ -93,3 +93,28 @@ def test_the_restricted_namespace_refuses_host_ports(cluster, tmp_path):
         ),
         60,
     )
+
+
+def test_the_rendered_directory_applies_in_one_kubectl_command(cluster, tmp_path):
+    """`kubectl apply -k rendered/<stack>` (what make render prints) creates everything, the Namespace first."""
+    import subprocess
+
+    from conftest import KUBE_BIN
+
+    namespace = "consul-kubectl"
+    fresh_nodes(cluster, three_zones(3))
+    out = render(tmp_path, namespace=namespace)
+    stack = run_stack.render_stack("e2e", tmp_path, out, STACK_FILE)
+    run_stack.tidy_rendered(stack, out)
+    applied = subprocess.run(
+        [str(KUBE_BIN), "kubectl", f"--kubeconfig={cluster.kubeconfig}", "apply", "-k", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines()[0] == f"namespace/{namespace} created"
+    assert len(applied.stdout.splitlines()) == 21
+    cluster.wait(
+        "3 servers Ready", lambda: len(servers(cluster, namespace)) == 3 and all(ready(p) for p in servers(cluster, namespace)), 60
+    )

@@ -88,3 +88,41 @@ def test_engine_wrong_passphrase_is_named(home, monkeypatch):
         run_stack.render_stack("dev", place, place / "rendered").preview(color="never")
     message = raised.value.args[0] if isinstance(raised.value, run_stack.EngineError) else run_stack._explain(raised.value)
     assert message.startswith("the stack's secrets cannot be decrypted with this passphrase")
+
+
+def test_render_writes_each_stack_to_its_own_directory_and_removes_stale_files(home):
+    import yaml
+
+    place = home / "dirs"
+    outputs = {}
+    for stack in ("dev", "prod"):
+        out = place / "rendered" / stack
+        rendered = run_stack.render_stack(stack, place, out)
+        rendered.up(color="never")
+        assert run_stack.tidy_rendered(rendered, out) == []
+        outputs[stack] = sorted(p.name for p in out.rglob("*.yaml"))
+    assert [n for n in outputs["dev"] if "namespace" in n] == ["v1-namespace-default-consul-dev.yaml"]
+    assert [n for n in outputs["prod"] if "namespace" in n] == ["v1-namespace-default-consul.yaml"]
+    # A file left by an earlier state (or another program) is removed by the next render.
+    stale = place / "rendered" / "dev" / "1-manifest" / "v1-configmap-consul-dev-left-over.yaml"
+    stale.write_text(
+        yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "left-over", "namespace": "consul-dev"}})
+    )
+    assert run_stack.tidy_rendered(run_stack.render_stack("dev", place, place / "rendered" / "dev"), place / "rendered" / "dev") == [stale]
+    kustomization = yaml.safe_load((place / "rendered" / "dev" / "kustomization.yaml").read_text())
+    assert kustomization["resources"][0] == "1-manifest/v1-namespace-default-consul-dev.yaml"
+    assert len(kustomization["resources"]) == 21
+
+
+def test_render_reads_the_stack_file_as_pulumi_does(home, tmp_path):
+    """YAML 1.1 `no` is a string to Pulumi: render refuses it exactly as preview does, naming the key."""
+    stack_file = tmp_path / "Pulumi.yaml11.yaml"
+    stack_file.write_text("config:\n  consul:tls: no\n")
+    with pytest.raises(run_stack.auto.CommandError) as failed:
+        run_stack.render_stack("yaml11", home / "yaml11", home / "yaml11" / "out", stack_file).up(color="never")
+    assert "Stack 'yaml11' with configuration key 'tls' must be of type 'boolean'" in str(failed.value)
+
+
+def test_a_mistyped_stack_is_refused(capsys):
+    assert run_stack.main(["preview", "--stack", "prdo"]) == 1
+    assert capsys.readouterr().err.startswith("error: no stack file Pulumi.prdo.yaml: the stacks are dev, prod (a typo?)")

@@ -42,3 +42,14 @@ def test_contract_stack_files_only_set_declared_keys():
     declared = set(project_declarations())
     for stack in ("dev", "prod"):
         assert set(stack_values(stack)) <= declared, stack
+
+
+def test_readme_outputs_table_names_every_export():
+    import re
+
+    from harness import render
+
+    readme = (PROJECT_DIR / "README.md").read_text()
+    table = readme.split("### Outputs", 1)[1].split("\n\n", 2)[1]
+    documented = re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE)
+    assert documented == list(render("dev").outputs)
