@@ -39,6 +39,7 @@ PULUMI_BIN = Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi")) / "bin
 RENDER_HOME = ROOT / ".pulumi-render"
 RENDERED = ROOT / "rendered"
 KUSTOMIZATION = "kustomization.yaml"
+LOGS = ROOT / ".pulumi-logs"
 LOCAL_STATE = ROOT / ".pulumi-state"
 # The render stack holds key material generated for a cluster that does not exist; a real stack
 # uses your own passphrase or a cloud secrets provider.
@@ -88,7 +89,9 @@ def _explain(error: auto.CommandError) -> str:
         return (
             "this stack keeps its secrets with a passphrase: set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) and run again"
         )
-    if "passphrase" in text and ("incorrect" in text or "invalid" in text or "required" in text):
+    if (
+        "passphrase" in text and ("incorrect" in text or "invalid" in text or "required" in text)
+    ) or "message authentication failed" in text:
         return (
             "the stack's secrets cannot be decrypted with this passphrase: set PULUMI_CONFIG_PASSPHRASE "
             "to the one the stack was created with (the render stack in .pulumi-render/ can simply be deleted)"
@@ -124,10 +127,24 @@ def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path | None 
     """The render stack: the repo's stack settings (or `stack_file`), rendering into `out`
     (default rendered/<stack>), on a local backend in `home`."""
     _require_cli()
-    (home / "state").mkdir(parents=True, exist_ok=True)
-    env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
+    source = stack_file or ROOT / f"Pulumi.{stack}.yaml"
+    own_salt = source.exists() and re.search(r"^encryptionsalt:", source.read_text(), re.MULTILINE) is not None
+    given = os.environ.get("PULUMI_CONFIG_PASSPHRASE") or os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
+    if own_salt and not given:
+        raise EngineError(
+            f"{source.name} holds secrets encrypted with the stack's passphrase (it has an encryptionsalt): "
+            "set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE) to that passphrase and render again"
+        )
+    # A stack file with secrets of its own renders with its passphrase, into a state of its own; the
+    # others share a throwaway render passphrase.
+    state = home / "state" / ("own-passphrase" if own_salt else "render-passphrase")
+    state.mkdir(parents=True, exist_ok=True)
+    env = _engine_env(
+        f"file://{state}",
+        None if os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE") else os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE),
+    )
     os.environ.pop("KUBECONFIG", None)
-    rendered = _stack(stack, _workspace(stack, home / stack, stack_file), env)
+    rendered = _stack(stack, _workspace(stack, home / stack / ("own" if own_salt else "render"), stack_file), env)
     rendered.set_config("kubernetes:renderYamlToDirectory", auto.ConfigValue(str(out or RENDERED / stack)))
     return rendered
 
@@ -219,6 +236,55 @@ def rendered_summary(out: Path, since: float, removed: list[Path]) -> str:
     )
 
 
+class EngineLog:
+    """The engine's full output goes to a file; the terminal gets the cause of a failure, once."""
+
+    def __init__(self, stack: str, command: str) -> None:
+        LOGS.mkdir(exist_ok=True)
+        self.path = LOGS / f"{stack}-{command}.log"
+        self._file = self.path.open("w")
+
+    def __call__(self, line: str) -> None:
+        self._file.write(line if line.endswith("\n") else line + "\n")
+        self._file.flush()
+
+    def text(self) -> str:
+        self._file.flush()
+        return self.path.read_text(errors="replace")
+
+    def where(self) -> str:
+        return str(self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path)
+
+
+def failure_cause(text: str) -> list[str]:
+    """Why a run failed, once each: a settings error alone, else each error of the engine's
+    Diagnostics with its continuation lines (at most three)."""
+    settings = [m.group(0) for m in re.finditer(r"invalid consul:[^\n]*", text)]
+    if settings:
+        return [settings[0]]
+    parts = text.split("Diagnostics:", 1)
+    lines = (parts[1].split("\nResources:", 1)[0] if len(parts) > 1 else text).splitlines()
+    causes: list[str] = []
+    for index, line in enumerate(lines):
+        if "error: " not in line:
+            continue
+        cause = line.split("error: ", 1)[1].strip()
+        indent = len(line) - len(line.lstrip())
+        for more in lines[index + 1 :]:
+            if not more.strip():
+                continue
+            if len(more) - len(more.lstrip()) <= indent or "error: " in more:
+                break
+            cause += " " + more.strip().lstrip("•").strip()
+        if cause and cause not in causes and cause != "update failed" and "an unhandled error occurred" not in cause:
+            causes.append(cause)
+    return causes[:3] or ["the engine failed without an error line"]
+
+
+def no_cluster(text: str) -> bool:
+    return "unreachable" in text.lower() or "no configuration has been provided" in text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["render", "preview", "up", "cli"], help="cli ARGS: run `pulumi ARGS` on the same state")
@@ -235,14 +301,15 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     args = parser.parse_args(argv)
     started = time.monotonic()
+    log = EngineLog(args.stack, args.command)
     try:
         if args.command == "render":
             stack = render_stack(args.stack)
             if args.expect_no_changes:
-                stack.preview(expect_no_changes=True, color="never")
+                stack.preview(expect_no_changes=True, color="never", on_output=log)
                 print("no changes: the render stack is up to date")
             since = time.time() - 1
-            stack.up(on_output=print, color="never")
+            stack.up(on_output=log, color="never")
             out = RENDERED / args.stack
             print(rendered_summary(out, since, tidy_rendered(stack, out)))
         elif args.stack not in known_stacks() and not args.new:
@@ -251,18 +318,36 @@ def main(argv: list[str] | None = None) -> int:
                 f"(a typo?); to start a new stack, run again with NEW=1 (make) or --new"
             )
         elif args.command == "preview":
-            result = real_stack(args.stack).preview(on_output=None if args.json else print, json=args.json or None, color="never")
+            result = real_stack(args.stack).preview(on_output=log, json=args.json or None, color="never")
             if args.json:
                 print(result.stdout)
+            else:
+                print(f"preview of stack {args.stack}: {dict(result.change_summary)}")
+            if no_cluster(log.text()):
+                print(
+                    "note: no cluster was reachable with the current kubeconfig context, so this preview shows what the "
+                    "program declares, not what the cluster would change (no server-side diff or validation)",
+                    file=sys.stderr,
+                )
         else:
-            real_stack(args.stack).up(on_output=print, color="never")
+            up = real_stack(args.stack).up(on_output=log, color="never")
+            print(f"up of stack {args.stack}: {dict(up.summary.resource_changes or {})}")
+            for key, value in up.outputs.items():
+                print(f"  {key}: {'[secret]' if value.secret else value.value}")
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except auto.CommandError as error:
-        print(f"error: {_explain(error)}", file=sys.stderr)
+        text = f"{log.text()}\n{error}"
+        explained = _explain(error)
+        causes = [explained] if explained != str(error) else failure_cause(text)
+        for cause in causes:
+            print(f"error: {cause}", file=sys.stderr)
+        if no_cluster(text):
+            print("note: no cluster was reachable with the current kubeconfig context", file=sys.stderr)
+        print(f"the engine's full log: {log.where()}", file=sys.stderr)
         return 1
-    print(f"{args.command} of stack {args.stack} took {time.monotonic() - started:.1f} s", file=sys.stderr)
+    print(f"{args.command} of stack {args.stack} took {time.monotonic() - started:.1f} s (engine log: {log.where()})", file=sys.stderr)
     return 0
 
 

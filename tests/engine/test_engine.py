@@ -126,3 +126,54 @@ def test_render_reads_the_stack_file_as_pulumi_does(home, tmp_path):
 def test_a_mistyped_stack_is_refused(capsys):
     assert run_stack.main(["preview", "--stack", "prdo"]) == 1
     assert capsys.readouterr().err.startswith("error: no stack file Pulumi.prdo.yaml: the stacks are dev, prod (a typo?)")
+
+
+def test_render_uses_the_stack_s_own_secrets(home, tmp_path, monkeypatch):
+    """A stack file with `pulumi config set --secret` values renders with the stack's passphrase, and
+    says what to do without it or with a wrong one."""
+    import base64
+
+    import yaml
+
+    from consul.keys import gossip_key
+
+    key = gossip_key()
+    (tmp_path / "Pulumi.sec.yaml").write_text("config:\n  consul:serverReplicas: 1\n")
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "the-stack-passphrase")
+    # The user's own stack: created with its passphrase, a secret set the way the README says.
+    users = run_stack.cluster_stack("sec", tmp_path / "users", tmp_path / "no-kubeconfig", tmp_path / "Pulumi.sec.yaml")
+    users.remove_config("kubernetes:kubeconfig")
+    users.set_config("consul:gossipKey", run_stack.auto.ConfigValue(key, secret=True))
+    stack_file = tmp_path / "users" / "project" / "Pulumi.sec.yaml"
+    assert "secure:" in stack_file.read_text()
+    assert "encryptionsalt:" in stack_file.read_text()
+
+    out = home / "sec" / "rendered"
+    run_stack.render_stack("sec", home / "sec", out, stack_file).up(color="never")
+    (gossip,) = [p for p in out.rglob("*.yaml") if "secret-consul-consul-gossip" in p.name]
+    assert base64.b64decode(yaml.safe_load(gossip.read_text())["data"]["key"]).decode() == key
+
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE")
+    with pytest.raises(run_stack.EngineError) as missing:
+        run_stack.render_stack("sec", home / "sec", out, stack_file)
+    assert "holds secrets encrypted with the stack's passphrase" in str(missing.value)
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "not-the-one")
+    with pytest.raises(Exception) as wrong:  # noqa: PT011 (the engine's error, explained below)
+        run_stack.render_stack("sec", home / "sec", out, stack_file).preview(color="never")
+    message = wrong.value.args[0] if isinstance(wrong.value, run_stack.EngineError) else run_stack._explain(wrong.value)
+    assert message.startswith("the stack's secrets cannot be decrypted with this passphrase")
+
+
+def test_a_failure_is_told_once_in_one_line(home, tmp_path):
+    """The engine prints a settings error many times over; the command prints its cause once."""
+    stack_file = tmp_path / "Pulumi.bad.yaml"
+    stack_file.write_text("config:\n  consul:serverReplicas: 4\n")
+    lines: list[str] = []
+    with pytest.raises(run_stack.auto.CommandError) as failed:
+        run_stack.render_stack("bad", home / "bad", home / "bad" / "out", stack_file).up(color="never", on_output=lines.append)
+    text = "\n".join(lines) + str(failed.value)
+    assert text.count("invalid consul:serverReplicas 4") > 1
+    assert run_stack.failure_cause(text) == [
+        "invalid consul:serverReplicas 4: must be 1, 3, 5 or 7: an odd count, since an even one adds no failure tolerance, "
+        "and at most 7, since every write waits for a majority"
+    ]
