@@ -285,6 +285,27 @@ def no_cluster(text: str) -> bool:
     return "unreachable" in text.lower() or "no configuration has been provided" in text
 
 
+def unreachable_cluster() -> str | None:
+    """Why the current kubeconfig context reaches no cluster, or None when its API server answers a TCP connect."""
+    import socket
+    from urllib.parse import urlparse
+
+    path = Path(os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")).split(os.pathsep)[0])
+    if not path.exists():
+        return f"there is no kubeconfig at {path}"
+    config = yaml.safe_load(path.read_text()) or {}
+    context = next((c["context"] for c in config.get("contexts") or [] if c.get("name") == config.get("current-context")), None)
+    cluster = context and next((c["cluster"] for c in config.get("clusters") or [] if c.get("name") == context.get("cluster")), None)
+    if not cluster or not cluster.get("server"):
+        return f"the kubeconfig {path} has no current context with a cluster"
+    server = urlparse(cluster["server"])
+    try:
+        socket.create_connection((server.hostname or "", server.port or 443), timeout=3).close()
+    except OSError as error:
+        return f"{cluster['server']} did not answer ({error.strerror or error})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["render", "preview", "up", "cli"], help="cli ARGS: run `pulumi ARGS` on the same state")
@@ -323,10 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(result.stdout)
             else:
                 print(f"preview of stack {args.stack}: {dict(result.change_summary)}")
-            if no_cluster(log.text()):
+            why = unreachable_cluster()
+            if why is not None or no_cluster(log.text()):
                 print(
-                    "note: no cluster was reachable with the current kubeconfig context, so this preview shows what the "
-                    "program declares, not what the cluster would change (no server-side diff or validation)",
+                    f"note: no cluster was reachable ({why or 'the provider said so'}), so this preview shows what the "
+                    "program declares, not what the cluster would change: no server-side diff, validation or admission",
                     file=sys.stderr,
                 )
         else:

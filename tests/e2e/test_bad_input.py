@@ -41,3 +41,16 @@ def test_bad_input_fails_before_any_object_reaches_the_cluster(cluster, tmp_path
         deployment.up(f"bad {key}")
     assert message in str(failed.value)
     assert inventory(cluster) == before
+
+
+def test_preview_knows_whether_a_cluster_answers(cluster, tmp_path, monkeypatch):
+    import run_stack
+
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    assert run_stack.unreachable_cluster() is None
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert run_stack.unreachable_cluster() == f"there is no kubeconfig at {tmp_path / 'missing'}"
+    dead = tmp_path / "dead"
+    dead.write_text(cluster.kubeconfig.read_text().replace(cluster.server, "https://127.0.0.1:1"))
+    monkeypatch.setenv("KUBECONFIG", str(dead))
+    assert (run_stack.unreachable_cluster() or "").startswith("https://127.0.0.1:1 did not answer")
