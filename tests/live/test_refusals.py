@@ -96,30 +96,13 @@ HANDSHAKE = textwrap.dedent(
 
 
 def test_a_certificate_from_another_ca_is_refused_on_rpc(bed, tmp_path):
-    from datetime import UTC, datetime, timedelta
+    from consul import keys
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server.dc1.consul")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "foreign.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "foreign.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    # A certificate with the very names a server has, from a CA the cluster does not trust.
+    foreign_ca = keys.certificate_authority("Another CA")
+    foreign = keys.server_certificate(foreign_ca, "server.dc1.consul", ["server.dc1.consul"], ["127.0.0.1"])
+    (tmp_path / "foreign.crt").write_text(foreign.cert_pem)
+    (tmp_path / "foreign.key").write_text(foreign.key_pem)
     server_tls = bed.secrets["consul-server-cert"]
     (tmp_path / "ours.crt").write_text(server_tls["tls.crt"])
     (tmp_path / "ours.key").write_text(server_tls["tls.key"])
