@@ -229,10 +229,11 @@ def rendered_summary(out: Path, since: float, removed: list[Path]) -> str:
                 kinds[document["kind"]] += 1
     listing = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
     where = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    secrets = sorted(p.name for p in files if "-secret-" in p.name)
     return (
         f"{len(files)} objects in {where}/ ({listing}): {len(written)} written by this run, {len(removed)} stale removed\n"
         f"apply them to a cluster with: kubectl apply -k {where}\n"
-        "note: the Secret files hold this render stack's generated key material in plain base64; keep rendered/ private."
+        f"note: {len(secrets)} files hold key material in plain base64 ({where}/*/*-secret-*.yaml); keep rendered/ private."
     )
 
 

@@ -177,3 +177,9 @@ def test_a_failure_is_told_once_in_one_line(home, tmp_path):
         "invalid consul:serverReplicas 4: must be 1, 3, 5 or 7: an odd count, since an even one adds no failure tolerance, "
         "and at most 7, since every write waits for a majority"
     ]
+
+
+def test_make_pulumi_runs_the_cli_on_the_same_state(capfd):
+    """`make pulumi ARGS=...` (run_stack.py cli): the pulumi CLI with the targets' backend settings."""
+    assert run_stack.main(["cli", "version"]) == 0
+    assert capfd.readouterr().out.strip() == "v3.274.1"

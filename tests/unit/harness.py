@@ -80,6 +80,8 @@ class Declared:
     inputs: dict[str, Any]
     secret_paths: list[str] = field(default_factory=list)
     secret_outputs: list[str] = field(default_factory=list)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    retain_on_delete: bool = False
 
     @property
     def kind(self) -> str:
@@ -130,6 +132,8 @@ class _Monitor(pulumi_mocks.MockMonitor):
                 _plain(inputs),
                 _secret_paths(inputs, ""),
                 list(request.additionalSecretOutputs),
+                {k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete") if getattr(request.customTimeouts, k)},
+                bool(request.retainOnDelete),
             )
             self.declared.append(declared)
         return response

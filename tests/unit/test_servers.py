@@ -483,3 +483,20 @@ def test_servers_pod_template_carries_digests_of_config_and_secrets(default):
     assert digests[0]["consul.hashicorp.com/config-checksum"] == digests[1]["consul.hashicorp.com/config-checksum"]
     other = render("ci-defaults", gossipKey=keys.gossip_key()).one("StatefulSet", "consul-server")["spec"]["template"]["metadata"]
     assert other["annotations"]["consul.hashicorp.com/secrets-checksum"] != annotations["consul.hashicorp.com/secrets-checksum"]
+
+
+def test_rollouts_and_the_acl_job_wait_as_long_as_they_can_take(default):
+    """The provider's default await is 10 minutes: too short for a 7-server rollout or the Job's own deadline."""
+    timeouts = {(d.typ.rsplit(":", 1)[-1], d.name): d.custom_timeouts for d in default.kubernetes() if d.custom_timeouts}
+    assert timeouts == {
+        ("StatefulSet", "consul-server"): {"create": "30m", "update": "30m"},
+        ("DaemonSet", "consul-client"): {"create": "30m", "update": "30m"},
+        ("Job", "consul-acl-bootstrap"): {"create": "20m", "update": "20m"},
+    }
+    job = default.one("Job", "consul-acl-bootstrap")
+    assert job["spec"]["activeDeadlineSeconds"] == 900  # gives up, with its own message, inside its 20-minute await
+
+
+def test_the_namespace_outlives_destroy_to_keep_the_data_claims(default):
+    (namespace,) = [d for d in default.kubernetes() if d.kind == "Namespace"]
+    assert namespace.retain_on_delete is True
