@@ -58,7 +58,7 @@ def cluster(tmp_path_factory, request) -> Iterator[ControlPlane]:
     try:
         took = plane.start()
         plane.add_nodes(three_zones(3))
-        plane.add_volumes(12)
+        plane.add_volumes(40)  # claims are never re-bound (Retain): enough for every test of a module
         print(f"\ne2e: control plane up with 3 nodes in {took:.1f} s")
         yield plane
     finally:
