@@ -1,7 +1,7 @@
 # make render  - set up everything and render the dev stack with the real Pulumi engine into rendered/
 # make test    - lint, type-check and run the unit suite (creates venv/ first)
 # make preview STACK=dev / make up STACK=dev - the real thing, against the current kubeconfig context
-# make bench   - time the program under mocks against the bare import floor
+# make bench   - time the program under mocks against the import floor, and the engine's preview and up against plain YAML
 # make live    - the rendered stack as real Consul 1.16.1 agents in network namespaces (root; builds Consul once)
 # make e2e     - pulumi up against a real kube-apiserver with kwok nodes (builds the control plane once)
 PYTHON ?= python3
@@ -32,8 +32,9 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: $(STAMP) engine
 	$(BIN)/python benchmarks/evaluate_program.py
+	$(BIN)/python benchmarks/engine_preview.py
 
 engine:
 	bash scripts/install-engine.sh

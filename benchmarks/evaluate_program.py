@@ -36,7 +36,7 @@ print(json.dumps({"floor": imported - start, "program": done - imported}))
 
 
 def one_run() -> dict[str, float]:
-    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": ""}
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests' / 'unit'}", "PATH": ""}
     out = subprocess.run([sys.executable, "-c", ONE_RUN], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return figures
