@@ -117,7 +117,7 @@ class Bed:
         with self._lock:
             for sts in self.of_kind("StatefulSet"):
                 for i in range(sts["spec"].get("replicas", 1)):
-                    self._ensure(f"{sts['metadata']['name']}-{i}", sts, self.nodes[i % len(self.nodes)], ordinal=i)
+                    self._ensure(f"{sts['metadata']['name']}-{i}", sts, self.nodes[i % len(self.nodes)])
             for ds in self.of_kind("DaemonSet"):
                 for node in self.nodes:
                     self._ensure(f"{ds['metadata']['name']}-{node.name}", ds, node)
@@ -125,20 +125,18 @@ class Bed:
                 self._run_job(job)
             self.write_hosts()
 
-    def _ensure(self, name: str, owner: Mapping[str, Any], node: Node, ordinal: int | None = None) -> Pod | None:
+    def _ensure(self, name: str, owner: Mapping[str, Any], node: Node) -> Pod | None:
+        """The pod `name` of a StatefulSet or DaemonSet: the running one, or a new one (unless held)."""
         existing = self.pods.get(name)
         if existing is not None and not existing.deleted:
             return existing
         if self._stop.is_set() or name in self.held:
             return None
-        claims = {}
-        for claim in owner["spec"].get("volumeClaimTemplates", []):
-            claims[claim["metadata"]["name"]] = self.workdir / "volumes" / f"{claim['metadata']['name']}-{name}"
-        template = owner["spec"]["template"]
-        if ordinal is not None:
-            template = {**template, "metadata": {**template.get("metadata", {})}}
-        pod = self.run_pod(name, template, node, claims)
-        return pod
+        claims = {
+            claim["metadata"]["name"]: self.workdir / "volumes" / f"{claim['metadata']['name']}-{name}"
+            for claim in owner["spec"].get("volumeClaimTemplates", [])
+        }
+        return self.run_pod(name, owner["spec"]["template"], node, claims)
 
     def run_pod(
         self,

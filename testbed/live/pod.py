@@ -341,7 +341,7 @@ class Pod:
                     if state.failures >= probe.get("failureThreshold", 3):
                         if kind == "readiness":
                             self._set_ready(False)
-                        elif self._stop.is_set() is False:
+                        elif not self._stop.is_set():
                             self.event("liveness failed: restarting")
                             self._set_ready(False)
                             self._kill_container(self.grace_period)

@@ -81,10 +81,19 @@ def test_the_restricted_namespace_refuses_host_ports(cluster, tmp_path):
     namespace = "consul-restricted"
     fresh_nodes(cluster, three_zones(3))
     apply_rendered(cluster, render(tmp_path, namespace=namespace))
-    daemonset = cluster.api.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets/consul-client")
-    container = daemonset["spec"]["template"]["spec"]["containers"][0]
-    container["ports"][0]["hostPort"] = 8500
-    cluster.api.request("PUT", f"/apis/apps/v1/namespaces/{namespace}/daemonsets/consul-client", daemonset)
+    from testbed.cluster.api import ApiError
+
+    path = f"/apis/apps/v1/namespaces/{namespace}/daemonsets/consul-client"
+    for _attempt in range(5):  # the controller may update the object between our read and write (409)
+        daemonset = cluster.api.get(path)
+        daemonset["spec"]["template"]["spec"]["containers"][0]["ports"][0]["hostPort"] = 8500
+        try:
+            cluster.api.request("PUT", path, daemonset)
+            break
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            time.sleep(0.5)
     cluster.wait(
         "a FailedCreate for the host port",
         lambda: any(
