@@ -162,7 +162,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             core.EnvVarArgs(name="CLIENT_ACCESSOR", value=args.tokens.client_agent_accessor),
             core.EnvVarArgs(name="SERVER_AGENTS", value=pairs(args.tokens.server_agents)),
             core.EnvVarArgs(name="SERVICE_TOKENS", value=pairs(args.tokens.services)),
-            core.EnvVarArgs(name="MIN_QUORUM", value=str(len(args.tokens.server_agents) // 2 + 1)),
+            core.EnvVarArgs(name="MIN_QUORUM", value=str(cfg.quorum(len(args.tokens.server_agents)))),
         ]
         volumes = [
             core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),

@@ -40,6 +40,11 @@ SERF_WAN_PORT = 8302
 DNS_PORT = 8600
 
 
+def quorum(servers: int) -> int:
+    """A majority of `servers`: autopilot's min_quorum, below which it never removes a server."""
+    return servers // 2 + 1
+
+
 def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequence[str], security: SecuritySpec) -> dict[str, Any]:
     """The generated config of every server agent.
 
@@ -55,7 +60,7 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequenc
         "rejoin_after_leave": True,
         "ui_config": {"enabled": True},
         "performance": {"raft_multiplier": 1},
-        "autopilot": {"cleanup_dead_servers": True, "min_quorum": servers.replicas // 2 + 1},
+        "autopilot": {"cleanup_dead_servers": True, "min_quorum": quorum(servers.replicas)},
         "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "server": SERVER_RPC_PORT, "serf_lan": SERF_LAN_PORT, "serf_wan": SERF_WAN_PORT},
     }
     if security.tls:

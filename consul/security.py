@@ -217,7 +217,9 @@ class ConsulSecurity(pulumi.ComponentResource):
 
             client_file = client_agent.secret_id.apply(lambda token: cfg.acl_tokens_file({"agent": token}))
             server_acl = secret(f"{name}-server-acl-config", {f"{node}.json": server_file(node) for node in server_nodes}).metadata.name
-            contents[f"{name}-server-management"] = {MANAGEMENT_TOKEN_KEY: management}
+            # What of the servers' token files rolls them: only what they share (the management
+            # token). A file added for a new server when scaling up must not restart the others.
+            contents[f"{name}-server-acl-config"] = {MANAGEMENT_TOKEN_KEY: management}
             client_acl = secret(f"{name}-client-acl-config", {cfg.ACL_TOKENS_FILE_NAME: client_file}).metadata.name
             for service, token in services.items():
                 secret(service_token_secret(name, service), {SERVICE_TOKEN_KEY: token.secret_id})
@@ -247,9 +249,7 @@ class ConsulSecurity(pulumi.ComponentResource):
             server_tls=server_tls_name,
             acl_tokens=server_acl,
             acl_file="$(POD_NAME).json",
-            # The servers' token files: only what they share counts (the management token): a file
-            # added for a new server when scaling up must not restart the running ones.
-            checksum=checksum(gossip_secret, ca_secret, f"{name}-server-cert", f"{name}-server-management"),
+            checksum=checksum(gossip_secret, ca_secret, f"{name}-server-cert", f"{name}-server-acl-config"),
         )
         self.client_secrets = TierSecrets(
             gossip=gossip_name, ca=ca_name, acl_tokens=client_acl, checksum=checksum(gossip_secret, ca_secret, f"{name}-client-acl-config")
