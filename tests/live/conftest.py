@@ -138,6 +138,16 @@ def consul(pod: Pod, *args: str, token: str | None = None, timeout: float = 30) 
     return pod.exec(["consul", *args], env=env, timeout=timeout)
 
 
+def http(pod: Pod, method: str, path: str, token: str | None = None, body: object | None = None) -> int:
+    """The HTTP status of a call to the pod's local agent API (`body` sent as JSON)."""
+    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, f"http://127.0.0.1:8500{path}"]
+    if token is not None:
+        cmd += ["-H", f"X-Consul-Token: {token}"]
+    if body is not None:
+        cmd += ["--data", json.dumps(body)]
+    return int(pod.exec(cmd).stdout or 0)
+
+
 def management_token(bed: Bed) -> str:
     return bed.secrets["consul-acl-tokens"]["management"]
 

@@ -7,18 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import management_token
+from conftest import http, management_token
 
 pytestmark = pytest.mark.live
-
-
-def http(pod, method: str, path: str, token: str | None = None, body: object | None = None) -> int:
-    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, f"http://127.0.0.1:8500{path}"]
-    if token is not None:
-        cmd += ["-H", f"X-Consul-Token: {token}"]
-    if body is not None:
-        cmd += ["--data", json.dumps(body)]
-    return int(pod.exec(cmd).stdout or 0)
 
 
 def agent_token(pod) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import management_token, workload
+from conftest import http, management_token, workload
 
 pytestmark = pytest.mark.live
 
@@ -17,12 +17,6 @@ def dig(bed, pod, name: str, server_ip: str, port: int = 8600) -> list[str]:
     return sorted(line for line in out.stdout.split() if line)
 
 
-def put(pod, path: str, body: str, token: str) -> str:
-    """PUT to the agent's local API with a token; the HTTP status."""
-    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", f"X-Consul-Token: {token}", "--data", body]
-    return str(pod.exec([*cmd, f"http://127.0.0.1:8500{path}"]).stdout)
-
-
 def catalog_services(pod, token: str) -> dict[str, list[str]]:
     out = pod.exec(["curl", "-s", "-H", f"X-Consul-Token: {token}", "http://127.0.0.1:8500/v1/catalog/services"])
     services: dict[str, list[str]] = json.loads(out.stdout)
@@ -32,16 +26,15 @@ def catalog_services(pod, token: str) -> dict[str, list[str]]:
 def test_dns_answers_under_default_deny(bed):
     """DNS queries carry no token: the anonymous token must be able to read nodes and services."""
     client = bed.tier("client")[0]
-    assert put(client, "/v1/agent/service/register", '{"Name": "dns-check", "Port": 1}', management_token(bed)) == "200"
+    assert http(client, "PUT", "/v1/agent/service/register", management_token(bed), {"Name": "dns-check", "Port": 1}) == 200
     bed.wait_for("dns-check in the catalog", lambda: "dns-check" in catalog_services(client, management_token(bed)), 10)
     # An agent may hold the anonymous token's earlier (empty) policy set for the ACL cache's TTL (30 s).
     took = bed.wait_for("DNS answers", lambda: dig(bed, client, "dns-check.service.consul", client.ip) == [client.ip], ACL_CACHE_TTL + 5)
     print(f"\nlive: DNS answered {took:.1f} s after the registration")
     assert dig(bed, client, "node-1.node.consul", client.ip) == [bed.pod("consul-client-node-1").ip]
     # Read nodes and services for DNS, and no more: the anonymous token reads no key.
-    assert put(client, "/v1/kv/private", "x", management_token(bed)) == "200"
-    kv = client.exec(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8500/v1/kv/private"])
-    assert kv.stdout == "403"
+    assert http(client, "PUT", "/v1/kv/private", management_token(bed), "x") == 200
+    assert http(client, "GET", "/v1/kv/private") == 403
 
 
 def test_workload_registers_is_found_by_dns_and_deregisters(bed, rendered):
