@@ -1,46 +1,51 @@
-"""Consul on Kubernetes as typed Pulumi components."""
+"""Consul on Kubernetes as typed Pulumi components.
 
-from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
-from .clients import ConsulClients, ConsulClientsArgs
-from .model import (
-    ClientMode,
-    ClientSpec,
-    ClusterSpec,
-    DnsSpec,
-    Placement,
-    Resources,
-    SecuritySpec,
-    ServerSpec,
-    Toleration,
-    UiServiceType,
-    UiSpec,
-)
-from .security import ConsulSecurity, ConsulSecurityArgs, TierSecrets
-from .servers import ConsulServers, ConsulServersArgs
-from .settings import Settings, SettingsError, load_settings
+``from consul import ConsulServers`` works as usual, but each name is loaded on first use: the
+dynamic-provider process imports ``consul.generated`` for every stack operation and must not pay
+for loading the whole program and pulumi_kubernetes with it.
+"""
 
-__all__ = [
-    "ClientMode",
-    "ClientSpec",
-    "ClusterSpec",
-    "ConsulAclBootstrap",
-    "ConsulAclBootstrapArgs",
-    "ConsulClients",
-    "ConsulClientsArgs",
-    "ConsulSecurity",
-    "ConsulSecurityArgs",
-    "ConsulServers",
-    "ConsulServersArgs",
-    "DnsSpec",
-    "Placement",
-    "Resources",
-    "SecuritySpec",
-    "ServerSpec",
-    "Settings",
-    "SettingsError",
-    "TierSecrets",
-    "Toleration",
-    "UiServiceType",
-    "UiSpec",
-    "load_settings",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConsulAclBootstrap": "acl_bootstrap",
+    "ConsulAclBootstrapArgs": "acl_bootstrap",
+    "ConsulClients": "clients",
+    "ConsulClientsArgs": "clients",
+    "ConsulSecurity": "security",
+    "ConsulSecurityArgs": "security",
+    "TierSecrets": "security",
+    "ConsulServers": "servers",
+    "ConsulServersArgs": "servers",
+    "Settings": "settings",
+    "SettingsError": "settings",
+    "load_settings": "settings",
+    **dict.fromkeys(
+        [
+            "CertificateSpec",
+            "ClientMode",
+            "ClientSpec",
+            "ClusterSpec",
+            "DnsSpec",
+            "Placement",
+            "Resources",
+            "SecuritySpec",
+            "ServerSpec",
+            "Toleration",
+            "UiServiceType",
+            "UiSpec",
+        ],
+        "model",
+    ),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'consul' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

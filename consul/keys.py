@@ -1,7 +1,7 @@
 """Key material: the gossip key, the CA, server certificates and ACL token IDs.
 
 Pure functions over the `cryptography` package; :mod:`consul.generated` runs them once per
-stack inside Pulumi dynamic resources, so the results live (encrypted) in the stack's state.
+stack inside a Pulumi dynamic resource, so the results live (encrypted) in the stack's state.
 """
 
 from __future__ import annotations
@@ -115,6 +115,11 @@ def server_certificate(
         .sign(ca_key, hashes.SHA256())
     )
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _private_key_pem(key))
+
+
+def not_after(cert_pem: str) -> str:
+    """When a PEM certificate expires, as ISO 8601 (UTC)."""
+    return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc.isoformat()
 
 
 def check_gossip_key(text: str) -> str | None:

@@ -146,6 +146,15 @@ class SecretText:
 
 
 @dataclass(frozen=True)
+class CertificateSpec:
+    """The generated server certificate's lifetime, and how long before its expiry `pulumi up`
+    re-issues it (both in days)."""
+
+    validity_days: int = 825
+    renew_before_days: int = 30
+
+
+@dataclass(frozen=True)
 class SecuritySpec:
     """Gossip encryption, TLS, ACLs and NetworkPolicies: all on by default.
 
@@ -163,3 +172,4 @@ class SecuritySpec:
     management_token: SecretText | None = None
     service_tokens: tuple[str, ...] = ()
     """Services that get an ACL token with that service's identity, in a Secret of their own."""
+    certificates: CertificateSpec = field(default_factory=CertificateSpec)

@@ -8,6 +8,7 @@ import pulumi
 
 from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
 from .clients import ConsulClients, ConsulClientsArgs
+from .generated import CA_WARN_BEFORE_DAYS, expires_within
 from .labels import APP_NAME
 from .namespace import consul_namespace
 from .security import ConsulSecurity, ConsulSecurityArgs
@@ -15,6 +16,15 @@ from .servers import ConsulServers, ConsulServersArgs
 from .settings import PROJECT, Settings, load_settings, secret_config_keys, stack_config
 
 INSTANCE = "consul"
+
+
+def warn_if_ca_expires(not_after: str | None) -> None:
+    """Every preview and up warns while the CA has less than a year left."""
+    if not_after and expires_within(not_after, CA_WARN_BEFORE_DAYS):
+        pulumi.log.warn(
+            f"the Consul CA expires on {not_after[:10]}, in less than {CA_WARN_BEFORE_DAYS} days: "
+            "rotate it as the README's operations guide says (Certificates)"
+        )
 
 
 def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
@@ -30,9 +40,14 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
     security = ConsulSecurity(
         INSTANCE,
         ConsulSecurityArgs(
-            namespace=namespace, cluster=settings.cluster, spec=settings.security, server_replicas=settings.servers.replicas
+            namespace=namespace,
+            namespace_name=settings.namespace,
+            cluster=settings.cluster,
+            spec=settings.security,
+            server_replicas=settings.servers.replicas,
         ),
     )
+    security.ca_not_after.apply(warn_if_ca_expires)
     network_policy = settings.security.network_policy
     servers = ConsulServers(
         INSTANCE,

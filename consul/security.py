@@ -88,15 +88,23 @@ class ConsulSecurityArgs:
     """Inputs of :class:`ConsulSecurity`.
 
     namespace: where the Secrets go (required).
+    namespace_name: the namespace's name, for the server certificate's SANs (required; plain, so
+        the key material does not wait for the Namespace object).
     cluster: datacenter and domain, for the server certificate's ``server.<dc>.<domain>`` SAN.
     spec: which features are on, and any material brought by the user (default: all on, all generated).
     server_replicas: how many servers get an agent token of their own (default: 3).
     """
 
     namespace: pulumi.Input[str]
+    namespace_name: str
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     spec: SecuritySpec = field(default_factory=SecuritySpec)
     server_replicas: int = 3
+
+
+def _present(value: str | None) -> str:
+    """A generated value the program asked for (the resource has it once created)."""
+    return value or ""
 
 
 def server_dns_names(instance: str, namespace: str, cluster: ClusterSpec) -> list[str]:
@@ -125,6 +133,7 @@ class ConsulSecurity(pulumi.ComponentResource):
         acl_tokens: the agent tokens' accessor IDs and their Secret, for the ACL bootstrap Job.
         management_token: the initial management token's SecretID (a Pulumi secret).
         ca_cert_pem: the CA certificate (public), for clients of the HTTPS API.
+        ca_not_after / server_cert_not_after: when they expire (ISO 8601), or None without TLS.
     """
 
     server_secrets: TierSecrets
@@ -132,6 +141,8 @@ class ConsulSecurity(pulumi.ComponentResource):
     acl_tokens: AclTokenIds | None
     management_token: pulumi.Output[str | None]
     ca_cert_pem: pulumi.Output[str | None]
+    ca_not_after: pulumi.Output[str | None]
+    server_cert_not_after: pulumi.Output[str | None]
 
     def __init__(self, name: str, args: ConsulSecurityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("consul:index:ConsulSecurity", name, None, opts)
@@ -156,78 +167,97 @@ class ConsulSecurity(pulumi.ComponentResource):
         self.acl_tokens = None
         self.management_token = pulumi.Output.from_input(None)
         self.ca_cert_pem = pulumi.Output.from_input(None)
+        self.ca_not_after = pulumi.Output.from_input(None)
+        self.server_cert_not_after = pulumi.Output.from_input(None)
+
+        server_nodes = [f"{name}-server-{i}" for i in range(args.server_replicas)]
+        token_names = (
+            [*([] if spec.management_token else [MANAGEMENT_TOKEN_KEY])]
+            + [AclTokenIds.server_key(node) for node in server_nodes]
+            + [CLIENT_AGENT_KEY]
+            + [AclTokenIds.service_key(service) for service in spec.service_tokens]
+            if spec.acls
+            else []
+        )
+        brought_ca = (spec.ca_cert, pulumi.Output.secret(spec.ca_key.value)) if spec.tls and spec.ca_cert and spec.ca_key else None
+        generates_gossip = spec.gossip_encryption and spec.gossip_key is None
+        material = (
+            generated.KeyMaterial(
+                f"{name}-key-material",
+                gossip=generates_gossip,
+                ca_common_name=f"Consul CA {cluster.datacenter}" if spec.tls else None,
+                brought_ca=brought_ca,
+                server_cert=generated.CertificateRequest(
+                    common_name=f"server.{cluster.datacenter}.{cluster.domain}",
+                    dns_names=tuple(server_dns_names(name, args.namespace_name, cluster)),
+                    ip_addresses=("127.0.0.1",),
+                    validity_days=spec.certificates.validity_days,
+                    renew_before_days=spec.certificates.renew_before_days,
+                )
+                if spec.tls
+                else None,
+                tokens=token_names,
+                opts=child,
+            )
+            if generates_gossip or spec.tls or spec.acls
+            else None
+        )
 
         if spec.gossip_encryption:
-            key: pulumi.Input[str] = spec.gossip_key.value if spec.gossip_key else generated.GossipKey(f"{name}-gossip-key", opts=child).key
+            key: pulumi.Input[str] = ""
+            if spec.gossip_key is not None:
+                key = spec.gossip_key.value
+            elif material is not None:
+                key = material.gossip_key.apply(_present)
             gossip_file = pulumi.Output.from_input(key).apply(cfg.gossip_file)
             gossip_name = secret(f"{name}-gossip", {GOSSIP_SECRET_KEY: key, cfg.GOSSIP_FILE_NAME: gossip_file}).metadata.name
 
-        if spec.tls:
-            if spec.ca_cert and spec.ca_key:
-                ca_cert: pulumi.Input[str] = spec.ca_cert
-                ca_key: pulumi.Input[str] = pulumi.Output.secret(spec.ca_key.value)
-            else:
-                ca = generated.CertificateAuthority(f"{name}-ca", common_name=f"Consul CA {cluster.datacenter}", opts=child)
-                ca_cert, ca_key = ca.cert_pem, ca.key_pem
-            certificate = generated.ServerCertificate(
-                f"{name}-server-cert",
-                ca_cert_pem=ca_cert,
-                ca_key_pem=ca_key,
-                common_name=f"server.{cluster.datacenter}.{cluster.domain}",
-                dns_names=namespace.apply(lambda ns: server_dns_names(name, ns, cluster)),
-                ip_addresses=["127.0.0.1"],
-                opts=child,
-            )
+        if spec.tls and material is not None:
+            ca_cert = material.ca_cert_pem.apply(_present)
             # The CA certificate is public, but kept in a Secret beside the rest.
             ca_name = secret(f"{name}-ca-cert", {"tls.crt": ca_cert}).metadata.name
             server_tls_name = secret(
                 f"{name}-server-cert",
-                {"tls.crt": certificate.cert_pem, "tls.key": certificate.key_pem},
+                {"tls.crt": material.server_cert_pem.apply(_present), "tls.key": material.server_key_pem.apply(_present)},
                 "kubernetes.io/tls",
             ).metadata.name
             self.ca_cert_pem = pulumi.Output.from_input(ca_cert)
+            self.ca_not_after = material.ca_not_after
+            self.server_cert_not_after = material.server_cert_not_after
 
-        if spec.acls:
-            management = (
-                pulumi.Output.secret(spec.management_token.value)
-                if spec.management_token
-                else generated.AclToken(f"{name}-management-token", "initial management token", opts=child).secret_id
-            )
-            server_nodes = [f"{name}-server-{i}" for i in range(args.server_replicas)]
-            server_agents = {node: generated.AclToken(f"{node}-agent-token", f"agent token of {node}", opts=child) for node in server_nodes}
-            client_agent = generated.AclToken(f"{name}-client-agent-token", "agent token of the client agents", opts=child)
-            services = {
-                service: generated.AclToken(f"{name}-service-{service}-token", f"service token of {service}", opts=child)
-                for service in spec.service_tokens
-            }
+        if spec.acls and material is not None:
+            token_secrets, token_accessors = material.token_secrets, material.token_accessors
+
+            def secret_id(token: str) -> pulumi.Output[str]:
+                return token_secrets.apply(lambda ids: ids[token])
+
+            def accessor_id(token: str) -> pulumi.Output[str]:
+                return pulumi.Output.unsecret(token_accessors.apply(lambda ids: ids[token]))
+
+            management = pulumi.Output.secret(spec.management_token.value) if spec.management_token else secret_id(MANAGEMENT_TOKEN_KEY)
             tokens = secret(
                 f"{name}-acl-tokens",
-                {
-                    MANAGEMENT_TOKEN_KEY: management,
-                    **{AclTokenIds.server_key(node): token.secret_id for node, token in server_agents.items()},
-                    CLIENT_AGENT_KEY: client_agent.secret_id,
-                    **{AclTokenIds.service_key(service): token.secret_id for service, token in services.items()},
-                },
+                {MANAGEMENT_TOKEN_KEY: management, **{token: secret_id(token) for token in token_names if token != MANAGEMENT_TOKEN_KEY}},
             )
 
             def server_file(node: str) -> pulumi.Output[str]:
-                return pulumi.Output.all(management, server_agents[node].secret_id).apply(
+                return pulumi.Output.all(management, secret_id(AclTokenIds.server_key(node))).apply(
                     lambda ids: cfg.acl_tokens_file({"initial_management": ids[0], "agent": ids[1]})
                 )
 
-            client_file = client_agent.secret_id.apply(lambda token: cfg.acl_tokens_file({"agent": token}))
+            client_file = secret_id(CLIENT_AGENT_KEY).apply(lambda token: cfg.acl_tokens_file({"agent": token}))
             server_acl = secret(f"{name}-server-acl-config", {f"{node}.json": server_file(node) for node in server_nodes}).metadata.name
             # What of the servers' token files rolls them: only what they share (the management
             # token). A file added for a new server when scaling up must not restart the others.
             contents[f"{name}-server-acl-config"] = {MANAGEMENT_TOKEN_KEY: management}
             client_acl = secret(f"{name}-client-acl-config", {cfg.ACL_TOKENS_FILE_NAME: client_file}).metadata.name
-            for service, token in services.items():
-                secret(service_token_secret(name, service), {SERVICE_TOKEN_KEY: token.secret_id})
+            for service in spec.service_tokens:
+                secret(service_token_secret(name, service), {SERVICE_TOKEN_KEY: secret_id(AclTokenIds.service_key(service))})
             self.acl_tokens = AclTokenIds(
                 secret_name=tokens.metadata.name,
-                server_agents=tuple((node, token.accessor_id) for node, token in server_agents.items()),
-                client_agent_accessor=client_agent.accessor_id,
-                services=tuple((service, token.accessor_id) for service, token in services.items()),
+                server_agents=tuple((node, accessor_id(AclTokenIds.server_key(node))) for node in server_nodes),
+                client_agent_accessor=accessor_id(CLIENT_AGENT_KEY),
+                services=tuple((service, accessor_id(AclTokenIds.service_key(service))) for service in spec.service_tokens),
             )
             self.management_token = pulumi.Output.secret(management)
 
@@ -254,4 +284,11 @@ class ConsulSecurity(pulumi.ComponentResource):
         self.client_secrets = TierSecrets(
             gossip=gossip_name, ca=ca_name, acl_tokens=client_acl, checksum=checksum(gossip_secret, ca_secret, f"{name}-client-acl-config")
         )
-        self.register_outputs({"management_token": self.management_token, "ca_cert_pem": self.ca_cert_pem})
+        self.register_outputs(
+            {
+                "management_token": self.management_token,
+                "ca_cert_pem": self.ca_cert_pem,
+                "ca_not_after": self.ca_not_after,
+                "server_cert_not_after": self.server_cert_not_after,
+            }
+        )

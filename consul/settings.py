@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
 from .model import (
+    CertificateSpec,
     ClientMode,
     ClientSpec,
     ClusterSpec,
@@ -448,6 +449,7 @@ def _security(reader: _Reader) -> SecuritySpec:
             raise SettingsError("tlsCaKey" if "key" in problem else "tlsCaCert", ca_key if "key" in problem else "(PEM)", problem)
         if not tls:
             raise SettingsError("tlsCaCert", "(PEM)", "must be unset when consul:tls is false")
+    certificates = _certificates(reader, tls)
     management_token = reader.secret("aclManagementToken")
     if management_token is not None:
         if not _is_uuid(management_token.value):
@@ -465,7 +467,18 @@ def _security(reader: _Reader) -> SecuritySpec:
         ca_cert=ca_cert,
         ca_key=ca_key,
         management_token=management_token,
+        certificates=certificates,
     )
+
+
+def _certificates(reader: _Reader, tls: bool) -> CertificateSpec:
+    validity = reader.integer("tlsServerCertValidity")
+    renew_before = reader.integer("tlsRenewBefore")
+    if validity < 1:
+        raise SettingsError("tlsServerCertValidity", validity, "must be at least 1 (days)")
+    if not 0 <= renew_before < validity:
+        raise SettingsError("tlsRenewBefore", renew_before, f"must be from 0 to less than consul:tlsServerCertValidity ({validity} days)")
+    return CertificateSpec(validity_days=validity, renew_before_days=renew_before)
 
 
 MAX_SERVICE_NAME = 42  # "consul-service-token-" + the name stays a 63-character label

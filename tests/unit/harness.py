@@ -102,7 +102,10 @@ class _Recorder(pulumi_mocks.Mocks):
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         if args.typ == "pulumi-python:dynamic:Resource" and not self.run_generators:
             # The engine runs generators in the dynamic-provider process, outside the program.
-            return f"{args.name}-id", {k: (f"{k}-of-{args.name}" if v is None else v) for k, v in args.inputs.items()}
+            return f"{args.name}-id", {k: (f"{k}-of-{args.name}" if v is None else v) for k, v in args.inputs.items()} | {
+                "token_accessors": {t: f"accessor-of-{t}" for t in args.inputs.get("tokens") or ()},
+                "token_secrets": {t: f"secret-of-{t}" for t in args.inputs.get("tokens") or ()},
+            }
         if args.typ == "pulumi-python:dynamic:Resource":
             # Run the dynamic provider's real create, as the engine would.
             inputs = _plain(args.inputs)

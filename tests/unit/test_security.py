@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import ipaddress
 import json
 import re
@@ -16,8 +17,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from validation import agent_config_errors, consul_config_files, schema_errors
 
-from consul import keys
-from consul.generated import _ServerCertGenerator
+from consul import generated, keys
+from consul.generated import _KeyMaterialProvider
 from consul.settings import SettingsError
 
 # --- generators, with real cryptography ----------------------------------------------------------
@@ -68,22 +69,87 @@ def test_keys_checks_refuse_bad_material():
     assert keys.check_ca(leaf.cert_pem, leaf.key_pem) == "the certificate is not a CA (basicConstraints CA:FALSE)"
 
 
-def test_generated_certificate_is_replaced_only_when_an_input_changes():
-    ca = keys.certificate_authority("ca")
-    props = {
-        "ca_cert_pem": ca.cert_pem,
-        "ca_key_pem": ca.key_pem,
+def _material_inputs(**changes):
+    request = {
         "common_name": "server.dc1.consul",
         "dns_names": ["a"],
         "ip_addresses": [],
         "validity_days": 825,
+        "renew_before_days": 30,
     }
-    generator = _ServerCertGenerator()
-    created = generator.create(dict(props))
+    props = {
+        "gossip": True,
+        "ca": {"common_name": "Consul CA dc1", "validity_days": 3650},
+        "brought_ca": None,
+        "server_cert": request,
+        "tokens": ["management", "agent-client"],
+    }
+    props.update(changes)
+    return props
+
+
+@pytest.fixture(scope="module")
+def created_material():
+    provider = _KeyMaterialProvider()
+    created = provider.create(_material_inputs())
     assert created.outs is not None
-    assert generator.diff(created.id, created.outs, {**props, "cert_pem": None, "key_pem": None}).changes is False
-    changed = generator.diff(created.id, created.outs, {**props, "dns_names": ["a", "b"], "cert_pem": None, "key_pem": None})
-    assert (changed.changes, changed.replaces) == (True, ["dns_names"])
+    return provider, created.outs
+
+
+def test_material_same_inputs_change_nothing(created_material):
+    provider, outs = created_material
+    diff = provider.diff("id", outs, _material_inputs())
+    assert (diff.changes, diff.replaces, diff.stables) == (False, [], ["ca_cert_pem", "ca_not_after"])
+
+
+def test_material_new_names_reissue_only_the_server_certificate(created_material):
+    provider, outs = created_material
+    news = _material_inputs(server_cert={**outs["server_cert"], "dns_names": ["a", "b"]})
+    diff = provider.diff("id", outs, news)
+    assert (diff.changes, diff.replaces) == (True, [])
+    updated = provider.update("id", outs, news).outs
+    assert updated is not None
+    assert updated["server_cert_pem"] != outs["server_cert_pem"]
+    kept = ["gossip_key", "ca_cert_pem", "ca_key_pem", "token_secrets", "token_accessors"]
+    assert {k: updated[k] for k in kept} == {k: outs[k] for k in kept}
+    sans = x509.load_pem_x509_certificate(updated["server_cert_pem"].encode()).extensions
+    assert sans.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == ["a", "b"]
+
+
+def test_material_renews_the_server_certificate_inside_the_window(created_material):
+    provider, outs = created_material
+    assert outs["server_cert_not_after"] > "2028"  # 825 days from when the test runs
+    assert generated.due(outs, _material_inputs()) == []
+    # 800 days later, 25 days are left: less than the 30-day window.
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=800)
+    assert generated.due(outs, _material_inputs(), now=later) == ["server_cert"]
+    expiring = {**outs, "server_cert_not_after": (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=29)).isoformat()}
+    assert provider.diff("id", expiring, _material_inputs()).changes is True
+    renewed = provider.update("id", expiring, _material_inputs()).outs
+    assert renewed is not None
+    assert renewed["server_cert_not_after"] > expiring["server_cert_not_after"]
+    assert (renewed["ca_cert_pem"], renewed["gossip_key"]) == (outs["ca_cert_pem"], outs["gossip_key"])
+    cert = x509.load_pem_x509_certificate(renewed["server_cert_pem"].encode())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(outs["ca_cert_pem"].encode()))
+
+
+def test_material_tokens_are_kept_added_and_dropped_by_name(created_material):
+    provider, outs = created_material
+    news = _material_inputs(tokens=["management", "service-web"])
+    assert generated.due(outs, news) == ["tokens", "dropped"]
+    updated = provider.update("id", outs, news).outs
+    assert updated is not None
+    assert set(updated["token_secrets"]) == set(updated["token_accessors"]) == {"management", "service-web"}
+    assert updated["token_secrets"]["management"] == outs["token_secrets"]["management"]
+    assert updated["token_secrets"]["service-web"] not in outs["token_secrets"].values()
+    assert updated["server_cert_pem"] == outs["server_cert_pem"]
+
+
+def test_material_a_new_ca_request_reissues_ca_and_certificate(created_material):
+    provider, outs = created_material
+    news = _material_inputs(ca={"common_name": "Consul CA dc2", "validity_days": 3650})
+    assert generated.due(outs, news) == ["ca", "server_cert"]
+    assert provider.diff("id", outs, news).stables == []
 
 
 # --- the cluster, with everything on (the default) -----------------------------------------------
@@ -231,6 +297,34 @@ def test_tls_bring_your_own_ca():
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem.encode()))
 
 
+def _server_cert(rendered):
+    return x509.load_pem_x509_certificate(string_data(rendered, "consul-server-cert")["tls.crt"].encode())
+
+
+def test_tls_certificate_lifetime_default_and_override(secure):
+    cert = _server_cert(secure)
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc) == datetime.timedelta(days=825, minutes=5)
+    (material,) = [d for d in secure.declared if d.typ == "pulumi-python:dynamic:Resource"]
+    assert (material.inputs["server_cert"]["validity_days"], material.inputs["server_cert"]["renew_before_days"]) == (825, 30)
+    short = render("ci-defaults", tlsServerCertValidity=2, tlsRenewBefore=1)
+    cert = _server_cert(short)
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc) == datetime.timedelta(days=2, minutes=5)
+    (material,) = [d for d in short.declared if d.typ == "pulumi-python:dynamic:Resource"]
+    assert (material.inputs["server_cert"]["validity_days"], material.inputs["server_cert"]["renew_before_days"]) == (2, 1)
+
+
+def test_tls_a_ca_with_less_than_a_year_left_warns():
+    program, error = run_main("ci-defaults")
+    assert (error, program.warnings) == (None, [])
+    ca = keys.certificate_authority("Our CA", validity_days=200)
+    program, error = run_main("ci-defaults", tlsCaCert=ca.cert_pem, tlsCaKey=ca.key_pem)
+    assert error is None
+    expiry = keys.not_after(ca.cert_pem)[:10]
+    assert program.warnings == [
+        f"the Consul CA expires on {expiry}, in less than 365 days: rotate it as the README's operations guide says (Certificates)"
+    ]
+
+
 @pytest.mark.parametrize(("kind", "name", "tier"), TIERS)
 def test_acls_default(secure, kind, name, tier):
     assert agent(secure, tier)["acl"] == {
@@ -359,21 +453,14 @@ def test_secrets_travel_as_pulumi_secrets(secure):
     for declared in secure.of_kind("Secret"):
         assert declared.secret_paths == ["stringData"], declared.name
     assert secure.secret_outputs == {"aclManagementToken"}
-    (server_cert,) = [d for d in secure.declared if d.name == "consul-server-cert" and not d.typ.startswith("kubernetes:")]
-    assert "ca_key_pem" in server_cert.secret_paths
 
 
-def test_generated_material_is_declared_with_secret_outputs(secure):
-    """The dynamic resources ask the engine to keep their generated values encrypted in state."""
-    generated = {d.name: d.secret_outputs for d in secure.declared if d.typ == "pulumi-python:dynamic:Resource"}
-    assert generated == {
-        "consul-gossip-key": ["key"],
-        "consul-ca": ["key_pem"],
-        "consul-server-cert": ["key_pem"],
-        "consul-management-token": ["secret_id"],
-        **{f"consul-server-{i}-agent-token": ["secret_id"] for i in range(3)},
-        "consul-client-agent-token": ["secret_id"],
-    }
+def test_generated_material_is_one_resource_with_secret_outputs(secure):
+    """One dynamic resource holds every generated value; the engine keeps the secret ones encrypted."""
+    generated_ = {d.name: d.secret_outputs for d in secure.declared if d.typ == "pulumi-python:dynamic:Resource"}
+    assert generated_ == {"consul-key-material": ["gossip_key", "ca_key_pem", "server_key_pem", "token_secrets", "brought_ca"]}
+    (material,) = [d for d in secure.declared if d.typ == "pulumi-python:dynamic:Resource"]
+    assert material.inputs["tokens"] == ["management", *[f"agent-consul-server-{i}" for i in range(3)], "agent-client"]
 
 
 def test_repo_holds_no_key_material():
@@ -434,6 +521,13 @@ INVALID_MATERIAL: list[tuple[dict[str, object], str]] = [
         'invalid consul:tlsCaCert "(PEM)": the certificate is not a PEM X.509 certificate',
     ),
     ({"tls": "yes"}, 'invalid consul:tls "yes": must be true or false'),
+    ({"tlsServerCertValidity": 0}, "invalid consul:tlsServerCertValidity 0: must be at least 1 (days)"),
+    (
+        {"tlsServerCertValidity": 10, "tlsRenewBefore": 10},
+        "invalid consul:tlsRenewBefore 10: must be from 0 to less than consul:tlsServerCertValidity (10 days)",
+    ),
+    ({"tlsRenewBefore": -1}, "invalid consul:tlsRenewBefore -1: must be from 0 to less than consul:tlsServerCertValidity (825 days)"),
+    ({"tlsRenewBefore": "soon"}, 'invalid consul:tlsRenewBefore "soon": must be a whole number'),
 ]
 
 
