@@ -11,7 +11,7 @@ from .clients import ConsulClients, ConsulClientsArgs
 from .generated import CA_WARN_BEFORE_DAYS, expires_within
 from .labels import APP_NAME
 from .namespace import consul_namespace
-from .security import ConsulSecurity, ConsulSecurityArgs
+from .security import ConsulSecurity, ConsulSecurityArgs, declare_key_material
 from .servers import ConsulServers, ConsulServersArgs
 from .settings import PROJECT, Settings, load_settings, secret_config_keys, stack_config
 
@@ -29,6 +29,7 @@ def warn_if_ca_expires(not_after: str | None) -> None:
 
 def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
     """Declare every resource for validated settings and return the stack outputs."""
+    material = declare_key_material(INSTANCE, settings.security, settings.cluster, settings.namespace, settings.servers.replicas)
     namespace: pulumi.Input[str] = settings.namespace
     if settings.create_namespace:
         ns = consul_namespace(
@@ -45,6 +46,7 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
             cluster=settings.cluster,
             spec=settings.security,
             server_replicas=settings.servers.replicas,
+            material=material,
         ),
     )
     security.ca_not_after.apply(warn_if_ca_expires)

@@ -88,11 +88,12 @@ class ConsulSecurityArgs:
     """Inputs of :class:`ConsulSecurity`.
 
     namespace: where the Secrets go (required).
-    namespace_name: the namespace's name, for the server certificate's SANs (required; plain, so
-        the key material does not wait for the Namespace object).
+    namespace_name: the namespace's name, for the server certificate's SANs (required).
     cluster: datacenter and domain, for the server certificate's ``server.<dc>.<domain>`` SAN.
     spec: which features are on, and any material brought by the user (default: all on, all generated).
     server_replicas: how many servers get an agent token of their own (default: 3).
+    material: the generated material from :func:`declare_key_material` for the same inputs
+        (default: declared here, as a child).
     """
 
     namespace: pulumi.Input[str]
@@ -100,6 +101,60 @@ class ConsulSecurityArgs:
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     spec: SecuritySpec = field(default_factory=SecuritySpec)
     server_replicas: int = 3
+    material: generated.KeyMaterial | None = None
+
+
+def server_node_names(instance: str, replicas: int) -> list[str]:
+    return [f"{instance}-server-{i}" for i in range(replicas)]
+
+
+def acl_token_names(instance: str, spec: SecuritySpec, server_replicas: int) -> list[str]:
+    """The ACL tokens generated for a cluster: management (unless brought), one per server, the
+    clients', one per ``serviceTokens`` entry; none without ACLs."""
+    if not spec.acls:
+        return []
+    return [
+        *([] if spec.management_token else [MANAGEMENT_TOKEN_KEY]),
+        *[AclTokenIds.server_key(node) for node in server_node_names(instance, server_replicas)],
+        CLIENT_AGENT_KEY,
+        *[AclTokenIds.service_key(service) for service in spec.service_tokens],
+    ]
+
+
+def declare_key_material(
+    instance: str,
+    spec: SecuritySpec,
+    cluster: ClusterSpec,
+    namespace_name: str,
+    server_replicas: int,
+    opts: pulumi.ResourceOptions | None = None,
+) -> generated.KeyMaterial | None:
+    """The one resource holding everything generated for `spec`, or None when nothing is.
+
+    A program declares it first: it does not wait for any Kubernetes object, so the engine
+    starts its provider while the rest of the program is still being declared.
+    """
+    generates_gossip = spec.gossip_encryption and spec.gossip_key is None
+    if not (generates_gossip or spec.tls or spec.acls):
+        return None
+    brought_ca = (spec.ca_cert, pulumi.Output.secret(spec.ca_key.value)) if spec.tls and spec.ca_cert and spec.ca_key else None
+    return generated.KeyMaterial(
+        f"{instance}-key-material",
+        gossip=generates_gossip,
+        ca_common_name=f"Consul CA {cluster.datacenter}" if spec.tls else None,
+        brought_ca=brought_ca,
+        server_cert=generated.CertificateRequest(
+            common_name=f"server.{cluster.datacenter}.{cluster.domain}",
+            dns_names=tuple(server_dns_names(instance, namespace_name, cluster)),
+            ip_addresses=("127.0.0.1",),
+            validity_days=spec.certificates.validity_days,
+            renew_before_days=spec.certificates.renew_before_days,
+        )
+        if spec.tls
+        else None,
+        tokens=acl_token_names(instance, spec, server_replicas),
+        opts=opts,
+    )
 
 
 def _present(value: str | None) -> str:
@@ -170,38 +225,9 @@ class ConsulSecurity(pulumi.ComponentResource):
         self.ca_not_after = pulumi.Output.from_input(None)
         self.server_cert_not_after = pulumi.Output.from_input(None)
 
-        server_nodes = [f"{name}-server-{i}" for i in range(args.server_replicas)]
-        token_names = (
-            [*([] if spec.management_token else [MANAGEMENT_TOKEN_KEY])]
-            + [AclTokenIds.server_key(node) for node in server_nodes]
-            + [CLIENT_AGENT_KEY]
-            + [AclTokenIds.service_key(service) for service in spec.service_tokens]
-            if spec.acls
-            else []
-        )
-        brought_ca = (spec.ca_cert, pulumi.Output.secret(spec.ca_key.value)) if spec.tls and spec.ca_cert and spec.ca_key else None
-        generates_gossip = spec.gossip_encryption and spec.gossip_key is None
-        material = (
-            generated.KeyMaterial(
-                f"{name}-key-material",
-                gossip=generates_gossip,
-                ca_common_name=f"Consul CA {cluster.datacenter}" if spec.tls else None,
-                brought_ca=brought_ca,
-                server_cert=generated.CertificateRequest(
-                    common_name=f"server.{cluster.datacenter}.{cluster.domain}",
-                    dns_names=tuple(server_dns_names(name, args.namespace_name, cluster)),
-                    ip_addresses=("127.0.0.1",),
-                    validity_days=spec.certificates.validity_days,
-                    renew_before_days=spec.certificates.renew_before_days,
-                )
-                if spec.tls
-                else None,
-                tokens=token_names,
-                opts=child,
-            )
-            if generates_gossip or spec.tls or spec.acls
-            else None
-        )
+        server_nodes = server_node_names(name, args.server_replicas)
+        token_names = acl_token_names(name, spec, args.server_replicas)
+        material = args.material or declare_key_material(name, spec, cluster, args.namespace_name, args.server_replicas, child)
 
         if spec.gossip_encryption:
             key: pulumi.Input[str] = ""
