@@ -9,6 +9,7 @@ import pulumi
 from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
 from .clients import ConsulClients, ConsulClientsArgs
 from .generated import CA_WARN_BEFORE_DAYS, expires_within
+from .gossip_rotation import ConsulGossipRotation, ConsulGossipRotationArgs
 from .labels import APP_NAME
 from .namespace import consul_namespace
 from .security import ConsulSecurity, ConsulSecurityArgs, declare_key_material
@@ -82,6 +83,20 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
                 tokens=security.acl_tokens,
                 server_service=servers.service_name,
                 ca_secret=security.server_secrets.ca,
+                cluster=settings.cluster,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=[servers]),
+        )
+    if security.gossip_key is not None and security.server_secrets.gossip is not None:
+        ConsulGossipRotation(
+            INSTANCE,
+            ConsulGossipRotationArgs(
+                namespace=namespace,
+                gossip_secret=security.server_secrets.gossip,
+                gossip_key=security.gossip_key,
+                server_service=servers.service_name,
+                ca_secret=security.server_secrets.ca,
+                tokens_secret=security.acl_tokens.secret_name if security.acl_tokens else None,
                 cluster=settings.cluster,
             ),
             opts=pulumi.ResourceOptions(depends_on=[servers]),

@@ -34,8 +34,8 @@ class TierSecrets:
     acl_tokens: pulumi.Input[str] | None = None
     acl_file: str = cfg.ACL_TOKENS_FILE_NAME
     checksum: pulumi.Input[str] | None = None
-    """A digest of every Secret's contents above (not secret itself): in the pod template, so a
-    new key, certificate or token file rolls the tier."""
+    """A digest of the Secrets' contents above but the gossip key's (not secret itself): in the pod
+    template, so a new certificate or token file rolls the tier."""
 
     @property
     def features(self) -> SecuritySpec:
@@ -223,6 +223,7 @@ class ConsulSecurity(pulumi.ComponentResource):
         self.management_token = pulumi.Output.from_input(None)
         self.ca_cert_pem = pulumi.Output.from_input(None)
         self.ca_not_after = pulumi.Output.from_input(None)
+        self.gossip_key: pulumi.Output[str] | None = None
         self.server_cert_not_after = pulumi.Output.from_input(None)
 
         server_nodes = server_node_names(name, args.server_replicas)
@@ -237,6 +238,7 @@ class ConsulSecurity(pulumi.ComponentResource):
                 key = material.gossip_key.apply(_present)
             gossip_file = pulumi.Output.from_input(key).apply(cfg.gossip_file)
             gossip_name = secret(f"{name}-gossip", {GOSSIP_SECRET_KEY: key, cfg.GOSSIP_FILE_NAME: gossip_file}).metadata.name
+            self.gossip_key = pulumi.Output.secret(key)
 
         if spec.tls and material is not None:
             ca_cert = material.ca_cert_pem.apply(_present)
@@ -298,17 +300,19 @@ class ConsulSecurity(pulumi.ComponentResource):
             # A SHA-256 of high-entropy material reveals none of it; kept visible so diffs show a roll.
             return pulumi.Output.unsecret(digest)
 
-        gossip_secret, ca_secret = f"{name}-gossip", f"{name}-ca-cert"
+        # Not the gossip key: a new key reaches running agents through their keyring (see
+        # consul.gossip_rotation), and restarting agents on it before that would cut them off.
+        ca_secret = f"{name}-ca-cert"
         self.server_secrets = TierSecrets(
             gossip=gossip_name,
             ca=ca_name,
             server_tls=server_tls_name,
             acl_tokens=server_acl,
             acl_file="$(POD_NAME).json",
-            checksum=checksum(gossip_secret, ca_secret, f"{name}-server-cert", f"{name}-server-acl-config"),
+            checksum=checksum(ca_secret, f"{name}-server-cert", f"{name}-server-acl-config"),
         )
         self.client_secrets = TierSecrets(
-            gossip=gossip_name, ca=ca_name, acl_tokens=client_acl, checksum=checksum(gossip_secret, ca_secret, f"{name}-client-acl-config")
+            gossip=gossip_name, ca=ca_name, acl_tokens=client_acl, checksum=checksum(ca_secret, f"{name}-client-acl-config")
         )
         self.register_outputs(
             {

@@ -334,7 +334,7 @@ def test_property_tiers_never_share_a_selector_and_clients_join_every_server(rep
     rendered = render("ci-defaults", serverReplicas=replicas, namespace=namespace, clientMode=mode)
     manifests = list(rendered.manifests())
     tiers = {m["metadata"]["name"]: _pod_labels(m) for m in manifests if _pod_labels(m)}
-    assert set(tiers) == {"consul-server", "consul-client", "consul-acl-bootstrap"}
+    assert set(tiers) == {"consul-server", "consul-client", "consul-acl-bootstrap", "consul-gossip-rotation"}
     for m in manifests:
         for selector in _selectors(m):
             matched = [name for name, labels in tiers.items() if selector.items() <= labels.items()]

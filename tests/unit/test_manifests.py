@@ -74,7 +74,7 @@ def test_manifests_are_schema_valid_kubernetes(rendered):
 def test_manifests_pods_pass_pod_security_restricted(case):
     name, rendered = case
     specs = dict(pod_specs(rendered.manifests()))
-    assert sorted(p.split("/")[1] for p in specs) == ["consul-acl-bootstrap", "consul-client", "consul-server"]
+    assert sorted(p.split("/")[1] for p in specs) == ["consul-acl-bootstrap", "consul-client", "consul-gossip-rotation", "consul-server"]
     violations = {pod: set(restricted_violations(spec)) for pod, spec in specs.items()}
     client = next(p for p in specs if p.endswith("/consul-client"))
     assert violations == {**{p: set() for p in specs}, client: HOST_ACCESS.get(name, set())}

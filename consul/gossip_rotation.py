@@ -1,0 +1,162 @@
+"""ConsulGossipRotation: a Job that moves a running cluster to the gossip key in its Secret.
+
+Consul's procedure, with no agent ever unable to talk to the rest: install the new key on every
+member, make it the primary, then remove every other key. The Job's pod template carries a
+digest of the key, so a new key replaces the Job and `pulumi up` runs the procedure; the agents
+themselves do not restart (their keyring lives in their data directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes.batch.v1 as batch
+import pulumi_kubernetes.core.v1 as core
+import pulumi_kubernetes.meta.v1 as meta
+
+from . import agent_config as cfg
+from . import pods
+from .labels import Labels
+from .model import ClusterSpec, Resources
+from .security import GOSSIP_SECRET_KEY, MANAGEMENT_TOKEN_KEY
+
+KEY_DIGEST_ANNOTATION = "consul.hashicorp.com/gossip-key-digest"
+KEY_DIR = "/consul/gossip-key"
+TOKEN_DIR = "/consul/management"
+JOB_DEADLINE_SECONDS = 900
+JOB_TIMEOUTS = pulumi.CustomTimeouts(create="20m", update="20m")
+
+# Idempotent: on a cluster already on the key (the first deploy) every step changes nothing.
+ROTATION_SCRIPT = r"""
+curl_tls=""
+if [ -n "${CONSUL_CACERT:-}" ]; then curl_tls="--cacert $CONSUL_CACERT"; fi
+echo "waiting for a Consul leader at $CONSUL_HTTP_ADDR"
+until curl -s $curl_tls "$CONSUL_HTTP_ADDR/v1/status/leader" | grep -qE '".+"'; do sleep 3; done
+new=$(cat "$KEY_FILE")
+installed() { consul keyring -list | awk '/ \[[0-9]+\/[0-9]+\]$/ {print $1}' | sort -u; }
+consul keyring -install "$new"
+consul keyring -use "$new"
+for key in $(installed); do
+  if [ "$key" != "$new" ]; then consul keyring -remove "$key"; fi
+done
+left=$(installed)
+if [ "$left" != "$new" ]; then
+  echo "ERROR: after the rotation the keyring still holds other keys than the new one" >&2
+  exit 1
+fi
+echo "every agent gossips with the key in Secret $KEY_SECRET only"
+"""
+
+
+def key_digest(key: str) -> str:
+    """What the pod template carries of the key: its SHA-256, which reveals nothing of it."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ConsulGossipRotationArgs:
+    """Inputs of :class:`ConsulGossipRotation`.
+
+    namespace: where the servers run (required).
+    gossip_secret: the Secret with the gossip key under ``key`` (required).
+    gossip_key: the key itself, a Pulumi secret; only its digest enters the Job (required).
+    server_service: the servers' headless Service (required).
+    ca_secret: the Secret with the CA certificate when TLS is on (default: None, plain HTTP).
+    tokens_secret: the Secret with the management token when ACLs are on (default: None).
+    cluster: the image to run the consul CLI from.
+    """
+
+    namespace: pulumi.Input[str]
+    gossip_secret: pulumi.Input[str]
+    gossip_key: pulumi.Input[str]
+    server_service: pulumi.Input[str]
+    ca_secret: pulumi.Input[str] | None = None
+    tokens_secret: pulumi.Input[str] | None = None
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+
+
+class ConsulGossipRotation(pulumi.ComponentResource):
+    """A Job that installs, uses, then removes: the cluster ends on the Secret's key alone."""
+
+    job_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ConsulGossipRotationArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("consul:index:ConsulGossipRotation", name, None, opts)
+        full_name = f"{name}-gossip-rotation"
+        labels = Labels(instance=name, component="gossip-rotation", version=args.cluster.version)
+        namespace = pulumi.Output.from_input(args.namespace)
+        scheme, port = ("https", cfg.HTTPS_PORT) if args.ca_secret is not None else ("http", cfg.HTTP_PORT)
+        env = [
+            core.EnvVarArgs(
+                name="CONSUL_HTTP_ADDR", value=pulumi.Output.concat(f"{scheme}://", args.server_service, ".", namespace, f".svc:{port}")
+            ),
+            core.EnvVarArgs(name="KEY_FILE", value=f"{KEY_DIR}/{GOSSIP_SECRET_KEY}"),
+            core.EnvVarArgs(name="KEY_SECRET", value=args.gossip_secret),
+        ]
+        volumes = [
+            core.VolumeArgs(
+                name="gossip-key",
+                secret=core.SecretVolumeSourceArgs(
+                    secret_name=args.gossip_secret,
+                    default_mode=0o440,
+                    items=[core.KeyToPathArgs(key=GOSSIP_SECRET_KEY, path=GOSSIP_SECRET_KEY)],
+                ),
+            )
+        ]
+        mounts = [core.VolumeMountArgs(name="gossip-key", mount_path=KEY_DIR, read_only=True)]
+        if args.tokens_secret is not None:
+            env.append(core.EnvVarArgs(name="CONSUL_HTTP_TOKEN_FILE", value=f"{TOKEN_DIR}/{MANAGEMENT_TOKEN_KEY}"))
+            volumes.append(
+                core.VolumeArgs(
+                    name="management-token",
+                    secret=core.SecretVolumeSourceArgs(
+                        secret_name=args.tokens_secret,
+                        default_mode=0o440,
+                        items=[core.KeyToPathArgs(key=MANAGEMENT_TOKEN_KEY, path=MANAGEMENT_TOKEN_KEY)],
+                    ),
+                )
+            )
+            mounts.append(core.VolumeMountArgs(name="management-token", mount_path=TOKEN_DIR, read_only=True))
+        if args.ca_secret is not None:
+            env.append(core.EnvVarArgs(name="CONSUL_CACERT", value=cfg.CA_FILE))
+            volumes.append(
+                core.VolumeArgs(name="tls-ca", secret=core.SecretVolumeSourceArgs(secret_name=args.ca_secret, default_mode=0o440))
+            )
+            mounts.append(core.VolumeMountArgs(name="tls-ca", mount_path=f"{cfg.TLS_DIR}/ca", read_only=True))
+        digest = pulumi.Output.unsecret(pulumi.Output.from_input(args.gossip_key).apply(key_digest))
+
+        job = batch.Job(
+            full_name,
+            metadata=labels.metadata(full_name, namespace),
+            spec=batch.JobSpecArgs(
+                backoff_limit=6,
+                active_deadline_seconds=JOB_DEADLINE_SECONDS,
+                template=core.PodTemplateSpecArgs(
+                    metadata=meta.ObjectMetaArgs(labels=labels.all, annotations={KEY_DIGEST_ANNOTATION: digest}),
+                    spec=core.PodSpecArgs(
+                        restart_policy="Never",
+                        automount_service_account_token=False,
+                        security_context=pods.pod_security_context(),
+                        volumes=volumes,
+                        containers=[
+                            core.ContainerArgs(
+                                name="gossip-rotation",
+                                image=args.cluster.image,
+                                command=["/bin/sh", "-ec", ROTATION_SCRIPT],
+                                env=env,
+                                resources=pods.resource_requirements(
+                                    Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "200m", "memory": "100Mi"})
+                                ),
+                                security_context=pods.container_security_context(),
+                                volume_mounts=mounts,
+                            )
+                        ],
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=JOB_TIMEOUTS),
+        )
+        self.job_name = job.metadata.name
+        self.register_outputs({"job_name": self.job_name})
