@@ -58,6 +58,11 @@ def expires_within(not_after: str | None, days: float, now: datetime.datetime | 
     return datetime.datetime.fromisoformat(not_after) - (now or _now()) < datetime.timedelta(days=days)
 
 
+def _certificate_fields(request: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the certificate itself says: the renewal window is not part of it."""
+    return None if request is None else {k: v for k, v in request.items() if k != "renew_before_days"}
+
+
 def due(olds: Mapping[str, Any], news: Mapping[str, Any], now: datetime.datetime | None = None) -> list[str]:
     """The parts of the material an update must generate anew: ``gossip``, ``ca``, ``server_cert``,
     ``tokens``, or ``dropped`` (a part switched off, or a token no longer asked for)."""
@@ -70,7 +75,9 @@ def due(olds: Mapping[str, Any], news: Mapping[str, Any], now: datetime.datetime
         parts.append("ca")
     request = news.get("server_cert")
     if request is not None and (
-        "ca" in parts or request != olds.get("server_cert") or expires_within(olds.get(SERVER_NOT_AFTER), request["renew_before_days"], now)
+        "ca" in parts
+        or _certificate_fields(request) != _certificate_fields(olds.get("server_cert"))
+        or expires_within(olds.get(SERVER_NOT_AFTER), request["renew_before_days"], now)
     ):
         parts.append("server_cert")
     if set(news.get("tokens") or ()) - set(olds.get(TOKEN_SECRETS) or {}):

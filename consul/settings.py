@@ -476,8 +476,8 @@ def _certificates(reader: _Reader, tls: bool) -> CertificateSpec:
     renew_before = reader.integer("tlsRenewBefore")
     if validity < 1:
         raise SettingsError("tlsServerCertValidity", validity, "must be at least 1 (days)")
-    if not 0 <= renew_before < validity:
-        raise SettingsError("tlsRenewBefore", renew_before, f"must be from 0 to less than consul:tlsServerCertValidity ({validity} days)")
+    if not 0 <= renew_before <= validity:
+        raise SettingsError("tlsRenewBefore", renew_before, f"must be from 0 to consul:tlsServerCertValidity ({validity} days)")
     return CertificateSpec(validity_days=validity, renew_before_days=renew_before)
 
 

@@ -204,6 +204,62 @@ class Bed:
                 self.pods.pop(pod_name).delete(grace=1)
             self.job_attempts.pop(name, None)
 
+    # --- kubectl apply of a new render ---------------------------------------------------
+    def apply(self, manifests: Iterable[Mapping[str, Any]], timeout: float = 300) -> dict[str, float]:
+        """`kubectl apply` of a new render, then what the controllers make of it, returned once
+        every rollout is done (with the seconds each took):
+
+        - a Job whose spec changed runs again (Pulumi replaces it; here its pods are re-run);
+        - a StatefulSet scaled down loses its highest ordinals (in parallel, Parallel policy);
+          a changed pod template rolls it from the highest ordinal down, one pod at a time, each
+          replaced only once the one before is Ready (RollingUpdate; ordinals below a partition
+          are kept); a scale-up adds pods;
+        - a DaemonSet with a changed template rolls one node at a time (maxUnavailable 1).
+        """
+        new = {(o["kind"], o["metadata"]["name"]): dict(o) for o in manifests}
+        with self._lock:
+            old, self.objects = self.objects, new
+        took: dict[str, float] = {}
+        for (kind, name), obj in sorted(new.items()):
+            if kind == "Job" and old.get((kind, name)) != obj:
+                self.rerun_job(name)
+        for sts in self.of_kind("StatefulSet"):
+            name = sts["metadata"]["name"]
+            before = old.get(("StatefulSet", name), sts)
+            started = time.monotonic()
+            old_replicas, replicas = before["spec"].get("replicas", 1), sts["spec"].get("replicas", 1)
+            self.delete_pods([f"{name}-{i}" for i in range(replicas, old_replicas) if f"{name}-{i}" in self.pods])
+            if before["spec"]["template"] != sts["spec"]["template"]:
+                partition = sts["spec"].get("updateStrategy", {}).get("rollingUpdate", {}).get("partition", 0)
+                for i in reversed(range(partition, min(old_replicas, replicas))):
+                    self._replace(f"{name}-{i}", timeout)
+            self.wait_for(f"{name}: {replicas} pods Ready", self._all_ready(name, replicas), timeout)
+            took[f"StatefulSet/{name}"] = time.monotonic() - started
+        for ds in self.of_kind("DaemonSet"):
+            name = ds["metadata"]["name"]
+            if old.get(("DaemonSet", name), ds)["spec"]["template"] != ds["spec"]["template"]:
+                started = time.monotonic()
+                for node in self.nodes:
+                    self._replace(f"{name}-{node.name}", timeout)
+                took[f"DaemonSet/{name}"] = time.monotonic() - started
+        return took
+
+    def _replace(self, name: str, timeout: float) -> None:
+        """Delete a controller's pod and wait until its controller's new one is Ready."""
+        previous = self.pods.get(name)
+        if previous is not None and not previous.deleted:
+            self.delete_pod(name)
+        self.wait_for(
+            f"{name} re-created and Ready", lambda: (p := self.pods.get(name)) is not None and p is not previous and p.ready, timeout
+        )
+
+    def _all_ready(self, statefulset: str, replicas: int) -> Callable[[], bool]:
+        def check() -> bool:
+            ready = [n for n, p in self.pods.items() if n.rsplit("-", 1)[0] == statefulset and not p.deleted and p.ready]
+            return len(ready) == replicas
+
+        return check
+
     # --- cluster DNS --------------------------------------------------------------------
     def _selected(self, selector: Mapping[str, str]) -> list[Pod]:
         return [p for p in self.pods.values() if not p.deleted and selector and all(p.labels.get(k) == v for k, v in selector.items())]

@@ -120,6 +120,10 @@ def test_material_renews_the_server_certificate_inside_the_window(created_materi
     provider, outs = created_material
     assert outs["server_cert_not_after"] > "2028"  # 825 days from when the test runs
     assert generated.due(outs, _material_inputs()) == []
+    # A wider window alone re-issues nothing until the certificate is inside it.
+    wider = _material_inputs(server_cert={**outs["server_cert"], "renew_before_days": 60})
+    assert generated.due(outs, wider) == []
+    assert generated.due(outs, _material_inputs(server_cert={**outs["server_cert"], "renew_before_days": 825})) == ["server_cert"]
     # 800 days later, 25 days are left: less than the 30-day window.
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=800)
     assert generated.due(outs, _material_inputs(), now=later) == ["server_cert"]
@@ -523,10 +527,10 @@ INVALID_MATERIAL: list[tuple[dict[str, object], str]] = [
     ({"tls": "yes"}, 'invalid consul:tls "yes": must be true or false'),
     ({"tlsServerCertValidity": 0}, "invalid consul:tlsServerCertValidity 0: must be at least 1 (days)"),
     (
-        {"tlsServerCertValidity": 10, "tlsRenewBefore": 10},
-        "invalid consul:tlsRenewBefore 10: must be from 0 to less than consul:tlsServerCertValidity (10 days)",
+        {"tlsServerCertValidity": 10, "tlsRenewBefore": 11},
+        "invalid consul:tlsRenewBefore 11: must be from 0 to consul:tlsServerCertValidity (10 days)",
     ),
-    ({"tlsRenewBefore": -1}, "invalid consul:tlsRenewBefore -1: must be from 0 to less than consul:tlsServerCertValidity (825 days)"),
+    ({"tlsRenewBefore": -1}, "invalid consul:tlsRenewBefore -1: must be from 0 to consul:tlsServerCertValidity (825 days)"),
     ({"tlsRenewBefore": "soon"}, 'invalid consul:tlsRenewBefore "soon": must be a whole number'),
 ]
 

@@ -1,0 +1,230 @@
+"""Day-2 operations on real Consul, each driven by a `pulumi up` of the same stack and the bed
+applying its new render as Kubernetes would: certificate renewal, gossip key rotation, scaling.
+
+While each operation runs, a watcher asks a client agent for the leader and writes a KV key
+every 0.25 s; the tests assert that there was always a leader, that no write failed, and that
+every written key is still there afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import STACK_FILE, Rendered, http, keep_logs, management_token, run_stack, start_bed, wait_formed
+from pulumi import automation as auto
+
+from testbed.live import network
+from testbed.live.cluster import Bed, load_manifests, secret_data
+
+
+class LiveStack:
+    """The live stack on its own state: each up() renders the stack with changed settings."""
+
+    def __init__(self, home: Path) -> None:
+        self.out = home / "rendered"
+        self.stack = run_stack.render_stack("live", home, self.out, STACK_FILE)
+
+    def up(self, secrets: tuple[str, ...] = (), **settings: object) -> Rendered:
+        for key, value in settings.items():
+            self.stack.set_config(
+                f"consul:{key}", auto.ConfigValue(json.dumps(value) if not isinstance(value, str) else value, secret=key in secrets)
+            )
+        result = self.stack.up(color="never")
+        assert result.summary.result == "succeeded"
+        return Rendered(self.out, {k: v.value for k, v in result.outputs.items()})
+
+
+@dataclass
+class Watch:
+    """What a client agent saw every 0.25 s while an operation ran."""
+
+    polls: int = 0
+    no_leader: list[float] = field(default_factory=list)
+    failed_writes: list[float] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def day2(tmp_path_factory, request) -> Iterator[tuple[LiveStack, Bed]]:
+    home = tmp_path_factory.mktemp("day2-stack")
+    stack = LiveStack(home)
+    first = stack.up(tlsServerCertValidity=2, tlsRenewBefore=0)
+    workdir = tmp_path_factory.mktemp("day2-bed")
+    bed = start_bed(first, workdir)
+    try:
+        wait_formed(bed)
+        yield stack, bed
+    finally:
+        bed.close()
+        keep_logs(workdir, request.node.name)
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+    assert network.namespaces() == []
+
+
+def watching(bed: Bed, operation, label: str) -> tuple[Watch, object]:
+    """Run `operation` while a client agent is asked for the leader and writes a key, every 0.25 s."""
+    watch, stop = Watch(), threading.Event()
+    client = bed.pod("consul-client-node-1")
+    token = management_token(bed)
+    started = time.monotonic()
+
+    def poll() -> None:
+        while not stop.is_set():
+            now = time.monotonic() - started
+            out = client.exec(["curl", "-s", "--max-time", "2", "http://127.0.0.1:8500/v1/status/leader"], timeout=5)
+            if not out.stdout.strip('"\n'):
+                watch.no_leader.append(now)
+            key = f"day2/{label}/{watch.polls}"
+            if http(client, "PUT", f"/v1/kv/{key}", token=token, body=watch.polls) == 200:
+                watch.written.append(key)
+            else:
+                watch.failed_writes.append(now)
+            watch.polls += 1
+            stop.wait(0.25)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        result = operation()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    missing = [k for k in watch.written if http(client, "GET", f"/v1/kv/{k}", token=token) != 200]
+    assert missing == [], f"writes lost: {missing}"
+    print(
+        f"\n{label}: {watch.polls} polls over {time.monotonic() - started:.1f} s, no leader {len(watch.no_leader)}, failed writes {len(watch.failed_writes)}"
+    )
+    return watch, result
+
+
+def raft_peers(bed: Bed) -> list[str]:
+    server = next(p for p in bed.tier("server") if p.ready)
+    out = server.exec(
+        ["curl", "-s", "-H", f"X-Consul-Token: {management_token(bed)}", "http://127.0.0.1:8500/v1/operator/raft/configuration"]
+    )
+    return sorted(s["Node"] for s in json.loads(out.stdout)["Servers"])
+
+
+def test_certificate_renewal_rolls_the_servers_one_at_a_time_with_a_leader_throughout(day2):
+    stack, bed = day2
+    before = bed.secrets["consul-server-cert"]["tls.crt"]
+    # A window as long as the certificate's 2 days: this up finds it due and re-issues it.
+    rendered = stack.up(tlsRenewBefore=2)
+    after = load_manifests(rendered.directory)
+    renewed = next(o for o in after if o["kind"] == "Secret" and o["metadata"]["name"] == "consul-server-cert")
+    certificate = secret_data(renewed)["tls.crt"]
+    assert certificate != before
+    order: list[str] = []
+    original_replace = bed._replace
+
+    def recording(name: str, timeout: float) -> None:
+        order.append(name)
+        original_replace(name, timeout)
+
+    bed._replace = recording
+    try:
+        watch, took = watching(bed, lambda: bed.apply(after), "renewal")
+    finally:
+        bed._replace = original_replace
+    print(f"renewal: rollouts took {took}")
+    assert order == ["consul-server-2", "consul-server-1", "consul-server-0"]
+    for pod in bed.tier("server"):
+        assert pod.exec(["cat", "/consul/tls/server/tls.crt"]).stdout == certificate, pod.name
+    assert all(p.ready for p in bed.tier("client"))
+    assert (watch.no_leader, watch.failed_writes) == ([], [])
+    stack.up(tlsRenewBefore=0)
+
+
+def test_gossip_key_rotation_keeps_every_agent_and_refuses_the_old_key(day2):
+    stack, bed = day2
+    old_key = bed.secrets["consul-gossip"]["key"]
+    new_key = "".join(reversed(old_key.rstrip("="))) + "="
+    rendered = stack.up(secrets=("gossipKey",), gossipKey=new_key)
+    after = load_manifests(rendered.directory)
+    agents = {p.name: p for p in bed.tier("server") + bed.tier("client")}
+
+    def rotate() -> None:
+        bed.apply(after)
+        bed.wait_for("the rotation Job complete", lambda: bed.job_status("consul-gossip-rotation") == "Complete", 120)
+
+    watch, _ = watching(bed, rotate, "rotation")
+    # No agent restarted: the same processes now gossip with the new key only.
+    assert {p.name: p for p in bed.tier("server") + bed.tier("client")} == agents
+    server = bed.pod("consul-server-0")
+    keyring = server.exec(["curl", "-s", "-H", f"X-Consul-Token: {management_token(bed)}", "http://127.0.0.1:8500/v1/operator/keyring"])
+    pools = json.loads(keyring.stdout)
+    assert {pool["WAN"]: sorted(pool["Keys"]) for pool in pools} == {True: [new_key], False: [new_key]}
+    members = json.loads(
+        server.exec(["curl", "-s", "-H", f"X-Consul-Token: {management_token(bed)}", "http://127.0.0.1:8500/v1/agent/members"]).stdout
+    )
+    assert sorted((m["Name"], m["Status"]) for m in members) == sorted(
+        (n, 1) for n in [*[f"consul-server-{i}" for i in range(3)], "node-1", "node-2", "node-3"]
+    )
+    assert (watch.no_leader, watch.failed_writes) == ([], [])
+    # An agent still on the old key is refused.
+    template = bed.get("DaemonSet", "consul-client")["spec"]["template"]
+    old = {"key": old_key, "gossip.json": json.dumps({"encrypt": old_key})}
+    stale = bed.run_pod("stale", template, bed.nodes[2], secrets_override={"consul-gossip": old})
+    try:
+        bed.wait_for(
+            "the stale agent's join failing",
+            lambda: "retry_join: failed" in stale.log().lower() or "Join cluster failed" in stale.log(),
+            60,
+        )
+        names = {
+            m["Name"]
+            for m in json.loads(
+                server.exec(
+                    ["curl", "-s", "-H", f"X-Consul-Token: {management_token(bed)}", "http://127.0.0.1:8500/v1/agent/members"]
+                ).stdout
+            )
+        }
+        assert "stale" not in names
+    finally:
+        bed.delete_pod("stale", grace=1)
+
+
+def test_scaling_3_to_5_to_3_keeps_a_leader_and_every_write_and_ends_with_3_peers(day2):
+    stack, bed = day2
+    up5 = load_manifests(stack.up(serverReplicas=5).directory)
+    watch5, took5 = watching(bed, lambda: bed.apply(up5), "scale-up")
+    assert raft_peers(bed) == [f"consul-server-{i}" for i in range(5)]
+    down3 = load_manifests(stack.up(serverReplicas=3).directory)
+    watch3, took3 = watching(
+        bed, lambda: (bed.apply(down3), bed.wait_for("3 Raft peers", lambda: len(raft_peers(bed)) == 3, 60)), "scale-down"
+    )
+    print(f"scaling: up {took5}, down {took3}")
+    assert raft_peers(bed) == [f"consul-server-{i}" for i in range(3)]
+    for watch in (watch5, watch3):
+        assert (watch.no_leader, watch.failed_writes) == ([], [])
+
+
+def test_a_one_server_stack_grows_to_3_with_a_leader_throughout(tmp_path_factory, request):
+    home = tmp_path_factory.mktemp("grow-stack")
+    stack = LiveStack(home)
+    workdir = tmp_path_factory.mktemp("grow-bed")
+    bed = start_bed(stack.up(serverReplicas=1), workdir)
+    try:
+        wait_formed(bed)
+        assert raft_peers(bed) == ["consul-server-0"]
+        grown = load_manifests(stack.up(serverReplicas=3).directory)
+        watch, took = watching(
+            bed, lambda: (bed.apply(grown), bed.wait_for("3 Raft peers", lambda: len(raft_peers(bed)) == 3, 120)), "grow-1-to-3"
+        )
+        print(f"grow: {took}")
+        assert raft_peers(bed) == [f"consul-server-{i}" for i in range(3)]
+        assert (watch.no_leader, watch.failed_writes) == ([], [])
+    finally:
+        bed.close()
+        keep_logs(workdir, request.node.name)
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+    assert network.namespaces() == []
