@@ -39,7 +39,8 @@ def test_namespace_enforces_restricted_and_every_pod_is_admitted(deployed):
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     pods = deployed.api.items(f"/api/v1/namespaces/{deployed.namespace}/pods")
     assert (
-        sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods) == ["acl-bootstrap"] + ["client"] * 3 + ["server"] * 3
+        sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods)
+        == ["acl-bootstrap"] + ["client"] * 3 + ["gossip-rotation"] + ["server"] * 3
     )
     events = deployed.api.items(f"/api/v1/namespaces/{deployed.namespace}/events")
     assert [e["message"] for e in events if e.get("reason") == "FailedCreate"] == []
@@ -117,13 +118,32 @@ def test_a_staged_upgrade_walks_the_partition_down_each_up_succeeding(deployed):
     assert max(steps) < 120
 
 
-def test_new_secret_material_rolls_the_servers(deployed):
+def test_a_new_gossip_key_restarts_no_agent_and_runs_the_rotation_job(deployed):
     from consul.keys import gossip_key
 
-    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")}
+    ns = deployed.namespace
+    servers = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")}
+    clients = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("client")}
+    job = deployed.api.get(f"/apis/batch/v1/namespaces/{ns}/jobs/consul-gossip-rotation")["metadata"]["uid"]
     deployed.stack.set_config("consul:gossipKey", __import__("run_stack").auto.ConfigValue(gossip_key(), secret=True))
+    deployed.up("new gossip key")
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")} == servers
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("client")} == clients
+    rotation = deployed.api.get(f"/apis/batch/v1/namespaces/{ns}/jobs/consul-gossip-rotation")
+    assert rotation["metadata"]["uid"] != job
+    assert rotation["status"].get("succeeded") == 1
+
+
+def test_a_certificate_due_for_renewal_is_reissued_and_rolls_the_servers_one_at_a_time(deployed):
+    ns = deployed.namespace
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")}
+    certificate = deployed.api.get(f"/api/v1/namespaces/{ns}/secrets/consul-server-cert")["data"]["tls.crt"]
+    # A renewal window as long as the certificate's lifetime: this up finds it due.
+    deployed.set(tlsServerCertValidity=825, tlsRenewBefore=825)
     with ReadinessWatch(deployed, 3) as watch:
-        deployed.up("new gossip key")
+        deployed.up("certificate renewal")
+    deployed.set(tlsRenewBefore=30)
+    assert deployed.api.get(f"/api/v1/namespaces/{ns}/secrets/consul-server-cert")["data"]["tls.crt"] != certificate
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")}
     assert [n for n in SERVERS if before[n] == after[n]] == []
     assert watch.worst == 1
@@ -152,6 +172,23 @@ def test_scaling_three_to_five_keeps_every_server(deployed):
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")}
     assert {n: after[n] for n in before} == before
     assert sorted(after) == [f"consul-server-{i}" for i in range(5)]
+
+
+def test_scaling_five_to_three_keeps_the_claims_and_the_budget_follows(deployed):
+    ns = deployed.namespace
+    claims = {c["metadata"]["name"]: c["metadata"]["uid"] for c in deployed.api.items(f"/api/v1/namespaces/{ns}/persistentvolumeclaims")}
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")}
+    deployed.set(serverReplicas=3)
+    deployed.up("scale 5 -> 3")
+    after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")}
+    assert after == {n: before[n] for n in SERVERS}
+    # The removed servers' claims stay (their data comes back with a scale-up).
+    assert {
+        c["metadata"]["name"]: c["metadata"]["uid"] for c in deployed.api.items(f"/api/v1/namespaces/{ns}/persistentvolumeclaims")
+    } == claims
+    path = f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/consul-server"
+    deployed.plane.wait("the budget counts 3 servers", lambda: deployed.api.get(path).get("status", {}).get("expectedPods") == 3, 60)
+    assert deployed.api.get(path)["status"]["disruptionsAllowed"] == 1
 
 
 def test_destroy_removes_everything_but_the_server_data_claims(deployed):

@@ -123,7 +123,7 @@ def test_the_rendered_directory_applies_in_one_kubectl_command(cluster, tmp_path
     )
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.splitlines()[0] == f"namespace/{namespace} created"
-    assert len(applied.stdout.splitlines()) == 21
+    assert len(applied.stdout.splitlines()) == 22
     cluster.wait(
         "3 servers Ready", lambda: len(servers(cluster, namespace)) == 3 and all(ready(p) for p in servers(cluster, namespace)), 60
     )

@@ -37,7 +37,7 @@ EXPECTED = {
         "kubernetes:apps/v1:DaemonSet": 1,
         "kubernetes:policy/v1:PodDisruptionBudget": 1,
         "kubernetes:networking.k8s.io/v1:NetworkPolicy": 2,
-        "kubernetes:batch/v1:Job": 1,
+        "kubernetes:batch/v1:Job": 2,
     },
 }
 # prod has 5 servers, each with an agent token of its own: more tokens, in the same one resource.
@@ -70,7 +70,7 @@ def test_engine_second_run_changes_nothing(home):
     stack = run_stack.render_stack("dev", home / "twice", out)
     first = stack.up(color="never")
     assert first.summary.result == "succeeded"
-    assert len(list(out.rglob("*.yaml"))) == 21
+    assert len(list(out.rglob("*.yaml"))) == 22
     files = {p: p.read_text() for p in out.rglob("*.yaml")}
     again = run_stack.preview_json(stack)
     assert {step["op"] for step in again["steps"]} == {"same"}
@@ -111,7 +111,7 @@ def test_render_writes_each_stack_to_its_own_directory_and_removes_stale_files(h
     assert run_stack.tidy_rendered(run_stack.render_stack("dev", place, place / "rendered" / "dev"), place / "rendered" / "dev") == [stale]
     kustomization = yaml.safe_load((place / "rendered" / "dev" / "kustomization.yaml").read_text())
     assert kustomization["resources"][0] == "1-manifest/v1-namespace-default-consul-dev.yaml"
-    assert len(kustomization["resources"]) == 21
+    assert len(kustomization["resources"]) == 22
 
 
 def test_render_reads_the_stack_file_as_pulumi_does(home, tmp_path):
