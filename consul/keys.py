@@ -130,6 +130,9 @@ def check_gossip_key(text: str) -> str | None:
         return "is not base64"
     if len(raw) not in (16, 24, 32):
         return f"decodes to {len(raw)} bytes; Consul takes 16, 24 or 32 (generate one with `consul keygen`)"
+    if base64.b64encode(raw).decode() != text:
+        # Consul lists keys re-encoded: a key written otherwise could never be matched to it.
+        return "is not in canonical base64 (generate one with `consul keygen`)"
     return None
 
 

@@ -20,6 +20,7 @@ import pytest
 from conftest import STACK_FILE, Rendered, http, keep_logs, management_token, run_stack, start_bed, wait_formed
 from pulumi import automation as auto
 
+from consul.keys import gossip_key
 from testbed.live import network
 from testbed.live.cluster import Bed, load_manifests, secret_data
 
@@ -146,7 +147,7 @@ def test_certificate_renewal_rolls_the_servers_one_at_a_time_with_a_leader_throu
 def test_gossip_key_rotation_keeps_every_agent_and_refuses_the_old_key(day2):
     stack, bed = day2
     old_key = bed.secrets["consul-gossip"]["key"]
-    new_key = "".join(reversed(old_key.rstrip("="))) + "="
+    new_key = gossip_key()
     rendered = stack.up(secrets=("gossipKey",), gossipKey=new_key)
     after = load_manifests(rendered.directory)
     agents = {p.name: p for p in bed.tier("server") + bed.tier("client")}

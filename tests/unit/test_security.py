@@ -60,6 +60,11 @@ def test_keys_server_certificate_is_signed_by_the_ca_with_the_sans():
 
 def test_keys_checks_refuse_bad_material():
     assert keys.check_gossip_key("not base64!") == "is not base64"
+    # 32 bytes, but with padding bits set: Consul would list it re-encoded, as ...AAA=.
+    assert (
+        keys.check_gossip_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=")
+        == "is not in canonical base64 (generate one with `consul keygen`)"
+    )
     assert keys.check_gossip_key(base64.b64encode(b"x" * 20).decode()) == (
         "decodes to 20 bytes; Consul takes 16, 24 or 32 (generate one with `consul keygen`)"
     )
