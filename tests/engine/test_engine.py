@@ -27,6 +27,7 @@ EXPECTED = {
         "consul:index:ConsulServers": 1,
         "consul:index:ConsulClients": 1,
         "consul:index:ConsulAclBootstrap": 1,
+        "consul:index:ConsulGossipRotation": 1,
         "pulumi-python:dynamic:Resource": 1,
         "kubernetes:core/v1:Namespace": 1,
         "kubernetes:core/v1:Secret": 6,
