@@ -32,6 +32,9 @@ def client_agent_rules(server_node_prefix: str) -> str:
 DNS_POLICY_RULES = """node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
 """
+# `consul snapshot save` and `restore` need acl write (the docs' "management"): nothing narrower
+# exists, so the snapshot token holds this and nothing else.
+SNAPSHOT_POLICY_RULES = 'acl = "write"\n'
 ANONYMOUS_TOKEN_ID = "00000000-0000-0000-0000-000000000002"
 # Bumped whenever a policy's rules change, so a re-run updates a policy an older version created.
 RULES_VERSION = "2"
@@ -90,6 +93,10 @@ done
 for pair in $SERVICE_TOKENS; do
   token "${pair#*=}" "service-${pair%%=*}" "service token of ${pair%%=*}" -service-identity "${pair%%=*}"
 done
+if [ -n "$SNAPSHOT_ACCESSOR" ]; then
+  policy consul-snapshot "Consul snapshots: save and restore need acl write" "$SNAPSHOT_RULES"
+  token "$SNAPSHOT_ACCESSOR" snapshot "snapshot token" -policy-name consul-snapshot
+fi
 policy consul-dns "Consul DNS for the anonymous token: read nodes and services" "$DNS_RULES"
 if ! consul acl token read -accessor-id "$ANONYMOUS_TOKEN" | grep -q "consul-dns"; then
   consul acl token update -accessor-id "$ANONYMOUS_TOKEN" -policy-name consul-dns -description "Anonymous Token: Consul DNS" >/dev/null
@@ -162,6 +169,8 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             core.EnvVarArgs(name="CLIENT_ACCESSOR", value=args.tokens.client_agent_accessor),
             core.EnvVarArgs(name="SERVER_AGENTS", value=pairs(args.tokens.server_agents)),
             core.EnvVarArgs(name="SERVICE_TOKENS", value=pairs(args.tokens.services)),
+            core.EnvVarArgs(name="SNAPSHOT_ACCESSOR", value=args.tokens.snapshot_accessor or ""),
+            core.EnvVarArgs(name="SNAPSHOT_RULES", value=SNAPSHOT_POLICY_RULES),
             core.EnvVarArgs(name="MIN_QUORUM", value=str(cfg.quorum(len(args.tokens.server_agents)))),
         ]
         volumes = [

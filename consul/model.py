@@ -94,6 +94,18 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class SnapshotSpec:
+    """Scheduled Raft snapshots into a claim of their own. Defaults: off; hourly, the newest 24
+    kept, a 10Gi claim on the default StorageClass."""
+
+    enabled: bool = False
+    schedule: str = "0 * * * *"
+    retention: int = 24
+    storage_size: str = "10Gi"
+    storage_class: str | None = None
+
+
+@dataclass(frozen=True)
 class UiSpec:
     """The UI Service in front of the servers. Defaults: ClusterIP, no annotations."""
 
@@ -173,3 +185,5 @@ class SecuritySpec:
     service_tokens: tuple[str, ...] = ()
     """Services that get an ACL token with that service's identity, in a Secret of their own."""
     certificates: CertificateSpec = field(default_factory=CertificateSpec)
+    snapshot_token: bool = False
+    """A token for the snapshot CronJob (policy ``acl = "write"``, what a snapshot needs)."""

@@ -15,6 +15,7 @@ from .namespace import consul_namespace
 from .security import ConsulSecurity, ConsulSecurityArgs, declare_key_material
 from .servers import ConsulServers, ConsulServersArgs
 from .settings import PROJECT, Settings, load_settings, secret_config_keys, stack_config
+from .snapshots import ConsulSnapshots, ConsulSnapshotsArgs
 
 INSTANCE = "consul"
 
@@ -100,6 +101,18 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
                 cluster=settings.cluster,
             ),
             opts=pulumi.ResourceOptions(depends_on=[servers]),
+        )
+    if settings.snapshots.enabled:
+        ConsulSnapshots(
+            INSTANCE,
+            ConsulSnapshotsArgs(
+                namespace=namespace,
+                server_service=servers.service_name,
+                spec=settings.snapshots,
+                ca_secret=security.server_secrets.ca,
+                tokens_secret=security.acl_tokens.secret_name if security.acl_tokens else None,
+                cluster=settings.cluster,
+            ),
         )
     return {
         "namespace": servers.namespace,

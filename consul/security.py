@@ -58,12 +58,14 @@ class AclTokenIds:
     client_agent_accessor: the client agents' token.
     services: (service name, accessor ID): one token per ``serviceTokens`` entry, with that
         service's identity.
+    snapshot_accessor: the snapshot CronJob's token (key ``snapshot``), when snapshots are on.
     """
 
     secret_name: pulumi.Input[str]
     server_agents: tuple[tuple[str, pulumi.Input[str]], ...]
     client_agent_accessor: pulumi.Input[str]
     services: tuple[tuple[str, pulumi.Input[str]], ...] = ()
+    snapshot_accessor: pulumi.Input[str] | None = None
 
     @staticmethod
     def server_key(node: str) -> str:
@@ -75,6 +77,7 @@ class AclTokenIds:
 
 
 CLIENT_AGENT_KEY = "agent-client"
+SNAPSHOT_TOKEN_KEY = "snapshot"
 SERVICE_TOKEN_KEY = "token"
 
 
@@ -118,6 +121,7 @@ def acl_token_names(instance: str, spec: SecuritySpec, server_replicas: int) -> 
         *[AclTokenIds.server_key(node) for node in server_node_names(instance, server_replicas)],
         CLIENT_AGENT_KEY,
         *[AclTokenIds.service_key(service) for service in spec.service_tokens],
+        *([SNAPSHOT_TOKEN_KEY] if spec.snapshot_token else []),
     ]
 
 
@@ -286,6 +290,7 @@ class ConsulSecurity(pulumi.ComponentResource):
                 server_agents=tuple((node, accessor_id(AclTokenIds.server_key(node))) for node in server_nodes),
                 client_agent_accessor=accessor_id(CLIENT_AGENT_KEY),
                 services=tuple((service, accessor_id(AclTokenIds.service_key(service))) for service in spec.service_tokens),
+                snapshot_accessor=accessor_id(SNAPSHOT_TOKEN_KEY) if spec.snapshot_token else None,
             )
             self.management_token = pulumi.Output.secret(management)
 

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +35,7 @@ from .model import (
     SecretText,
     SecuritySpec,
     ServerSpec,
+    SnapshotSpec,
     Toleration,
     UiServiceType,
     UiSpec,
@@ -118,6 +119,7 @@ class Settings:
     clients: ClientSpec
     dns: DnsSpec
     security: SecuritySpec
+    snapshots: SnapshotSpec = field(default_factory=SnapshotSpec)
 
 
 T = TypeVar("T")
@@ -206,6 +208,8 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
     `secret_keys` are the keys whose values were set as Pulumi secrets.
     """
     reader = _Reader(raw, secret_keys)
+    security = _security(reader)
+    snapshots = _snapshots(reader)
     settings = Settings(
         namespace=_namespace(reader),
         create_namespace=reader.boolean("createNamespace"),
@@ -214,7 +218,8 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
         ui=_ui(reader),
         clients=_clients(reader),
         dns=_dns(reader),
-        security=_security(reader),
+        security=replace(security, snapshot_token=snapshots.enabled and security.acls),
+        snapshots=snapshots,
     )
     unknown = sorted(set(raw) - reader.read)
     if unknown:
@@ -222,6 +227,33 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
             unknown[0], raw[unknown[0]], f"is not a setting of this program; the settings are {', '.join(sorted(reader.read))}"
         )
     return settings
+
+
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*?/,-]+")
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def _snapshots(reader: _Reader) -> SnapshotSpec:
+    enabled = reader.boolean("snapshots")
+    schedule = reader.string("snapshotSchedule")
+    fields = schedule.split()
+    if schedule not in _CRON_MACROS and (len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields)):
+        raise SettingsError(
+            "snapshotSchedule",
+            schedule,
+            f"must be a cron schedule of 5 fields (minute hour day month weekday) or one of {', '.join(_CRON_MACROS)}",
+        )
+    retention = reader.integer("snapshotRetention")
+    if retention < 1:
+        raise SettingsError("snapshotRetention", retention, "must be at least 1 (snapshots kept)")
+    size = reader.string("snapshotStorageSize")
+    amount = parse_quantity(size)
+    if amount is None or amount <= 0:
+        raise SettingsError("snapshotStorageSize", size, "must be a positive Kubernetes quantity such as 10Gi")
+    storage_class = reader.string("snapshotStorageClass")
+    if storage_class and not _is_dns_subdomain(storage_class):
+        raise SettingsError("snapshotStorageClass", storage_class, "must be empty (the cluster default) or a StorageClass name")
+    return SnapshotSpec(enabled, schedule, retention, size, storage_class or None)
 
 
 def _namespace(reader: _Reader) -> str:

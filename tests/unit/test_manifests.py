@@ -25,6 +25,11 @@ CASES: dict[str, tuple[str, dict[str, object]]] = {
             "serverReplicas": 7,
             "serverStorageSize": "100Gi",
             "serverStorageClass": "fast-ssd",
+            "snapshots": True,
+            "snapshotSchedule": "@daily",
+            "snapshotRetention": 7,
+            "snapshotStorageSize": "5Gi",
+            "snapshotStorageClass": "fast-ssd",
             "serverAntiAffinity": "preferred",
             "serverZoneSpread": "required",
             "serverUpdatePartition": 7,
@@ -74,7 +79,10 @@ def test_manifests_are_schema_valid_kubernetes(rendered):
 def test_manifests_pods_pass_pod_security_restricted(case):
     name, rendered = case
     specs = dict(pod_specs(rendered.manifests()))
-    assert sorted(p.split("/")[1] for p in specs) == ["consul-acl-bootstrap", "consul-client", "consul-gossip-rotation", "consul-server"]
+    snapshots = ["consul-snapshot"] if name in ("prod", "everything-set") else []
+    assert sorted(p.split("/")[1] for p in specs) == sorted(
+        ["consul-acl-bootstrap", "consul-client", "consul-gossip-rotation", "consul-server", *snapshots]
+    )
     violations = {pod: set(restricted_violations(spec)) for pod, spec in specs.items()}
     client = next(p for p in specs if p.endswith("/consul-client"))
     assert violations == {**{p: set() for p in specs}, client: HOST_ACCESS.get(name, set())}

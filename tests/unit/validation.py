@@ -49,6 +49,8 @@ def schema_errors(manifest: dict[str, Any]) -> list[str]:
 def pod_specs(manifests: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     for m in manifests:
         template = m.get("spec", {}).get("template") if m["kind"] in ("StatefulSet", "DaemonSet", "Deployment", "Job") else None
+        if m["kind"] == "CronJob":
+            template = m["spec"]["jobTemplate"]["spec"]["template"]
         if template:
             yield f"{m['kind']}/{m['metadata']['name']}", template["spec"]
 

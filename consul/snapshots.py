@@ -1,0 +1,182 @@
+"""ConsulSnapshots: scheduled Raft snapshots into a claim of their own, and the restore of one.
+
+The CronJob ``consul-snapshot`` runs ``consul snapshot save`` on its schedule, checks the file with
+``consul snapshot inspect``, and keeps the newest N. The same pod template restores: a Job made
+from the CronJob with ``SNAPSHOT_RESTORE=<file>`` in its environment inspects that file and, only
+if it is a sound snapshot, runs ``consul snapshot restore`` (see ``make restore``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes.batch.v1 as batch
+import pulumi_kubernetes.core.v1 as core
+import pulumi_kubernetes.meta.v1 as meta
+
+from . import agent_config as cfg
+from . import pods
+from .labels import Labels
+from .model import ClusterSpec, Resources, SnapshotSpec
+from .security import SNAPSHOT_TOKEN_KEY
+
+SNAPSHOT_DIR = "/snapshots"
+TOKEN_DIR = "/consul/snapshot-token"
+
+# Save: write under a temporary name, check, then publish and prune; a failed save leaves no file
+# that a restore could pick. Restore: inspect first, so a damaged file is refused before the
+# servers see it, and the cluster is left as it was.
+SNAPSHOT_SCRIPT = r"""
+if [ -n "${SNAPSHOT_RESTORE:-}" ]; then
+  file="$SNAPSHOT_DIR/$SNAPSHOT_RESTORE"
+  if [ ! -f "$file" ]; then
+    echo "ERROR: no snapshot $SNAPSHOT_RESTORE in claim $CLAIM; there are:" >&2
+    ls -1 "$SNAPSHOT_DIR" >&2
+    exit 1
+  fi
+  if ! details=$(consul snapshot inspect "$file" 2>&1); then
+    echo "ERROR: $SNAPSHOT_RESTORE is not a sound Consul snapshot, nothing was restored: $details" >&2
+    exit 1
+  fi
+  echo "$details"
+  consul snapshot restore "$file"
+  echo "restored $SNAPSHOT_RESTORE"
+  exit 0
+fi
+name="consul-$(date -u +%Y%m%dT%H%M%SZ).snap"
+consul snapshot save "$SNAPSHOT_DIR/.partial-$name"
+consul snapshot inspect "$SNAPSHOT_DIR/.partial-$name" >/dev/null
+mv "$SNAPSHOT_DIR/.partial-$name" "$SNAPSHOT_DIR/$name"
+ls -1 "$SNAPSHOT_DIR" | grep -E '^consul-.*\.snap$' | sort -r | tail -n +$((RETAIN + 1)) | while read -r old; do
+  rm -f "$SNAPSHOT_DIR/$old"
+  echo "removed $old"
+done
+echo "saved $name; keeping the newest $RETAIN"
+"""
+
+
+@dataclass(frozen=True)
+class ConsulSnapshotsArgs:
+    """Inputs of :class:`ConsulSnapshots`.
+
+    namespace: where the servers run (required).
+    server_service: the servers' headless Service (required).
+    spec: schedule, retention and storage (default: see :class:`~consul.model.SnapshotSpec`).
+    ca_secret: the Secret with the CA certificate when TLS is on (default: None, plain HTTP).
+    tokens_secret: the Secret holding the snapshot token under ``snapshot``, when ACLs are on.
+    cluster: the image to run the consul CLI from.
+    """
+
+    namespace: pulumi.Input[str]
+    server_service: pulumi.Input[str]
+    spec: SnapshotSpec = field(default_factory=SnapshotSpec)
+    ca_secret: pulumi.Input[str] | None = None
+    tokens_secret: pulumi.Input[str] | None = None
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+
+
+class ConsulSnapshots(pulumi.ComponentResource):
+    """The claim ``<name>-snapshots`` and the CronJob ``<name>-snapshot``."""
+
+    cron_job_name: pulumi.Output[str]
+    claim_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ConsulSnapshotsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("consul:index:ConsulSnapshots", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        labels = Labels(instance=name, component="snapshot", version=args.cluster.version)
+        namespace = pulumi.Output.from_input(args.namespace)
+        spec = args.spec
+        claim = core.PersistentVolumeClaim(
+            f"{name}-snapshots",
+            metadata=labels.metadata(f"{name}-snapshots", namespace),
+            spec=core.PersistentVolumeClaimSpecArgs(
+                access_modes=["ReadWriteOnce"],
+                storage_class_name=spec.storage_class,
+                resources=core.VolumeResourceRequirementsArgs(requests={"storage": spec.storage_size}),
+            ),
+            # The snapshots outlive the stack, like the servers' data.
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+        )
+        scheme, port = ("https", cfg.HTTPS_PORT) if args.ca_secret is not None else ("http", cfg.HTTP_PORT)
+        env = [
+            core.EnvVarArgs(
+                name="CONSUL_HTTP_ADDR", value=pulumi.Output.concat(f"{scheme}://", args.server_service, ".", namespace, f".svc:{port}")
+            ),
+            core.EnvVarArgs(name="SNAPSHOT_DIR", value=SNAPSHOT_DIR),
+            core.EnvVarArgs(name="RETAIN", value=str(spec.retention)),
+            core.EnvVarArgs(name="CLAIM", value=claim.metadata.name),
+        ]
+        volumes = [
+            core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
+            core.VolumeArgs(
+                name="snapshots", persistent_volume_claim=core.PersistentVolumeClaimVolumeSourceArgs(claim_name=claim.metadata.name)
+            ),
+        ]
+        mounts = [
+            core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+            core.VolumeMountArgs(name="snapshots", mount_path=SNAPSHOT_DIR),
+        ]
+        if args.tokens_secret is not None:
+            env.append(core.EnvVarArgs(name="CONSUL_HTTP_TOKEN_FILE", value=f"{TOKEN_DIR}/{SNAPSHOT_TOKEN_KEY}"))
+            volumes.append(
+                core.VolumeArgs(
+                    name="snapshot-token",
+                    secret=core.SecretVolumeSourceArgs(
+                        secret_name=args.tokens_secret,
+                        default_mode=0o440,
+                        items=[core.KeyToPathArgs(key=SNAPSHOT_TOKEN_KEY, path=SNAPSHOT_TOKEN_KEY)],
+                    ),
+                )
+            )
+            mounts.append(core.VolumeMountArgs(name="snapshot-token", mount_path=TOKEN_DIR, read_only=True))
+        if args.ca_secret is not None:
+            env.append(core.EnvVarArgs(name="CONSUL_CACERT", value=cfg.CA_FILE))
+            volumes.append(
+                core.VolumeArgs(name="tls-ca", secret=core.SecretVolumeSourceArgs(secret_name=args.ca_secret, default_mode=0o440))
+            )
+            mounts.append(core.VolumeMountArgs(name="tls-ca", mount_path=f"{cfg.TLS_DIR}/ca", read_only=True))
+
+        cron_job = batch.CronJob(
+            f"{name}-snapshot",
+            metadata=labels.metadata(f"{name}-snapshot", namespace),
+            spec=batch.CronJobSpecArgs(
+                schedule=spec.schedule,
+                concurrency_policy="Forbid",
+                successful_jobs_history_limit=3,
+                failed_jobs_history_limit=3,
+                job_template=batch.JobTemplateSpecArgs(
+                    spec=batch.JobSpecArgs(
+                        backoff_limit=2,
+                        active_deadline_seconds=1800,
+                        template=core.PodTemplateSpecArgs(
+                            metadata=meta.ObjectMetaArgs(labels=labels.all),
+                            spec=core.PodSpecArgs(
+                                restart_policy="Never",
+                                automount_service_account_token=False,
+                                security_context=pods.pod_security_context(),
+                                volumes=volumes,
+                                containers=[
+                                    core.ContainerArgs(
+                                        name="snapshot",
+                                        image=args.cluster.image,
+                                        command=["/bin/sh", "-ec", SNAPSHOT_SCRIPT],
+                                        env=env,
+                                        resources=pods.resource_requirements(
+                                            Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "500m", "memory": "200Mi"})
+                                        ),
+                                        security_context=pods.container_security_context(),
+                                        volume_mounts=mounts,
+                                    )
+                                ],
+                            ),
+                        ),
+                    )
+                ),
+            ),
+            opts=child,
+        )
+        self.cron_job_name = cron_job.metadata.name
+        self.claim_name = claim.metadata.name
+        self.register_outputs({"cron_job_name": self.cron_job_name, "claim_name": self.claim_name})
