@@ -4,6 +4,7 @@
 # make bench   - time the program under mocks against the import floor, and the engine's preview and up against plain YAML
 # make live    - the rendered stack as real Consul 1.16.1 agents in network namespaces (root; builds Consul once)
 # make e2e     - pulumi up against a real kube-apiserver with kwok nodes (builds the control plane once)
+# make restore SNAPSHOT=<file> - restore a scheduled snapshot (current kubectl context)
 PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.requirements
 STACK ?= dev
 RENDER_FLAGS ?=
 
-.PHONY: test lint typecheck unit bench engine render check-rendered preview up pulumi engine-test consul-binary kube-binaries live e2e clean
+.PHONY: test lint typecheck unit bench engine render check-rendered preview up pulumi restore engine-test consul-binary kube-binaries live e2e clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,11 @@ up: $(STAMP) engine
 # The pulumi CLI on the state the targets above use: make pulumi ARGS="config set consul:tls false --stack dev"
 pulumi: $(STAMP) engine
 	$(BIN)/python scripts/run_stack.py cli $(ARGS)
+
+# Restore a snapshot of the CronJob consul-snapshot on the current kubectl context.
+restore:
+	@test -n "$(SNAPSHOT)" || { echo "usage: make restore SNAPSHOT=consul-<time>.snap [NAMESPACE=consul]" >&2; exit 2; }
+	bash scripts/restore-snapshot.sh "$(SNAPSHOT)" "$(or $(NAMESPACE),consul)"
 
 engine-test: $(STAMP) engine
 	$(BIN)/pytest -q tests/engine

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
-from conftest import Deployment, ReadinessWatch, ready
+from conftest import ROOT, Deployment, ReadinessWatch, ready
 
 pytestmark = pytest.mark.e2e
 
@@ -191,13 +192,52 @@ def test_scaling_five_to_three_keeps_the_claims_and_the_budget_follows(deployed)
     assert deployed.api.get(path)["status"]["disruptionsAllowed"] == 1
 
 
+def test_make_restore_runs_the_snapshot_cronjob_s_pod_with_the_chosen_file(deployed, tmp_path):
+    """`make restore` against a real API server: a Job made from the CronJob, SNAPSHOT_RESTORE set, waited for."""
+    import subprocess
+
+    from conftest import KUBE_BIN
+
+    ns = deployed.namespace
+    deployed.set(snapshots=True)
+    deployed.up("snapshots on")
+    cron = deployed.api.get(f"/apis/batch/v1/namespaces/{ns}/cronjobs/consul-snapshot")
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(f'#!/bin/sh\nexec {KUBE_BIN} kubectl --kubeconfig={deployed.plane.kubeconfig} "$@"\n')
+    kubectl.chmod(0o755)
+    started = time.monotonic()
+    result = subprocess.run(
+        ["make", "--no-print-directory", "restore", "SNAPSHOT=consul-20261127T000000Z.snap", f"NAMESPACE={ns}"],
+        cwd=ROOT,
+        env={**os.environ, "KUBECTL": str(kubectl), "TIMEOUT_SECONDS": "120"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print(f"\ne2e: make restore took {time.monotonic() - started:.1f} s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "restore-snapshot: restored consul-20261127T000000Z.snap" in result.stdout
+    (job,) = [j for j in deployed.api.items(f"/apis/batch/v1/namespaces/{ns}/jobs") if j["metadata"]["name"].startswith("consul-restore-")]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    expected = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in container["env"]} == {
+        **{e["name"]: e.get("value") for e in expected["env"]},
+        "SNAPSHOT_RESTORE": "consul-20261127T000000Z.snap",
+    }
+    assert (container["command"], pod["volumes"]) == (
+        expected["command"],
+        cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"],
+    )
+
+
 def test_destroy_removes_everything_but_the_server_data_claims(deployed):
     ns = deployed.namespace
     claims = sorted(c["metadata"]["name"] for c in deployed.api.items(f"/api/v1/namespaces/{ns}/persistentvolumeclaims"))
     started = time.monotonic()
     deployed.stack.destroy(color="never", on_output=lambda line: None)
     print(f"\ne2e: destroy took {time.monotonic() - started:.1f} s")
-    assert claims == [f"data-consul-server-{i}" for i in range(5)]
+    assert claims == ["consul-snapshots", *[f"data-consul-server-{i}" for i in range(5)]]
     # The namespace stays (deleting it would delete the claims in it); everything declared in it goes.
     assert deployed.api.exists(f"/api/v1/namespaces/{ns}")
     for kind in ("apps/v1/namespaces/{ns}/statefulsets", "apps/v1/namespaces/{ns}/daemonsets", "batch/v1/namespaces/{ns}/jobs"):
