@@ -133,7 +133,7 @@ class Bed:
         if self._stop.is_set() or name in self.held:
             return None
         claims = {
-            claim["metadata"]["name"]: self.workdir / "volumes" / f"{claim['metadata']['name']}-{name}"
+            claim["metadata"]["name"]: self.claim_path(f"{claim['metadata']['name']}-{name}")
             for claim in owner["spec"].get("volumeClaimTemplates", [])
         }
         return self.run_pod(name, owner["spec"]["template"], node, claims)
@@ -149,6 +149,10 @@ class Bed:
         """Start a pod from a pod template on a node (the first one by default); `secrets_override`
         gives it other contents for some Secrets (an intruder's view of the cluster)."""
         node = node or self.nodes[0]
+        claims = dict(claims or {})
+        for volume in template.get("spec", {}).get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                claims.setdefault(volume["name"], self.claim_path(volume["persistentVolumeClaim"]["claimName"]))
         placement = Placement(
             name=name,
             namespace=self.namespace,
@@ -156,7 +160,7 @@ class Bed:
             node_ip=node.ip,
             configmaps=self.configmaps,
             secrets={**self.secrets, **(secrets_override or {})},
-            claims=dict(claims or {}),
+            claims=claims,
         )
         hosts = self.workdir / "hosts" / name
         hosts.write_text(self._hosts_for(node, name, "127.0.0.1"))
@@ -173,6 +177,10 @@ class Bed:
             self.pods[name] = pod
         self.write_hosts()
         return pod
+
+    def claim_path(self, claim: str) -> Path:
+        """Where a claim's data lives (what a provisioned volume would hold)."""
+        return self.workdir / "volumes" / claim
 
     def _run_job(self, job: Mapping[str, Any]) -> None:
         name = job["metadata"]["name"]

@@ -45,7 +45,8 @@ class Placement:
     configmaps: Mapping[str, Mapping[str, str]]
     secrets: Mapping[str, Mapping[str, str]]
     claims: Mapping[str, Path] = field(default_factory=dict)
-    """Volume name to the claim's persistent directory (a StatefulSet's volumeClaimTemplates)."""
+    """Volume name to the claim's persistent directory (a StatefulSet's volumeClaimTemplates, or a
+    ``persistentVolumeClaim`` volume)."""
 
 
 @dataclass
@@ -201,10 +202,15 @@ class Pod:
                 self._write_files(path, self.placement.configmaps[source["name"]], source.get("defaultMode", 0o644))
             elif "secret" in volume:
                 source = volume["secret"]
-                self._write_files(path, self.placement.secrets[source["secretName"]], source.get("defaultMode", 0o644))
+                data = self.placement.secrets[source["secretName"]]
+                if "items" in source:
+                    data = {item["path"]: data[item["key"]] for item in source["items"]}
+                self._write_files(path, data, source.get("defaultMode", 0o644))
             elif "emptyDir" in volume:
                 path.mkdir(parents=True)
                 path.chmod(0o777)
+            elif "persistentVolumeClaim" in volume:
+                continue  # a claim: its directory comes with the placement, below
             else:
                 raise ValueError(f"pod {self.name}: unsupported volume {volume}")
             self.volume_paths[name] = path

@@ -42,7 +42,13 @@ EXPECTED = {
     },
 }
 # prod has 5 servers, each with an agent token of its own: more tokens, in the same one resource.
-EXPECTED["prod"] = EXPECTED["dev"]
+# and scheduled snapshots: a CronJob and its claim.
+EXPECTED["prod"] = {
+    **EXPECTED["dev"],
+    "consul:index:ConsulSnapshots": 1,
+    "kubernetes:batch/v1:CronJob": 1,
+    "kubernetes:core/v1:PersistentVolumeClaim": 1,
+}
 
 
 def _types(preview):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import STACK_FILE, Rendered, http, keep_logs, management_token, run_stack, start_bed, wait_formed
@@ -229,3 +230,78 @@ def test_a_one_server_stack_grows_to_3_with_a_leader_throughout(tmp_path_factory
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
     assert network.namespaces() == []
+
+
+def _with_env(template: dict[str, Any], **values: str) -> dict[str, Any]:
+    """A pod template with environment variables added to its container (what `kubectl set env` does)."""
+    copied: dict[str, Any] = json.loads(json.dumps(template))
+    copied["spec"]["containers"][0]["env"] += [{"name": k, "value": v} for k, v in values.items()]
+    return copied
+
+
+def _finished(bed: Bed, name: str, template: dict[str, Any], timeout: float = 120) -> tuple[int, str, float]:
+    started = time.monotonic()
+    pod = bed.run_pod(name, template)
+    bed.wait_for(f"{name} finished", lambda: pod.exit_code is not None, timeout)
+    return pod.exit_code or 0, pod.log(), time.monotonic() - started
+
+
+def test_a_scheduled_snapshot_restores_a_wiped_cluster_and_a_damaged_one_is_refused(day2):
+    stack, bed = day2
+    bed.apply(load_manifests(stack.up(snapshots=True).directory))
+    bed.wait_for("the ACL Job complete", lambda: bed.job_status("consul-acl-bootstrap") == "Complete", 180)
+    token = management_token(bed)
+
+    def api(method: str, path: str, body: object | None = None) -> tuple[int, str]:
+        server = next(p for p in bed.tier("server") if p.ready)
+        cmd = ["curl", "-s", "-w", "\n%{http_code}", "-X", method, "-H", f"X-Consul-Token: {token}", f"http://127.0.0.1:8500{path}"]
+        if body is not None:
+            cmd += ["--data", json.dumps(body)]
+        text, _, status = server.exec(cmd).stdout.rpartition("\n")
+        return int(status or 0), text
+
+    for i in range(5):
+        assert api("PUT", f"/v1/kv/snap/key-{i}", f"value-{i}")[0] == 200
+    service = {"Node": "legacy-db", "Address": "10.9.9.9", "Service": {"Service": "legacy-db", "Port": 5432}}
+    assert api("PUT", "/v1/catalog/register", service)[0] == 200
+
+    # The CronJob's own pod template, as the schedule would run it.
+    template = bed.get("CronJob", "consul-snapshot")["spec"]["jobTemplate"]["spec"]["template"]
+    code, log, saved_in = _finished(bed, "consul-snapshot-manual", template)
+    assert code == 0, log
+    (snapshot,) = sorted(bed.claim_path("consul-snapshots").glob("consul-*.snap"))
+
+    # Every server's data gone: a new, empty cluster, bootstrapped again by the ACL Job.
+    servers = [f"consul-server-{i}" for i in range(3)]
+    wiped_at = time.monotonic()
+    bed.delete_pods(servers, hold=True)
+    for name in servers:
+        shutil.rmtree(bed.claim_path(f"data-{name}"))
+    bed.release(*servers)
+    bed.wait_for(
+        "a leader of the new cluster",
+        lambda: all(bed.pods[n].ready for n in servers if n in bed.pods) and len(bed.tier("server")) == 3,
+        180,
+    )
+    bed.rerun_job("consul-acl-bootstrap")
+    bed.wait_for("the ACL Job complete again", lambda: bed.job_status("consul-acl-bootstrap") == "Complete", 180)
+    reformed_in = time.monotonic() - wiped_at
+    assert api("GET", "/v1/kv/snap/key-0")[0] == 404
+
+    # make restore: the CronJob's pod with SNAPSHOT_RESTORE.
+    code, log, restored_in = _finished(bed, "consul-restore-1", _with_env(template, SNAPSHOT_RESTORE=snapshot.name))
+    assert code == 0, log
+    assert f"restored {snapshot.name}" in log
+    values = [json.dumps(f"value-{i}") for i in range(5)]  # stored as the JSON the helper sends
+    bed.wait_for("the restored keys", lambda: api("GET", "/v1/kv/snap/key-4?raw")[1] == values[4], 60)
+    assert [api("GET", f"/v1/kv/snap/key-{i}?raw")[1] for i in range(5)] == values
+    assert json.loads(api("GET", "/v1/catalog/service/legacy-db")[1])[0]["Address"] == "10.9.9.9"
+    print(f"\nsnapshot: save {saved_in:.1f} s, wipe to a new cluster with ACLs {reformed_in:.1f} s, restore {restored_in:.1f} s")
+
+    # A damaged file is refused before the servers see it; the cluster keeps its data.
+    damaged = bed.claim_path("consul-snapshots") / "consul-20000101T000000Z.snap"
+    damaged.write_bytes(snapshot.read_bytes()[:200])
+    code, log, _ = _finished(bed, "consul-restore-2", _with_env(template, SNAPSHOT_RESTORE=damaged.name))
+    assert code != 0
+    assert "consul-20000101T000000Z.snap is not a sound Consul snapshot, nothing was restored" in log
+    assert [api("GET", f"/v1/kv/snap/key-{i}?raw")[1] for i in range(5)] == values
