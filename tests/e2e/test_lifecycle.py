@@ -199,7 +199,7 @@ def test_make_restore_runs_the_snapshot_cronjob_s_pod_with_the_chosen_file(deplo
     from conftest import KUBE_BIN
 
     ns = deployed.namespace
-    deployed.set(snapshots=True)
+    deployed.set(snapshots="true")
     deployed.up("snapshots on")
     cron = deployed.api.get(f"/apis/batch/v1/namespaces/{ns}/cronjobs/consul-snapshot")
     kubectl = tmp_path / "kubectl"
