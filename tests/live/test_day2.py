@@ -9,7 +9,9 @@ every written key is still there afterwards.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -305,3 +307,49 @@ def test_a_scheduled_snapshot_restores_a_wiped_cluster_and_a_damaged_one_is_refu
     assert code != 0
     assert "consul-20000101T000000Z.snap is not a sound Consul snapshot, nothing was restored" in log
     assert [api("GET", f"/v1/kv/snap/key-{i}?raw")[1] for i in range(5)] == values
+
+
+def test_quorum_lost_for_good_is_recovered_with_peers_json(tmp_path_factory, request):
+    """Two of three servers killed for good: no leader. The README's procedure on the survivor
+    (peers.json naming it alone, then a pod restart) brings a leader back with the data, and the
+    replacements, empty, join it."""
+    home = tmp_path_factory.mktemp("quorum-stack")
+    stack = LiveStack(home)
+    workdir = tmp_path_factory.mktemp("quorum-bed")
+    bed = start_bed(stack.up(), workdir)
+    try:
+        wait_formed(bed)
+        token = management_token(bed)
+        survivor = bed.pod("consul-server-0")
+        assert http(survivor, "PUT", "/v1/kv/quorum/kept", token=token, body="yes") == 200
+        lost = ["consul-server-1", "consul-server-2"]
+        for name in lost:
+            bed.held.add(name)
+            os.kill(bed.pod(name).pid or 0, signal.SIGKILL)  # gone without leaving
+        bed.delete_pods(lost, hold=True)
+        for name in lost:
+            shutil.rmtree(bed.claim_path(f"data-{name}"))
+        bed.wait_for("the survivor without a leader", lambda: leader_of(survivor) == "", 60)
+        started = time.monotonic()
+        # The README's procedure: peers.json with the survivor alone, then delete its pod.
+        node_id = survivor.exec(["cat", "/consul/data/node-id"]).stdout.strip()
+        peers = json.dumps([{"id": node_id, "address": f"{survivor.ip}:8300", "non_voter": False}])
+        assert survivor.exec(["sh", "-c", f"printf '%s' '{peers}' > /consul/data/raft/peers.json"]).returncode == 0
+        bed.delete_pod("consul-server-0")
+        bed.wait_for("a leader again", lambda: leader_of(bed.pods["consul-server-0"]) != "", 120)
+        recovered_in = time.monotonic() - started
+        assert http(bed.pods["consul-server-0"], "GET", "/v1/kv/quorum/kept", token=token) == 200
+        bed.release(*lost)
+        bed.wait_for("3 Raft peers", lambda: len(raft_peers(bed)) == 3, 180)
+        print(f"\nquorum: leader back {recovered_in:.1f} s after peers.json; 3 peers {time.monotonic() - started:.1f} s after")
+    finally:
+        bed.close()
+        keep_logs(workdir, request.node.name)
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+    assert network.namespaces() == []
+
+
+def leader_of(pod) -> str:
+    out = pod.exec(["curl", "-s", "--max-time", "2", "http://127.0.0.1:8500/v1/status/leader"], timeout=5)
+    return out.stdout.strip('"\n') if out.returncode == 0 else ""
