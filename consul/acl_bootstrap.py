@@ -6,13 +6,11 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes.batch.v1 as batch
-import pulumi_kubernetes.core.v1 as core
-import pulumi_kubernetes.meta.v1 as meta
 
 from . import agent_config as cfg
-from . import pods
+from .cli_pods import server_api_pod
 from .labels import Labels
-from .model import ClusterSpec, Resources
+from .model import ClusterSpec
 from .security import MANAGEMENT_TOKEN_KEY, AclTokenIds
 
 
@@ -142,8 +140,6 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
         full_name = f"{name}-acl-bootstrap"
         labels = Labels(instance=name, component="acl-bootstrap", version=args.cluster.version)
         namespace = pulumi.Output.from_input(args.namespace)
-        tls = args.ca_secret is not None
-        scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
 
         def pairs(items: tuple[tuple[str, pulumi.Input[str]], ...]) -> pulumi.Output[str]:
             """name=accessor pairs, space-separated (accessor IDs are public)."""
@@ -151,42 +147,27 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
                 lambda ids: " ".join(f"{name}={accessor}" for (name, _), accessor in zip(items, ids, strict=True))
             )
 
-        env = [
-            core.EnvVarArgs(
-                name="CONSUL_HTTP_ADDR", value=pulumi.Output.concat(f"{scheme}://", args.server_service, ".", namespace, f".svc:{port}")
-            ),
-            core.EnvVarArgs(name="CONSUL_HTTP_TOKEN_FILE", value=f"{TOKENS_DIR}/{MANAGEMENT_TOKEN_KEY}"),
-            core.EnvVarArgs(name="NAMESPACE", value=namespace),
-            core.EnvVarArgs(name="DATACENTER", value=args.cluster.datacenter),
-            core.EnvVarArgs(name="SERVERS", value=args.server_service),
-            core.EnvVarArgs(name="TOKENS_SECRET", value=args.tokens.secret_name),
-            core.EnvVarArgs(name="TOKENS_DIR", value=TOKENS_DIR),
-            core.EnvVarArgs(name="MANAGEMENT_KEY", value=MANAGEMENT_TOKEN_KEY),
-            core.EnvVarArgs(name="RULES_VERSION", value=RULES_VERSION),
-            core.EnvVarArgs(name="CLIENT_AGENT_RULES", value=client_agent_rules(f"{name}-server-")),
-            core.EnvVarArgs(name="DNS_RULES", value=DNS_POLICY_RULES),
-            core.EnvVarArgs(name="ANONYMOUS_TOKEN", value=ANONYMOUS_TOKEN_ID),
-            core.EnvVarArgs(name="CLIENT_ACCESSOR", value=args.tokens.client_agent_accessor),
-            core.EnvVarArgs(name="SERVER_AGENTS", value=pairs(args.tokens.server_agents)),
-            core.EnvVarArgs(name="SERVICE_TOKENS", value=pairs(args.tokens.services)),
-            core.EnvVarArgs(name="SNAPSHOT_ACCESSOR", value=args.tokens.snapshot_accessor or ""),
-            core.EnvVarArgs(name="SNAPSHOT_RULES", value=SNAPSHOT_POLICY_RULES),
-            core.EnvVarArgs(name="MIN_QUORUM", value=str(cfg.quorum(len(args.tokens.server_agents)))),
-        ]
-        volumes = [
-            core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
-            core.VolumeArgs(name="tokens", secret=core.SecretVolumeSourceArgs(secret_name=args.tokens.secret_name, default_mode=0o440)),
-        ]
-        mounts = [
-            core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-            core.VolumeMountArgs(name="tokens", mount_path=TOKENS_DIR, read_only=True),
-        ]
-        if args.ca_secret is not None:
-            env.append(core.EnvVarArgs(name="CONSUL_CACERT", value=cfg.CA_FILE))
-            volumes.append(
-                core.VolumeArgs(name="tls-ca", secret=core.SecretVolumeSourceArgs(secret_name=args.ca_secret, default_mode=0o440))
-            )
-            mounts.append(core.VolumeMountArgs(name="tls-ca", mount_path=f"{cfg.TLS_DIR}/ca", read_only=True))
+        pod = server_api_pod(args.server_service, namespace, args.ca_secret)
+        pod.set_env(
+            CONSUL_HTTP_TOKEN_FILE=f"{TOKENS_DIR}/{MANAGEMENT_TOKEN_KEY}",
+            NAMESPACE=namespace,
+            DATACENTER=args.cluster.datacenter,
+            SERVERS=args.server_service,
+            TOKENS_SECRET=args.tokens.secret_name,
+            TOKENS_DIR=TOKENS_DIR,
+            MANAGEMENT_KEY=MANAGEMENT_TOKEN_KEY,
+            RULES_VERSION=RULES_VERSION,
+            CLIENT_AGENT_RULES=client_agent_rules(f"{name}-server-"),
+            DNS_RULES=DNS_POLICY_RULES,
+            ANONYMOUS_TOKEN=ANONYMOUS_TOKEN_ID,
+            CLIENT_ACCESSOR=args.tokens.client_agent_accessor,
+            SERVER_AGENTS=pairs(args.tokens.server_agents),
+            SERVICE_TOKENS=pairs(args.tokens.services),
+            SNAPSHOT_ACCESSOR=args.tokens.snapshot_accessor or "",
+            SNAPSHOT_RULES=SNAPSHOT_POLICY_RULES,
+            MIN_QUORUM=str(cfg.quorum(len(args.tokens.server_agents))),
+        )
+        pod.mount_secret("tokens", args.tokens.secret_name, TOKENS_DIR)
 
         job = batch.Job(
             full_name,
@@ -194,28 +175,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             spec=batch.JobSpecArgs(
                 backoff_limit=6,
                 active_deadline_seconds=JOB_DEADLINE_SECONDS,
-                template=core.PodTemplateSpecArgs(
-                    metadata=meta.ObjectMetaArgs(labels=labels.all),
-                    spec=core.PodSpecArgs(
-                        restart_policy="Never",
-                        automount_service_account_token=False,
-                        security_context=pods.pod_security_context(),
-                        volumes=volumes,
-                        containers=[
-                            core.ContainerArgs(
-                                name="acl-bootstrap",
-                                image=args.cluster.image,
-                                command=["/bin/sh", "-ec", BOOTSTRAP_SCRIPT],
-                                env=env,
-                                resources=pods.resource_requirements(
-                                    Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "200m", "memory": "100Mi"})
-                                ),
-                                security_context=pods.container_security_context(),
-                                volume_mounts=mounts,
-                            )
-                        ],
-                    ),
-                ),
+                template=pod.template(labels, args.cluster.image, BOOTSTRAP_SCRIPT),
             ),
             opts=pulumi.ResourceOptions(parent=self, custom_timeouts=JOB_TIMEOUTS),
         )

@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes.batch.v1 as batch
-import pulumi_kubernetes.core.v1 as core
-import pulumi_kubernetes.meta.v1 as meta
 
-from . import agent_config as cfg
-from . import pods
+from .cli_pods import server_api_pod
 from .labels import Labels
-from .model import ClusterSpec, Resources
+from .model import ClusterSpec
 from .security import GOSSIP_SECRET_KEY, MANAGEMENT_TOKEN_KEY
 
 KEY_DIGEST_ANNOTATION = "consul.hashicorp.com/gossip-key-digest"
@@ -87,44 +84,12 @@ class ConsulGossipRotation(pulumi.ComponentResource):
         full_name = f"{name}-gossip-rotation"
         labels = Labels(instance=name, component="gossip-rotation", version=args.cluster.version)
         namespace = pulumi.Output.from_input(args.namespace)
-        scheme, port = ("https", cfg.HTTPS_PORT) if args.ca_secret is not None else ("http", cfg.HTTP_PORT)
-        env = [
-            core.EnvVarArgs(
-                name="CONSUL_HTTP_ADDR", value=pulumi.Output.concat(f"{scheme}://", args.server_service, ".", namespace, f".svc:{port}")
-            ),
-            core.EnvVarArgs(name="KEY_FILE", value=f"{KEY_DIR}/{GOSSIP_SECRET_KEY}"),
-            core.EnvVarArgs(name="KEY_SECRET", value=args.gossip_secret),
-        ]
-        volumes = [
-            core.VolumeArgs(
-                name="gossip-key",
-                secret=core.SecretVolumeSourceArgs(
-                    secret_name=args.gossip_secret,
-                    default_mode=0o440,
-                    items=[core.KeyToPathArgs(key=GOSSIP_SECRET_KEY, path=GOSSIP_SECRET_KEY)],
-                ),
-            )
-        ]
-        mounts = [core.VolumeMountArgs(name="gossip-key", mount_path=KEY_DIR, read_only=True)]
+        pod = server_api_pod(args.server_service, namespace, args.ca_secret)
+        pod.set_env(KEY_FILE=f"{KEY_DIR}/{GOSSIP_SECRET_KEY}", KEY_SECRET=args.gossip_secret)
+        pod.mount_secret("gossip-key", args.gossip_secret, KEY_DIR, key=GOSSIP_SECRET_KEY)
         if args.tokens_secret is not None:
-            env.append(core.EnvVarArgs(name="CONSUL_HTTP_TOKEN_FILE", value=f"{TOKEN_DIR}/{MANAGEMENT_TOKEN_KEY}"))
-            volumes.append(
-                core.VolumeArgs(
-                    name="management-token",
-                    secret=core.SecretVolumeSourceArgs(
-                        secret_name=args.tokens_secret,
-                        default_mode=0o440,
-                        items=[core.KeyToPathArgs(key=MANAGEMENT_TOKEN_KEY, path=MANAGEMENT_TOKEN_KEY)],
-                    ),
-                )
-            )
-            mounts.append(core.VolumeMountArgs(name="management-token", mount_path=TOKEN_DIR, read_only=True))
-        if args.ca_secret is not None:
-            env.append(core.EnvVarArgs(name="CONSUL_CACERT", value=cfg.CA_FILE))
-            volumes.append(
-                core.VolumeArgs(name="tls-ca", secret=core.SecretVolumeSourceArgs(secret_name=args.ca_secret, default_mode=0o440))
-            )
-            mounts.append(core.VolumeMountArgs(name="tls-ca", mount_path=f"{cfg.TLS_DIR}/ca", read_only=True))
+            pod.set_env(CONSUL_HTTP_TOKEN_FILE=f"{TOKEN_DIR}/{MANAGEMENT_TOKEN_KEY}")
+            pod.mount_secret("management-token", args.tokens_secret, TOKEN_DIR, key=MANAGEMENT_TOKEN_KEY)
         digest = pulumi.Output.unsecret(pulumi.Output.from_input(args.gossip_key).apply(key_digest))
 
         job = batch.Job(
@@ -133,28 +98,7 @@ class ConsulGossipRotation(pulumi.ComponentResource):
             spec=batch.JobSpecArgs(
                 backoff_limit=6,
                 active_deadline_seconds=JOB_DEADLINE_SECONDS,
-                template=core.PodTemplateSpecArgs(
-                    metadata=meta.ObjectMetaArgs(labels=labels.all, annotations={KEY_DIGEST_ANNOTATION: digest}),
-                    spec=core.PodSpecArgs(
-                        restart_policy="Never",
-                        automount_service_account_token=False,
-                        security_context=pods.pod_security_context(),
-                        volumes=volumes,
-                        containers=[
-                            core.ContainerArgs(
-                                name="gossip-rotation",
-                                image=args.cluster.image,
-                                command=["/bin/sh", "-ec", ROTATION_SCRIPT],
-                                env=env,
-                                resources=pods.resource_requirements(
-                                    Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "200m", "memory": "100Mi"})
-                                ),
-                                security_context=pods.container_security_context(),
-                                volume_mounts=mounts,
-                            )
-                        ],
-                    ),
-                ),
+                template=pod.template(labels, args.cluster.image, ROTATION_SCRIPT, annotations={KEY_DIGEST_ANNOTATION: digest}),
             ),
             opts=pulumi.ResourceOptions(parent=self, custom_timeouts=JOB_TIMEOUTS),
         )

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 import pulumi_kubernetes.core.v1 as core
-import pulumi_kubernetes.meta.v1 as meta
 
-from . import agent_config as cfg
-from . import pods
+from .cli_pods import server_api_pod
 from .labels import Labels
 from .model import ClusterSpec, Resources, SnapshotSpec
 from .security import SNAPSHOT_TOKEN_KEY
@@ -99,44 +97,12 @@ class ConsulSnapshots(pulumi.ComponentResource):
             # The snapshots outlive the stack, like the servers' data.
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
-        scheme, port = ("https", cfg.HTTPS_PORT) if args.ca_secret is not None else ("http", cfg.HTTP_PORT)
-        env = [
-            core.EnvVarArgs(
-                name="CONSUL_HTTP_ADDR", value=pulumi.Output.concat(f"{scheme}://", args.server_service, ".", namespace, f".svc:{port}")
-            ),
-            core.EnvVarArgs(name="SNAPSHOT_DIR", value=SNAPSHOT_DIR),
-            core.EnvVarArgs(name="RETAIN", value=str(spec.retention)),
-            core.EnvVarArgs(name="CLAIM", value=claim.metadata.name),
-        ]
-        volumes = [
-            core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
-            core.VolumeArgs(
-                name="snapshots", persistent_volume_claim=core.PersistentVolumeClaimVolumeSourceArgs(claim_name=claim.metadata.name)
-            ),
-        ]
-        mounts = [
-            core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-            core.VolumeMountArgs(name="snapshots", mount_path=SNAPSHOT_DIR),
-        ]
+        pod = server_api_pod(args.server_service, namespace, args.ca_secret)
+        pod.set_env(SNAPSHOT_DIR=SNAPSHOT_DIR, RETAIN=str(spec.retention), CLAIM=claim.metadata.name)
+        pod.mount_claim("snapshots", claim.metadata.name, SNAPSHOT_DIR)
         if args.tokens_secret is not None:
-            env.append(core.EnvVarArgs(name="CONSUL_HTTP_TOKEN_FILE", value=f"{TOKEN_DIR}/{SNAPSHOT_TOKEN_KEY}"))
-            volumes.append(
-                core.VolumeArgs(
-                    name="snapshot-token",
-                    secret=core.SecretVolumeSourceArgs(
-                        secret_name=args.tokens_secret,
-                        default_mode=0o440,
-                        items=[core.KeyToPathArgs(key=SNAPSHOT_TOKEN_KEY, path=SNAPSHOT_TOKEN_KEY)],
-                    ),
-                )
-            )
-            mounts.append(core.VolumeMountArgs(name="snapshot-token", mount_path=TOKEN_DIR, read_only=True))
-        if args.ca_secret is not None:
-            env.append(core.EnvVarArgs(name="CONSUL_CACERT", value=cfg.CA_FILE))
-            volumes.append(
-                core.VolumeArgs(name="tls-ca", secret=core.SecretVolumeSourceArgs(secret_name=args.ca_secret, default_mode=0o440))
-            )
-            mounts.append(core.VolumeMountArgs(name="tls-ca", mount_path=f"{cfg.TLS_DIR}/ca", read_only=True))
+            pod.set_env(CONSUL_HTTP_TOKEN_FILE=f"{TOKEN_DIR}/{SNAPSHOT_TOKEN_KEY}")
+            pod.mount_secret("snapshot-token", args.tokens_secret, TOKEN_DIR, key=SNAPSHOT_TOKEN_KEY)
 
         cron_job = batch.CronJob(
             f"{name}-snapshot",
@@ -150,27 +116,11 @@ class ConsulSnapshots(pulumi.ComponentResource):
                     spec=batch.JobSpecArgs(
                         backoff_limit=2,
                         active_deadline_seconds=1800,
-                        template=core.PodTemplateSpecArgs(
-                            metadata=meta.ObjectMetaArgs(labels=labels.all),
-                            spec=core.PodSpecArgs(
-                                restart_policy="Never",
-                                automount_service_account_token=False,
-                                security_context=pods.pod_security_context(),
-                                volumes=volumes,
-                                containers=[
-                                    core.ContainerArgs(
-                                        name="snapshot",
-                                        image=args.cluster.image,
-                                        command=["/bin/sh", "-ec", SNAPSHOT_SCRIPT],
-                                        env=env,
-                                        resources=pods.resource_requirements(
-                                            Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "500m", "memory": "200Mi"})
-                                        ),
-                                        security_context=pods.container_security_context(),
-                                        volume_mounts=mounts,
-                                    )
-                                ],
-                            ),
+                        template=pod.template(
+                            labels,
+                            args.cluster.image,
+                            SNAPSHOT_SCRIPT,
+                            Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "500m", "memory": "200Mi"}),
                         ),
                     )
                 ),

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,14 @@ class Watch:
     written: list[str] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
-def day2(tmp_path_factory, request) -> Iterator[tuple[LiveStack, Bed]]:
-    home = tmp_path_factory.mktemp("day2-stack")
+@contextmanager
+def stack_on_a_bed(tmp_path_factory, request, label: str, **settings: object) -> Iterator[tuple[LiveStack, Bed]]:
+    """A live stack of its own, its first render running on a bed of its own, all formed; both
+    removed afterwards (the logs kept in testbed/logs/live)."""
+    home = tmp_path_factory.mktemp(f"{label}-stack")
     stack = LiveStack(home)
-    first = stack.up(tlsServerCertValidity=2, tlsRenewBefore=0)
-    workdir = tmp_path_factory.mktemp("day2-bed")
-    bed = start_bed(first, workdir)
+    workdir = tmp_path_factory.mktemp(f"{label}-bed")
+    bed = start_bed(stack.up((), **settings), workdir)
     try:
         wait_formed(bed)
         yield stack, bed
@@ -71,6 +73,12 @@ def day2(tmp_path_factory, request) -> Iterator[tuple[LiveStack, Bed]]:
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
     assert network.namespaces() == []
+
+
+@pytest.fixture(scope="module")
+def day2(tmp_path_factory, request) -> Iterator[tuple[LiveStack, Bed]]:
+    with stack_on_a_bed(tmp_path_factory, request, "day2", tlsServerCertValidity=2, tlsRenewBefore=0) as running:
+        yield running
 
 
 def watching(bed: Bed, operation, label: str) -> tuple[Watch, object]:
@@ -212,12 +220,7 @@ def test_scaling_3_to_5_to_3_keeps_a_leader_and_every_write_and_ends_with_3_peer
 
 
 def test_a_one_server_stack_grows_to_3_with_a_leader_throughout(tmp_path_factory, request):
-    home = tmp_path_factory.mktemp("grow-stack")
-    stack = LiveStack(home)
-    workdir = tmp_path_factory.mktemp("grow-bed")
-    bed = start_bed(stack.up(serverReplicas=1), workdir)
-    try:
-        wait_formed(bed)
+    with stack_on_a_bed(tmp_path_factory, request, "grow", serverReplicas=1) as (stack, bed):
         assert raft_peers(bed) == ["consul-server-0"]
         grown = load_manifests(stack.up(serverReplicas=3).directory)
         watch, took = watching(
@@ -226,12 +229,6 @@ def test_a_one_server_stack_grows_to_3_with_a_leader_throughout(tmp_path_factory
         print(f"grow: {took}")
         assert raft_peers(bed) == [f"consul-server-{i}" for i in range(3)]
         assert (watch.no_leader, watch.failed_writes) == ([], [])
-    finally:
-        bed.close()
-        keep_logs(workdir, request.node.name)
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
-    assert network.namespaces() == []
 
 
 def _with_env(template: dict[str, Any], **values: str) -> dict[str, Any]:
@@ -313,12 +310,7 @@ def test_quorum_lost_for_good_is_recovered_with_peers_json(tmp_path_factory, req
     """Two of three servers killed for good: no leader. The README's procedure on the survivor
     (peers.json naming it alone, then a pod restart) brings a leader back with the data, and the
     replacements, empty, join it."""
-    home = tmp_path_factory.mktemp("quorum-stack")
-    stack = LiveStack(home)
-    workdir = tmp_path_factory.mktemp("quorum-bed")
-    bed = start_bed(stack.up(), workdir)
-    try:
-        wait_formed(bed)
+    with stack_on_a_bed(tmp_path_factory, request, "quorum") as (_, bed):
         token = management_token(bed)
         survivor = bed.pod("consul-server-0")
         assert http(survivor, "PUT", "/v1/kv/quorum/kept", token=token, body="yes") == 200
@@ -342,12 +334,6 @@ def test_quorum_lost_for_good_is_recovered_with_peers_json(tmp_path_factory, req
         bed.release(*lost)
         bed.wait_for("3 Raft peers", lambda: len(raft_peers(bed)) == 3, 180)
         print(f"\nquorum: leader back {recovered_in:.1f} s after peers.json; 3 peers {time.monotonic() - started:.1f} s after")
-    finally:
-        bed.close()
-        keep_logs(workdir, request.node.name)
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
-    assert network.namespaces() == []
 
 
 def leader_of(pod) -> str:

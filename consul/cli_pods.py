@@ -1,0 +1,93 @@
+"""Pods that run the consul CLI against the servers' API: the ACL and gossip Jobs, the snapshots.
+
+Each reaches the servers through their Service (HTTPS with the CA when TLS is on), runs one shell
+script as the image's unprivileged user on a read-only root with a scratch /tmp, and mounts only
+the Secret keys it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes.core.v1 as core
+import pulumi_kubernetes.meta.v1 as meta
+
+from . import agent_config as cfg
+from . import pods
+from .labels import Labels
+from .model import Resources
+
+SMALL = Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "200m", "memory": "100Mi"})
+
+
+@dataclass
+class CliPod:
+    """The environment and volumes of one consul CLI pod, built up by its component."""
+
+    env: list[core.EnvVarArgs] = field(default_factory=list)
+    volumes: list[core.VolumeArgs] = field(default_factory=list)
+    mounts: list[core.VolumeMountArgs] = field(default_factory=list)
+
+    def set_env(self, **values: pulumi.Input[str]) -> None:
+        self.env += [core.EnvVarArgs(name=name, value=value) for name, value in values.items()]
+
+    def mount_secret(self, volume: str, secret: pulumi.Input[str], path: str, key: str | None = None) -> None:
+        """Secret `secret` read-only at `path`: every key, or only `key` (as a file of that name)."""
+        items = [core.KeyToPathArgs(key=key, path=key)] if key else None
+        self.volumes.append(
+            core.VolumeArgs(name=volume, secret=core.SecretVolumeSourceArgs(secret_name=secret, default_mode=0o440, items=items))
+        )
+        self.mounts.append(core.VolumeMountArgs(name=volume, mount_path=path, read_only=True))
+
+    def mount_claim(self, volume: str, claim: pulumi.Input[str], path: str) -> None:
+        self.volumes.append(
+            core.VolumeArgs(name=volume, persistent_volume_claim=core.PersistentVolumeClaimVolumeSourceArgs(claim_name=claim))
+        )
+        self.mounts.append(core.VolumeMountArgs(name=volume, mount_path=path))
+
+    def template(
+        self,
+        labels: Labels,
+        image: pulumi.Input[str],
+        script: str,
+        resources: Resources = SMALL,
+        annotations: Mapping[str, pulumi.Input[str]] | None = None,
+    ) -> core.PodTemplateSpecArgs:
+        """A run-once pod running `script` with ``/bin/sh -ec``; its container is named after the component."""
+        return core.PodTemplateSpecArgs(
+            metadata=meta.ObjectMetaArgs(labels=labels.all, annotations=dict(annotations) if annotations else None),
+            spec=core.PodSpecArgs(
+                restart_policy="Never",
+                automount_service_account_token=False,
+                security_context=pods.pod_security_context(),
+                volumes=self.volumes,
+                containers=[
+                    core.ContainerArgs(
+                        name=labels.component,
+                        image=image,
+                        command=["/bin/sh", "-ec", script],
+                        env=self.env,
+                        resources=pods.resource_requirements(resources),
+                        security_context=pods.container_security_context(),
+                        volume_mounts=self.mounts,
+                    )
+                ],
+            ),
+        )
+
+
+def server_api_pod(server_service: pulumi.Input[str], namespace: pulumi.Output[str], ca_secret: pulumi.Input[str] | None) -> CliPod:
+    """A CLI pod with ``CONSUL_HTTP_ADDR`` set to the servers' Service (and the CA for HTTPS), and a scratch /tmp."""
+    scheme, port = ("https", cfg.HTTPS_PORT) if ca_secret is not None else ("http", cfg.HTTP_PORT)
+    pod = CliPod()
+    pod.env.append(
+        core.EnvVarArgs(name="CONSUL_HTTP_ADDR", value=pulumi.Output.concat(f"{scheme}://", server_service, ".", namespace, f".svc:{port}"))
+    )
+    pod.volumes.append(core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()))
+    pod.mounts.append(core.VolumeMountArgs(name="tmp", mount_path="/tmp"))
+    if ca_secret is not None:
+        pod.set_env(CONSUL_CACERT=cfg.CA_FILE)
+        pod.mount_secret("tls-ca", ca_secret, f"{cfg.TLS_DIR}/ca")
+    return pod
