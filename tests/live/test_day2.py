@@ -9,9 +9,7 @@ every written key is still there afterwards.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -219,18 +217,6 @@ def test_scaling_3_to_5_to_3_keeps_a_leader_and_every_write_and_ends_with_3_peer
         assert (watch.no_leader, watch.failed_writes) == ([], [])
 
 
-def test_a_one_server_stack_grows_to_3_with_a_leader_throughout(tmp_path_factory, request):
-    with stack_on_a_bed(tmp_path_factory, request, "grow", serverReplicas=1) as (stack, bed):
-        assert raft_peers(bed) == ["consul-server-0"]
-        grown = load_manifests(stack.up(serverReplicas=3).directory)
-        watch, took = watching(
-            bed, lambda: (bed.apply(grown), bed.wait_for("3 Raft peers", lambda: len(raft_peers(bed)) == 3, 120)), "grow-1-to-3"
-        )
-        print(f"grow: {took}")
-        assert raft_peers(bed) == [f"consul-server-{i}" for i in range(3)]
-        assert (watch.no_leader, watch.failed_writes) == ([], [])
-
-
 def _with_env(template: dict[str, Any], **values: str) -> dict[str, Any]:
     """A pod template with environment variables added to its container (what `kubectl set env` does)."""
     copied: dict[str, Any] = json.loads(json.dumps(template))
@@ -304,36 +290,6 @@ def test_a_scheduled_snapshot_restores_a_wiped_cluster_and_a_damaged_one_is_refu
     assert code != 0
     assert "consul-20000101T000000Z.snap is not a sound Consul snapshot, nothing was restored" in log
     assert [api("GET", f"/v1/kv/snap/key-{i}?raw")[1] for i in range(5)] == values
-
-
-def test_quorum_lost_for_good_is_recovered_with_peers_json(tmp_path_factory, request):
-    """Two of three servers killed for good: no leader. The README's procedure on the survivor
-    (peers.json naming it alone, then a pod restart) brings a leader back with the data, and the
-    replacements, empty, join it."""
-    with stack_on_a_bed(tmp_path_factory, request, "quorum") as (_, bed):
-        token = management_token(bed)
-        survivor = bed.pod("consul-server-0")
-        assert http(survivor, "PUT", "/v1/kv/quorum/kept", token=token, body="yes") == 200
-        lost = ["consul-server-1", "consul-server-2"]
-        for name in lost:
-            bed.held.add(name)
-            os.kill(bed.pod(name).pid or 0, signal.SIGKILL)  # gone without leaving
-        bed.delete_pods(lost, hold=True)
-        for name in lost:
-            shutil.rmtree(bed.claim_path(f"data-{name}"))
-        bed.wait_for("the survivor without a leader", lambda: leader_of(survivor) == "", 60)
-        started = time.monotonic()
-        # The README's procedure: peers.json with the survivor alone, then delete its pod.
-        node_id = survivor.exec(["cat", "/consul/data/node-id"]).stdout.strip()
-        peers = json.dumps([{"id": node_id, "address": f"{survivor.ip}:8300", "non_voter": False}])
-        assert survivor.exec(["sh", "-c", f"printf '%s' '{peers}' > /consul/data/raft/peers.json"]).returncode == 0
-        bed.delete_pod("consul-server-0")
-        bed.wait_for("a leader again", lambda: leader_of(bed.pods["consul-server-0"]) != "", 120)
-        recovered_in = time.monotonic() - started
-        assert http(bed.pods["consul-server-0"], "GET", "/v1/kv/quorum/kept", token=token) == 200
-        bed.release(*lost)
-        bed.wait_for("3 Raft peers", lambda: len(raft_peers(bed)) == 3, 180)
-        print(f"\nquorum: leader back {recovered_in:.1f} s after peers.json; 3 peers {time.monotonic() - started:.1f} s after")
 
 
 def leader_of(pod) -> str:
