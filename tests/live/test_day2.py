@@ -116,10 +116,14 @@ def watching(bed: Bed, operation, label: str) -> tuple[Watch, object]:
 
 
 def raft_peers(bed: Bed) -> list[str]:
-    server = next(p for p in bed.tier("server") if p.ready)
+    server = next((p for p in bed.tier("server") if p.ready), None)
+    if server is None:  # none Ready at this moment (a wait retries)
+        return []
     out = server.exec(
         ["curl", "-s", "-H", f"X-Consul-Token: {management_token(bed)}", "http://127.0.0.1:8500/v1/operator/raft/configuration"]
     )
+    if out.returncode != 0 or not out.stdout.startswith("{"):  # no leader to answer yet
+        return []
     return sorted(s["Node"] for s in json.loads(out.stdout)["Servers"])
 
 
