@@ -246,14 +246,20 @@ def _snapshots(reader: _Reader) -> SnapshotSpec:
     retention = reader.integer("snapshotRetention")
     if retention < 1:
         raise SettingsError("snapshotRetention", retention, "must be at least 1 (snapshots kept)")
-    size = reader.string("snapshotStorageSize")
+    size, storage_class = _storage(reader, "snapshotStorageSize", "snapshotStorageClass")
+    return SnapshotSpec(enabled, schedule, retention, size, storage_class)
+
+
+def _storage(reader: _Reader, size_key: str, class_key: str) -> tuple[str, str | None]:
+    """A claim's size (a positive quantity) and StorageClass (None: the cluster default)."""
+    size = reader.string(size_key)
     amount = parse_quantity(size)
     if amount is None or amount <= 0:
-        raise SettingsError("snapshotStorageSize", size, "must be a positive Kubernetes quantity such as 10Gi")
-    storage_class = reader.string("snapshotStorageClass")
+        raise SettingsError(size_key, size, "must be a positive Kubernetes quantity such as 10Gi")
+    storage_class = reader.string(class_key)
     if storage_class and not _is_dns_subdomain(storage_class):
-        raise SettingsError("snapshotStorageClass", storage_class, "must be empty (the cluster default) or a StorageClass name")
-    return SnapshotSpec(enabled, schedule, retention, size, storage_class or None)
+        raise SettingsError(class_key, storage_class, "must be empty (the cluster default) or a StorageClass name")
+    return size, storage_class or None
 
 
 def _namespace(reader: _Reader) -> str:
@@ -356,20 +362,14 @@ def _servers(reader: _Reader) -> ServerSpec:
     partition = reader.integer("serverUpdatePartition")
     if not 0 <= partition <= replicas:
         raise SettingsError("serverUpdatePartition", partition, f"must be between 0 and consul:serverReplicas ({replicas})")
-    storage_size = reader.string("serverStorageSize")
-    size = parse_quantity(storage_size)
-    if size is None or size <= 0:
-        raise SettingsError("serverStorageSize", storage_size, "must be a positive Kubernetes quantity such as 10Gi")
-    storage_class = reader.string("serverStorageClass")
-    if storage_class and not _is_dns_subdomain(storage_class):
-        raise SettingsError("serverStorageClass", storage_class, "must be empty (the cluster default) or a StorageClass name")
+    storage_size, storage_class = _storage(reader, "serverStorageSize", "serverStorageClass")
     priority_class = reader.string("serverPriorityClassName")
     if priority_class and not _is_dns_subdomain(priority_class):
         raise SettingsError("serverPriorityClassName", priority_class, "must be empty or a PriorityClass name")
     return ServerSpec(
         replicas=replicas,
         storage_size=storage_size,
-        storage_class=storage_class or None,
+        storage_class=storage_class,
         anti_affinity=reader.choice("serverAntiAffinity", (Placement.REQUIRED, Placement.PREFERRED)),
         zone_spread=reader.choice("serverZoneSpread", tuple(Placement)),
         update_partition=partition,
