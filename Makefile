@@ -1,5 +1,5 @@
 # make render  - set up everything and render the dev stack with the real Pulumi engine into rendered/
-# make test    - lint, type-check and run the unit suite (creates venv/ first)
+# make test    - lint, type-check and run the unit suite (creates venv/ first), and go test the key provider
 # make preview STACK=dev / make up STACK=dev - the real thing, against the current kubeconfig context
 # make bench   - time the program under mocks against the import floor, and the engine's preview and up against plain YAML
 # make live    - the rendered stack as real Consul 1.16.1 agents in network namespaces (root; builds Consul once)
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.requirements
 STACK ?= dev
 RENDER_FLAGS ?=
 
-.PHONY: test lint typecheck unit bench engine render check-rendered preview up pulumi restore engine-test consul-binary kube-binaries live e2e clean
+.PHONY: test lint typecheck unit provider-test bench engine render check-rendered preview up pulumi restore engine-test consul-binary kube-binaries live e2e clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@unformatted=$$(gofmt -l provider); if [ -n "$$unformatted" ]; then echo "gofmt: $$unformatted"; exit 1; fi
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -31,7 +32,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-test: lint typecheck unit
+# The consul-keys provider (provider/), with the engine build's flags so the Go build cache is shared.
+provider-test:
+	cd provider && CGO_ENABLED=0 go vet -tags osusergo,grpcnotrace ./... && CGO_ENABLED=0 go test -trimpath -tags osusergo,grpcnotrace ./...
+
+test: lint typecheck unit provider-test
 
 bench: $(STAMP) engine
 	$(BIN)/python benchmarks/evaluate_program.py

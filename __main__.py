@@ -1,5 +1,7 @@
 """Consul on Kubernetes: the program `pulumi up` and `pulumi preview` run."""
 
+import pulumi
+
 from consul.program import main
 
-main()
+pulumi.run(main)

@@ -1,8 +1,8 @@
 """Consul on Kubernetes as typed Pulumi components.
 
-``from consul import ConsulServers`` works as usual, but each name is loaded on first use: the
-dynamic-provider process imports ``consul.generated`` for every stack operation and must not pay
-for loading the whole program and pulumi_kubernetes with it.
+``from consul import ConsulServers`` works as usual, but each name is loaded on first use, so a
+script that needs one module (the settings, say) does not load the whole program and
+pulumi_kubernetes with it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Key material generated once per stack, as one Pulumi dynamic resource.
+"""Key material generated once per stack, as one resource of this project's own provider.
 
 :class:`KeyMaterial` holds everything the program generates (gossip key, CA, server certificate,
 ACL token IDs) in the stack's state, as secret outputs. Each `pulumi up` keeps what is there and
@@ -6,21 +6,26 @@ generates only what is missing or due: a new token for a new name, the CA when i
 changes, the server certificate when its request or CA changes or when it expires within the
 renewal window.
 
-This module is what the dynamic-provider process imports to run the provider, so it imports
-nothing beyond `pulumi` and the standard library; `cryptography` (in :mod:`consul.keys`) is
-loaded only when a certificate is actually generated.
+The provider is the Go plugin in provider/ (pulumi-resource-consul-keys), which
+scripts/install-engine.sh builds and installs at PROVIDER_VERSION. A compiled plugin starts in
+milliseconds; a Python dynamic provider costs every preview a second Python process that imports
+gRPC and the Pulumi SDK before it answers (about half a second).
 """
 
 from __future__ import annotations
 
 import datetime
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+# The provider plugin and its resource type; install-engine.sh installs the plugin at this version.
+PROVIDER = "consul-keys"
+PROVIDER_VERSION = "1.0.0"
+RESOURCE_TYPE = f"{PROVIDER}:index:KeyMaterial"
+PREVIOUS_TYPE = "pulumi-python:dynamic:Resource"
 
 CA_VALIDITY_DAYS = 3650
 SERVER_CERT_VALIDITY_DAYS = 825
@@ -58,100 +63,7 @@ def expires_within(not_after: str | None, days: float, now: datetime.datetime | 
     return datetime.datetime.fromisoformat(not_after) - (now or _now()) < datetime.timedelta(days=days)
 
 
-def _certificate_fields(request: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """What the certificate itself says: the renewal window is not part of it."""
-    return None if request is None else {k: v for k, v in request.items() if k != "renew_before_days"}
-
-
-def due(olds: Mapping[str, Any], news: Mapping[str, Any], now: datetime.datetime | None = None) -> list[str]:
-    """The parts of the material an update must generate anew: ``gossip``, ``ca``, ``server_cert``,
-    ``tokens``, or ``dropped`` (a part switched off, or a token no longer asked for)."""
-    parts = []
-    if news.get("gossip") and not olds.get(GOSSIP_KEY):
-        parts.append("gossip")
-    wants_ca = news.get("ca") is not None or news.get("brought_ca") is not None
-    ca_changed = news.get("ca") != olds.get("ca") or news.get("brought_ca") != olds.get("brought_ca")
-    if wants_ca and (ca_changed or not olds.get(CA_CERT)):
-        parts.append("ca")
-    request = news.get("server_cert")
-    if request is not None and (
-        "ca" in parts
-        or _certificate_fields(request) != _certificate_fields(olds.get("server_cert"))
-        or expires_within(olds.get(SERVER_NOT_AFTER), request["renew_before_days"], now)
-    ):
-        parts.append("server_cert")
-    if set(news.get("tokens") or ()) - set(olds.get(TOKEN_SECRETS) or {}):
-        parts.append("tokens")
-    dropped = (
-        (olds.get(GOSSIP_KEY) and not news.get("gossip"))
-        or (olds.get(CA_CERT) and not wants_ca)
-        or (olds.get(SERVER_CERT) and request is None)
-        or set(olds.get(TOKEN_SECRETS) or {}) - set(news.get("tokens") or ())
-    )
-    if dropped:
-        parts.append("dropped")
-    return parts
-
-
-def generate(olds: Mapping[str, Any], news: Mapping[str, Any], parts: Sequence[str]) -> dict[str, Any]:
-    """The outputs for inputs `news`: what `parts` names generated anew, the rest kept from `olds`."""
-    outs: dict[str, Any] = {name: olds.get(name) for name in OUTPUTS}
-    if not news.get("gossip"):
-        outs[GOSSIP_KEY] = None
-    elif "gossip" in parts:
-        from . import keys
-
-        outs[GOSSIP_KEY] = keys.gossip_key()
-    if news.get("ca") is None and news.get("brought_ca") is None:
-        outs[CA_CERT] = outs[CA_KEY] = outs[CA_NOT_AFTER] = None
-    elif "ca" in parts:
-        from . import keys
-
-        brought = news.get("brought_ca")
-        if brought is not None:
-            pair = keys.KeyPair(brought["cert_pem"], brought["key_pem"])
-        else:
-            pair = keys.certificate_authority(news["ca"]["common_name"], int(news["ca"]["validity_days"]))
-        outs[CA_CERT], outs[CA_KEY], outs[CA_NOT_AFTER] = pair.cert_pem, pair.key_pem, keys.not_after(pair.cert_pem)
-    request = news.get("server_cert")
-    if request is None:
-        outs[SERVER_CERT] = outs[SERVER_KEY] = outs[SERVER_NOT_AFTER] = None
-    elif "server_cert" in parts:
-        from . import keys
-
-        pair = keys.server_certificate(
-            keys.KeyPair(outs[CA_CERT], outs[CA_KEY]),
-            request["common_name"],
-            request["dns_names"],
-            request["ip_addresses"],
-            int(request["validity_days"]),
-        )
-        outs[SERVER_CERT], outs[SERVER_KEY], outs[SERVER_NOT_AFTER] = pair.cert_pem, pair.key_pem, keys.not_after(pair.cert_pem)
-    old_secrets, old_accessors = olds.get(TOKEN_SECRETS) or {}, olds.get(TOKEN_ACCESSORS) or {}
-    names = list(news.get("tokens") or ())
-    outs[TOKEN_SECRETS] = {n: old_secrets.get(n) or str(uuid.uuid4()) for n in names}
-    outs[TOKEN_ACCESSORS] = {n: old_accessors.get(n) or str(uuid.uuid4()) for n in names}
-    return outs
-
-
-class _KeyMaterialProvider(ResourceProvider):
-    """Create generates every part; an update generates only the parts :func:`due` names."""
-
-    def create(self, props: dict[str, Any]) -> CreateResult:
-        return CreateResult(id_=str(uuid.uuid4()), outs={**props, **generate({}, props, ["gossip", "ca", "server_cert", "tokens"])})
-
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        parts = due(olds, news)
-        # The CA stays what it is unless its request changes: kept known in previews, so the
-        # program can warn about its expiry even when something else is due.
-        stables = [] if "ca" in parts else [CA_CERT, CA_NOT_AFTER]
-        return DiffResult(changes=bool(parts), replaces=[], stables=stables, delete_before_replace=False)
-
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs={**news, **generate(olds, news, due(olds, news))})
-
-
-class KeyMaterial(Resource):
+class KeyMaterial(pulumi.CustomResource):
     """Every generated secret of one Consul cluster, kept (encrypted) in the stack's state.
 
     gossip: generate a gossip key (``gossip_key``).
@@ -193,5 +105,15 @@ class KeyMaterial(Resource):
             else None,
             tokens=list(tokens),
         )
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS))
-        super().__init__(_KeyMaterialProvider(), name, props, opts)
+        opts = pulumi.ResourceOptions.merge(
+            opts,
+            pulumi.ResourceOptions(
+                additional_secret_outputs=SECRET_OUTPUTS,
+                version=PROVIDER_VERSION,
+                # Stacks deployed before this provider hold the same material as a Python dynamic
+                # resource of the same name: the engine takes that state over, and the provider
+                # finds nothing due, so no key, certificate or token changes.
+                aliases=[pulumi.Alias(type_=PREVIOUS_TYPE)],
+            ),
+        )
+        super().__init__(RESOURCE_TYPE, name, props, opts)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pulumi
 
 from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
 from .clients import ConsulClients, ConsulClientsArgs
-from .generated import CA_WARN_BEFORE_DAYS, expires_within
+from .generated import CA_WARN_BEFORE_DAYS, KeyMaterial, expires_within
 from .gossip_rotation import ConsulGossipRotation, ConsulGossipRotationArgs
 from .labels import APP_NAME
 from .namespace import consul_namespace
@@ -29,8 +31,17 @@ def warn_if_ca_expires(not_after: str | None) -> None:
         )
 
 
-def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
-    """Declare every resource for validated settings and return the stack outputs."""
+@dataclass(frozen=True)
+class Foundation:
+    """What the rest of the cluster is declared on: the key material and the namespace."""
+
+    material: KeyMaterial | None
+    namespace: pulumi.Input[str]
+
+
+def declare_foundation(settings: Settings) -> Foundation:
+    """The key material and the namespace: they wait for nothing, and the engine needs a provider
+    plugin for each (consul-keys, Kubernetes), so the program sends them first."""
     material = declare_key_material(INSTANCE, settings.security, settings.cluster, settings.namespace, settings.servers.replicas)
     namespace: pulumi.Input[str] = settings.namespace
     if settings.create_namespace:
@@ -40,6 +51,12 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
             host_access=settings.clients.uses_host_namespace,
         )
         namespace = ns.metadata.name
+    return Foundation(material, namespace)
+
+
+def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, pulumi.Output[object]]:
+    """Declare everything else on `foundation` and return the stack outputs."""
+    material, namespace = foundation.material, foundation.namespace
     security = ConsulSecurity(
         INSTANCE,
         ConsulSecurityArgs(
@@ -129,13 +146,37 @@ def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
     }
 
 
-def main() -> None:
-    """Entry point: validation runs to completion before the first resource is declared."""
+def deploy(settings: Settings) -> Mapping[str, pulumi.Output[object]]:
+    """Declare every resource for validated settings and return the stack outputs."""
+    return declare_cluster(settings, declare_foundation(settings))
+
+
+# Event-loop turns that take a registration from its declaration to its RPC in flight.
+_TURNS_TO_SEND = 20
+
+
+async def _send_declared() -> None:
+    """Let the Pulumi runtime send what is declared so far. Registrations go out only when the
+    program yields to the event loop (a synchronous program sends nothing until it returns), and
+    each waits for its parent's URN: the stack's, registered just before the program started."""
+    root = pulumi.runtime.get_root_resource()
+    if root is not None:
+        await root.urn.future()
+    for _ in range(_TURNS_TO_SEND):
+        await asyncio.sleep(0)
+
+
+async def main() -> None:
+    """Entry point (`pulumi.run(main)`, or the Automation API's inline program): validation runs to
+    completion before the first resource is declared. The foundation is sent before the rest is
+    declared, so the engine loads its provider plugins while the program is still running."""
     settings = load_settings(stack_config(), secret_config_keys())
     if settings.clients.uses_host_namespace and settings.create_namespace:
         pulumi.log.warn(
             f"{PROJECT}:clientHostPorts/clientHostNetwork need host access: namespace {settings.namespace} enforces "
             'Pod Security "privileged" (and still warns and audits against "restricted").'
         )
-    for key, value in deploy(settings).items():
+    foundation = declare_foundation(settings)
+    await _send_declared()
+    for key, value in declare_cluster(settings, foundation).items():
         pulumi.export(key, value)

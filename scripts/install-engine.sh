@@ -4,8 +4,9 @@
 #     module proxy (go >= 1.26);
 #   - the Kubernetes provider plugin, at the version the Python SDK in requirements.txt asks for:
 #     downloaded by `pulumi plugin install` where that works, otherwise built from the Go module proxy;
-#   - the Python dynamic-provider shim (pulumi-resource-pulumi-python), which the official install
-#     ships and a source build takes from the Pulumi SDK module.
+#   - this project's own provider plugin, consul-keys (provider/: the stack's key material), built
+#     with Go from the source in this repository and installed at the version the program asks for
+#     (PROVIDER_VERSION in consul/generated.py). It is rebuilt only when its source changes.
 # Builds are cached in ~/.cache/consul-pulumi-engine and never repeated once their output exists.
 set -euo pipefail
 
@@ -81,13 +82,16 @@ EOF
   install -m 0755 "$dir/pulumi" "$BIN_DIR/pulumi"
 }
 
-kubernetes_plugin_installed() {
+# plugin_installed NAME VERSION: whether the resource plugin NAME is installed at VERSION.
+plugin_installed() {
   pulumi plugin ls --json 2>/dev/null | python3 -c '
 import json, sys
 plugins = json.load(sys.stdin) or []
-sys.exit(0 if any(p["name"] == "kubernetes" and p["kind"] == "resource" and p["version"] == sys.argv[1] for p in plugins) else 1)
-' "$K8S_PROVIDER_VERSION"
+sys.exit(0 if any(p["name"] == sys.argv[1] and p["kind"] == "resource" and p["version"] == sys.argv[2] for p in plugins) else 1)
+' "$1" "$2"
 }
+
+kubernetes_plugin_installed() { plugin_installed kubernetes "$K8S_PROVIDER_VERSION"; }
 
 build_kubernetes_provider() {
   require_go "the Kubernetes provider plugin $K8S_PROVIDER_VERSION could not be downloaded"
@@ -116,13 +120,32 @@ build_kubernetes_provider() {
     pulumi plugin install resource kubernetes "$K8S_PROVIDER_VERSION" --file "$binary"
 }
 
-install_dynamic_provider_shim() {
-  require_go "pulumi-resource-pulumi-python (the Python dynamic provider shim) is missing"
-  local source
-  source=$(go mod download -json "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
-    || die "fetching github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION from the Go module proxy failed"
-  install -m 0755 "$source/python/dist/pulumi-resource-pulumi-python" "$BIN_DIR/pulumi-resource-pulumi-python"
-  say "installed pulumi-resource-pulumi-python"
+# The consul-keys plugin: built from provider/ into a cache directory named after a digest of its
+# source, and (re)installed whenever the installed build is not that one.
+install_key_provider() {
+  local repo version digest dir binary stamp=$CACHE/consul-keys.installed
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  version=$(sed -n 's/^PROVIDER_VERSION = "\(.*\)"$/\1/p' "$repo/consul/generated.py")
+  [ -n "$version" ] || die "no PROVIDER_VERSION in consul/generated.py"
+  digest=$(cd "$repo/provider" && cat go.mod go.sum $(ls ./*.go | grep -v _test.go) | sha256sum | cut -c1-16)
+  dir=$CACHE/consul-keys-$digest
+  binary=$dir/pulumi-resource-consul-keys
+  if [ -x "$binary" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version $digest" ] && plugin_installed consul-keys "$version"; then
+    say "consul-keys provider $version is installed"
+    return
+  fi
+  if [ ! -x "$binary" ]; then
+    require_go "the consul-keys provider (provider/) is not built"
+    mkdir -p "$dir"
+    : >"$dir/build.log"
+    # The same flags as the CLI build above, so the Go build cache serves the SDK packages they share.
+    (cd "$repo/provider" && CGO_ENABLED=0 run "consul-keys provider $version: compiling (a minute or two; more without the CLI build's cache)" "$dir/build.log" \
+      go build -v -trimpath -tags osusergo,grpcnotrace -ldflags "-X main.version=$version" -o "$binary.tmp" .)
+    mv "$binary.tmp" "$binary"
+  fi
+  run "consul-keys provider: registering the plugin" "$dir/build.log" \
+    pulumi plugin install resource consul-keys "$version" --file "$binary" --reinstall
+  echo "$version $digest" >"$stamp"
 }
 
 mkdir -p "$CACHE"
@@ -146,7 +169,5 @@ else
   kubernetes_plugin_installed || die "the Kubernetes provider plugin $K8S_PROVIDER_VERSION is still not installed"
 fi
 
-if ! command -v pulumi-resource-pulumi-python >/dev/null 2>&1; then
-  install_dynamic_provider_shim
-fi
-say "ready: $(command -v pulumi) $(pulumi version), kubernetes $K8S_PROVIDER_VERSION"
+install_key_provider
+say "ready: $(command -v pulumi) $(pulumi version), kubernetes $K8S_PROVIDER_VERSION, consul-keys"

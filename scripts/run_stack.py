@@ -1,8 +1,8 @@
 """Runs the program with the real Pulumi engine: `render` (no cluster), `preview` and `up`.
 
-The program runs inline through Pulumi's Automation API, so the engine needs only the CLI, the
-Kubernetes provider and the dynamic-provider shim (scripts/install-engine.sh puts them in
-~/.pulumi/bin). The stack's settings come from Pulumi.yaml and Pulumi.<stack>.yaml as with
+The program runs inline through Pulumi's Automation API, so the engine needs only the CLI and
+two provider plugins, Kubernetes and this project's consul-keys (scripts/install-engine.sh puts
+them in ~/.pulumi). The stack's settings come from Pulumi.yaml and Pulumi.<stack>.yaml as with
 `pulumi up`.
 
 render: the dev stack (or --stack) with the Kubernetes provider's renderYamlToDirectory, into
@@ -33,7 +33,8 @@ from pulumi import automation as auto
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from consul.program import main as consul_program  # noqa: E402 (after the path is set)
+from consul import generated  # noqa: E402 (after the path is set)
+from consul.program import main as consul_program  # noqa: E402
 
 PULUMI_BIN = Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi")) / "bin"
 RENDER_HOME = ROOT / ".pulumi-render"
@@ -55,9 +56,6 @@ def _engine_env(backend: str, passphrase: str | None) -> dict[str, str]:
         "PULUMI_BACKEND_URL": backend,
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        # The dynamic providers (consul.generated) run in a plugin process: same Python, same code.
-        "PULUMI_PYTHON_CMD": sys.executable,
-        "PYTHONPATH": str(ROOT),
         "PATH": f"{PULUMI_BIN}:{os.environ.get('PATH', '')}",
     }
     if passphrase is not None:
@@ -68,6 +66,12 @@ def _engine_env(backend: str, passphrase: str | None) -> dict[str, str]:
 def _require_cli() -> None:
     if shutil.which("pulumi", path=f"{PULUMI_BIN}:{os.environ.get('PATH', '')}") is None:
         raise EngineError("no pulumi CLI: run scripts/install-engine.sh (make render and make preview do it for you)")
+    key_plugin = PULUMI_BIN.parent / "plugins" / f"resource-{generated.PROVIDER}-v{generated.PROVIDER_VERSION}"
+    if not key_plugin.is_dir():
+        raise EngineError(
+            f"the {generated.PROVIDER} provider plugin v{generated.PROVIDER_VERSION} (provider/) is not installed: "
+            "run scripts/install-engine.sh (make render and make preview do it for you)"
+        )
 
 
 def _stack(name: str, work_dir: Path, env: dict[str, str]) -> auto.Stack:

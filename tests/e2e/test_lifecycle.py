@@ -120,7 +120,7 @@ def test_a_staged_upgrade_walks_the_partition_down_each_up_succeeding(deployed):
 
 
 def test_a_new_gossip_key_restarts_no_agent_and_runs_the_rotation_job(deployed):
-    from consul.keys import gossip_key
+    from material import gossip_key
 
     ns = deployed.namespace
     servers = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployed.pods("server")}

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 from conftest import STACK_FILE, Rendered, http, keep_logs, management_token, run_stack, start_bed, wait_formed
+from material import gossip_key
 from pulumi import automation as auto
 
-from consul.keys import gossip_key
 from testbed.live import network
 from testbed.live.cluster import Bed, load_manifests, secret_data
 

@@ -87,11 +87,11 @@ HANDSHAKE = textwrap.dedent(
 
 
 def test_a_certificate_from_another_ca_is_refused_on_rpc(bed, tmp_path):
-    from consul import keys
+    import material
 
     # A certificate with the very names a server has, from a CA the cluster does not trust.
-    foreign_ca = keys.certificate_authority("Another CA")
-    foreign = keys.server_certificate(foreign_ca, "server.dc1.consul", ["server.dc1.consul"], ["127.0.0.1"])
+    foreign_ca = material.certificate_authority("Another CA")
+    foreign = material.server_certificate(foreign_ca, "server.dc1.consul", ["server.dc1.consul"], ["127.0.0.1"])
     (tmp_path / "foreign.crt").write_text(foreign.cert_pem)
     (tmp_path / "foreign.key").write_text(foreign.key_pem)
     server_tls = bed.secrets["consul-server-cert"]

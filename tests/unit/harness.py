@@ -7,21 +7,25 @@ tests never restate a default; a test's overrides go on top.
 
 from __future__ import annotations
 
-import base64
 import copy
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import runpy
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dill
+import material
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import run_in_stack
+from pulumi.runtime.settings import get_root_resource, set_root_resource
+from pulumi.runtime.sync_await import _sync_await
 
+from consul import generated
 from consul.program import deploy, main
 from consul.settings import PROJECT, load_settings, secret_config_keys, stack_config
 
@@ -96,22 +100,20 @@ class Declared:
 
 
 class _Recorder(pulumi_mocks.Mocks):
-    def __init__(self, run_generators: bool = True) -> None:
-        self.run_generators = run_generators
+    def __init__(self, real_material: bool = True) -> None:
+        self.real_material = real_material
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        if args.typ == "pulumi-python:dynamic:Resource" and not self.run_generators:
-            # The engine runs generators in the dynamic-provider process, outside the program.
+        if args.typ == generated.RESOURCE_TYPE and not self.real_material:
+            # The engine asks the consul-keys provider for these, outside the program.
             return f"{args.name}-id", {k: (f"{k}-of-{args.name}" if v is None else v) for k, v in args.inputs.items()} | {
                 "token_accessors": {t: f"accessor-of-{t}" for t in args.inputs.get("tokens") or ()},
                 "token_secrets": {t: f"secret-of-{t}" for t in args.inputs.get("tokens") or ()},
             }
-        if args.typ == "pulumi-python:dynamic:Resource":
-            # Run the dynamic provider's real create, as the engine would.
+        if args.typ == generated.RESOURCE_TYPE:
+            # Real material, as the provider's create makes it (tests/unit/material.py).
             inputs = _plain(args.inputs)
-            provider = dill.loads(base64.b64decode(inputs.pop("__provider")))
-            result = provider.create(inputs)
-            return result.id, {**inputs, **(result.outs or {})}
+            return f"{args.name}-id", {**inputs, **material.create(inputs)}
         return f"{args.name}-id", dict(args.inputs)
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], None]:
@@ -209,8 +211,8 @@ class Rendered:
 SECRET_KEYS = ("gossipKey", "tlsCaKey", "aclManagementToken")
 
 
-def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = (), run_generators: bool = True) -> tuple[_Monitor, _Warnings]:
-    recorder = _Recorder(run_generators)
+def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = (), real_material: bool = True) -> tuple[_Monitor, _Warnings]:
+    recorder = _Recorder(real_material)
     monitor = _Monitor(recorder)
     warnings = _Warnings()
     logger = logging.getLogger(f"consul-tests-{id(warnings)}")
@@ -222,13 +224,13 @@ def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = (), 
     return monitor, warnings
 
 
-def render(stack: str = "dev", run_generators: bool = True, **overrides: Any) -> Rendered:
+def render(stack: str = "dev", real_material: bool = True, **overrides: Any) -> Rendered:
     """Run the program for `stack` with `overrides` and return everything it declared.
 
-    The dynamic resources' generators run as the engine would run them, unless `run_generators`
-    is False (the benchmark times the program alone).
+    The key material is real (tests/unit/material.py, in place of the consul-keys provider), unless
+    `real_material` is False (placeholders: the benchmark times the program alone).
     """
-    monitor, warnings = _start(stack, overrides, run_generators=run_generators)
+    monitor, warnings = _start(stack, overrides, real_material=real_material)
     outputs: dict[str, Any] = {}
     secret: dict[str, bool] = {}
 
@@ -251,8 +253,8 @@ def run_main(stack: str = "dev", plain: Sequence[str] = (), **overrides: Any) ->
     monitor, warnings = _start(stack, overrides, plain)
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
-    def run() -> None:
-        main()
+    def run() -> Coroutine[Any, Any, None]:
+        return main()
 
     error: Exception | None = None
     try:
@@ -290,3 +292,22 @@ def _merge(into: dict[str, Any], more: Mapping[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = copy.deepcopy(value)
+
+
+def run_main_module(stack: str = "dev", **overrides: Any) -> Rendered:
+    """Run __main__.py as Pulumi's Python language host does (pulumi-language-python-exec): the
+    module inside a stack, then the entry point it registered with `pulumi.run`, awaited."""
+    monitor, warnings = _start(stack, overrides)
+    # The language host makes the stack: set the mocks' aside meanwhile.
+    mocks_stack = get_root_resource()
+    set_root_resource(None)  # type: ignore[arg-type]
+    program = str(PROJECT_DIR / "__main__.py")
+
+    def run_module() -> None:
+        runpy.run_path(program, run_name="__main__")
+
+    try:
+        _sync_await(run_in_stack(run_module))
+    finally:
+        set_root_resource(mocks_stack)  # type: ignore[arg-type]
+    return Rendered(list(monitor.declared), {}, warnings.messages)

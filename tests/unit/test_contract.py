@@ -53,3 +53,13 @@ def test_readme_outputs_table_names_every_export():
     table = readme.split("### Outputs", 1)[1].split("\n\n", 2)[1]
     documented = re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE)
     assert documented == list(render("dev").outputs)
+
+
+def test_main_module_declares_the_stack_through_its_async_entry_point():
+    """__main__.py registers `main` with pulumi.run; the language host awaits it after the module."""
+    from harness import render, run_main_module
+
+    declared = run_main_module("dev").declared
+    assert sorted((d.typ, d.name) for d in declared) == sorted((d.typ, d.name) for d in render("dev").declared)
+    # The foundation is sent before the rest is declared.
+    assert {declared[0].typ, declared[1].typ} == {"consul-keys:index:KeyMaterial", "kubernetes:core/v1:Namespace"}

@@ -3,62 +3,28 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import ipaddress
 import json
 import re
 
+import material
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from harness import merged_agent_config, render, run_main
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from validation import agent_config_errors, consul_config_files, schema_errors
 
 from consul import generated, keys
-from consul.generated import _KeyMaterialProvider
 from consul.settings import SettingsError
 
-# --- generators, with real cryptography ----------------------------------------------------------
-
-
-def test_keys_gossip_key_is_32_random_bytes():
-    first, second = keys.gossip_key(), keys.gossip_key()
-    assert len(base64.b64decode(first, validate=True)) == 32
-    assert first != second
-    assert keys.check_gossip_key(first) is None
-
-
-def test_keys_ca_is_a_long_lived_ecdsa_p256_ca():
-    ca = keys.certificate_authority("Consul CA dc1")
-    cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
-    public_key = cert.public_key()
-    assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    assert public_key.curve.name == "secp256r1"
-    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
-    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days >= 3650
-    cert.verify_directly_issued_by(cert)
-    assert keys.check_ca(ca.cert_pem, ca.key_pem) is None
-
-
-def test_keys_server_certificate_is_signed_by_the_ca_with_the_sans():
-    ca = keys.certificate_authority("Consul CA dc1")
-    pair = keys.server_certificate(ca, "server.dc1.consul", ["server.dc1.consul", "localhost", "*.consul-server.consul.svc"], ["127.0.0.1"])
-    cert = x509.load_pem_x509_certificate(pair.cert_pem.encode())
-    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem.encode()))
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.DNSName) == ["server.dc1.consul", "localhost", "*.consul-server.consul.svc"]
-    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
-    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert {u._name for u in usages} == {"serverAuth", "clientAuth"}
-    public_key = cert.public_key()
-    assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    assert public_key.curve.name == "secp256r1"
+# --- checks of brought material ------------------------------------------------------------------
+# The generated material is the consul-keys provider's, tested with `go test` in provider/.
 
 
 def test_keys_checks_refuse_bad_material():
+    assert keys.check_gossip_key(material.gossip_key()) is None
     assert keys.check_gossip_key("not base64!") == "is not base64"
     # 32 bytes, but with padding bits set: Consul would list it re-encoded, as ...AAA=.
     assert (
@@ -68,97 +34,11 @@ def test_keys_checks_refuse_bad_material():
     assert keys.check_gossip_key(base64.b64encode(b"x" * 20).decode()) == (
         "decodes to 20 bytes; Consul takes 16, 24 or 32 (generate one with `consul keygen`)"
     )
-    ca, other = keys.certificate_authority("a"), keys.certificate_authority("b")
+    ca, other = material.certificate_authority("a"), material.certificate_authority("b")
+    assert keys.check_ca(ca.cert_pem, ca.key_pem) is None
     assert keys.check_ca(ca.cert_pem, other.key_pem) == "the key does not belong to the certificate"
-    leaf = keys.server_certificate(ca, "x", ["x"], [])
+    leaf = material.server_certificate(ca, "x", ["x"], [])
     assert keys.check_ca(leaf.cert_pem, leaf.key_pem) == "the certificate is not a CA (basicConstraints CA:FALSE)"
-
-
-def _material_inputs(**changes):
-    request = {
-        "common_name": "server.dc1.consul",
-        "dns_names": ["a"],
-        "ip_addresses": [],
-        "validity_days": 825,
-        "renew_before_days": 30,
-    }
-    props = {
-        "gossip": True,
-        "ca": {"common_name": "Consul CA dc1", "validity_days": 3650},
-        "brought_ca": None,
-        "server_cert": request,
-        "tokens": ["management", "agent-client"],
-    }
-    props.update(changes)
-    return props
-
-
-@pytest.fixture(scope="module")
-def created_material():
-    provider = _KeyMaterialProvider()
-    created = provider.create(_material_inputs())
-    assert created.outs is not None
-    return provider, created.outs
-
-
-def test_material_same_inputs_change_nothing(created_material):
-    provider, outs = created_material
-    diff = provider.diff("id", outs, _material_inputs())
-    assert (diff.changes, diff.replaces, diff.stables) == (False, [], ["ca_cert_pem", "ca_not_after"])
-
-
-def test_material_new_names_reissue_only_the_server_certificate(created_material):
-    provider, outs = created_material
-    news = _material_inputs(server_cert={**outs["server_cert"], "dns_names": ["a", "b"]})
-    diff = provider.diff("id", outs, news)
-    assert (diff.changes, diff.replaces) == (True, [])
-    updated = provider.update("id", outs, news).outs
-    assert updated is not None
-    assert updated["server_cert_pem"] != outs["server_cert_pem"]
-    kept = ["gossip_key", "ca_cert_pem", "ca_key_pem", "token_secrets", "token_accessors"]
-    assert {k: updated[k] for k in kept} == {k: outs[k] for k in kept}
-    sans = x509.load_pem_x509_certificate(updated["server_cert_pem"].encode()).extensions
-    assert sans.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == ["a", "b"]
-
-
-def test_material_renews_the_server_certificate_inside_the_window(created_material):
-    provider, outs = created_material
-    assert outs["server_cert_not_after"] > "2028"  # 825 days from when the test runs
-    assert generated.due(outs, _material_inputs()) == []
-    # A wider window alone re-issues nothing until the certificate is inside it.
-    wider = _material_inputs(server_cert={**outs["server_cert"], "renew_before_days": 60})
-    assert generated.due(outs, wider) == []
-    assert generated.due(outs, _material_inputs(server_cert={**outs["server_cert"], "renew_before_days": 825})) == ["server_cert"]
-    # 800 days later, 25 days are left: less than the 30-day window.
-    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=800)
-    assert generated.due(outs, _material_inputs(), now=later) == ["server_cert"]
-    expiring = {**outs, "server_cert_not_after": (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=29)).isoformat()}
-    assert provider.diff("id", expiring, _material_inputs()).changes is True
-    renewed = provider.update("id", expiring, _material_inputs()).outs
-    assert renewed is not None
-    assert renewed["server_cert_not_after"] > expiring["server_cert_not_after"]
-    assert (renewed["ca_cert_pem"], renewed["gossip_key"]) == (outs["ca_cert_pem"], outs["gossip_key"])
-    cert = x509.load_pem_x509_certificate(renewed["server_cert_pem"].encode())
-    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(outs["ca_cert_pem"].encode()))
-
-
-def test_material_tokens_are_kept_added_and_dropped_by_name(created_material):
-    provider, outs = created_material
-    news = _material_inputs(tokens=["management", "service-web"])
-    assert generated.due(outs, news) == ["tokens", "dropped"]
-    updated = provider.update("id", outs, news).outs
-    assert updated is not None
-    assert set(updated["token_secrets"]) == set(updated["token_accessors"]) == {"management", "service-web"}
-    assert updated["token_secrets"]["management"] == outs["token_secrets"]["management"]
-    assert updated["token_secrets"]["service-web"] not in outs["token_secrets"].values()
-    assert updated["server_cert_pem"] == outs["server_cert_pem"]
-
-
-def test_material_a_new_ca_request_reissues_ca_and_certificate(created_material):
-    provider, outs = created_material
-    news = _material_inputs(ca={"common_name": "Consul CA dc2", "validity_days": 3650})
-    assert generated.due(outs, news) == ["ca", "server_cert"]
-    assert provider.diff("id", outs, news).stables == []
 
 
 # --- the cluster, with everything on (the default) -----------------------------------------------
@@ -218,7 +98,7 @@ def test_gossip_off(insecure, kind, name, tier):
 
 
 def test_gossip_bring_your_own_key():
-    key = keys.gossip_key()
+    key = material.gossip_key()
     rendered = render("ci-defaults", gossipKey=key)
     assert string_data(rendered, "consul-gossip")["key"] == key
     assert "consul-gossip-key" not in [d.name for d in rendered.declared]
@@ -249,6 +129,8 @@ def test_tls_default_servers(secure):
 
 
 def test_tls_server_certificate_names_the_servers_and_verifies(secure):
+    """The program's request names every way the servers are reached, and the Secrets carry the
+    certificate issued for it (here by the mocks' stand-in for the provider)."""
     ca = x509.load_pem_x509_certificate(string_data(secure, "consul-ca-cert")["tls.crt"].encode())
     cert = x509.load_pem_x509_certificate(string_data(secure, "consul-server-cert")["tls.crt"].encode())
     cert.verify_directly_issued_by(ca)
@@ -298,7 +180,7 @@ def test_tls_off(insecure):
 
 
 def test_tls_bring_your_own_ca():
-    ca = keys.certificate_authority("Our CA")
+    ca = material.certificate_authority("Our CA")
     rendered = render("ci-defaults", tlsCaCert=ca.cert_pem, tlsCaKey=ca.key_pem)
     assert string_data(rendered, "consul-ca-cert")["tls.crt"] == ca.cert_pem
     assert "consul-ca" not in [d.name for d in rendered.declared]
@@ -306,29 +188,22 @@ def test_tls_bring_your_own_ca():
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem.encode()))
 
 
-def _server_cert(rendered):
-    return x509.load_pem_x509_certificate(string_data(rendered, "consul-server-cert")["tls.crt"].encode())
-
-
 def test_tls_certificate_lifetime_default_and_override(secure):
-    cert = _server_cert(secure)
-    assert (cert.not_valid_after_utc - cert.not_valid_before_utc) == datetime.timedelta(days=825, minutes=5)
-    (material,) = [d for d in secure.declared if d.typ == "pulumi-python:dynamic:Resource"]
-    assert (material.inputs["server_cert"]["validity_days"], material.inputs["server_cert"]["renew_before_days"]) == (825, 30)
+    """The program asks for the lifetime and window; provider/ issues to them (go test)."""
+    (key_material,) = [d for d in secure.declared if d.typ == generated.RESOURCE_TYPE]
+    assert (key_material.inputs["server_cert"]["validity_days"], key_material.inputs["server_cert"]["renew_before_days"]) == (825, 30)
     short = render("ci-defaults", tlsServerCertValidity=2, tlsRenewBefore=1)
-    cert = _server_cert(short)
-    assert (cert.not_valid_after_utc - cert.not_valid_before_utc) == datetime.timedelta(days=2, minutes=5)
-    (material,) = [d for d in short.declared if d.typ == "pulumi-python:dynamic:Resource"]
-    assert (material.inputs["server_cert"]["validity_days"], material.inputs["server_cert"]["renew_before_days"]) == (2, 1)
+    (key_material,) = [d for d in short.declared if d.typ == generated.RESOURCE_TYPE]
+    assert (key_material.inputs["server_cert"]["validity_days"], key_material.inputs["server_cert"]["renew_before_days"]) == (2, 1)
 
 
 def test_tls_a_ca_with_less_than_a_year_left_warns():
     program, error = run_main("ci-defaults")
     assert (error, program.warnings) == (None, [])
-    ca = keys.certificate_authority("Our CA", validity_days=200)
+    ca = material.certificate_authority("Our CA", validity_days=200)
     program, error = run_main("ci-defaults", tlsCaCert=ca.cert_pem, tlsCaKey=ca.key_pem)
     assert error is None
-    expiry = keys.not_after(ca.cert_pem)[:10]
+    expiry = material.not_after(ca.cert_pem)[:10]
     assert program.warnings == [
         f"the Consul CA expires on {expiry}, in less than 365 days: rotate it as the README's operations guide says (Certificates)"
     ]
@@ -404,7 +279,7 @@ def test_acls_off(insecure):
 
 
 def test_acls_bring_your_own_management_token():
-    token = keys.token_id()
+    token = material.token_id()
     rendered = render("ci-defaults", aclManagementToken=token)
     assert string_data(rendered, "consul-acl-tokens")["management"] == token
     assert "consul-management-token" not in [d.name for d in rendered.declared]
@@ -465,10 +340,10 @@ def test_secrets_travel_as_pulumi_secrets(secure):
 
 
 def test_generated_material_is_one_resource_with_secret_outputs(secure):
-    """One dynamic resource holds every generated value; the engine keeps the secret ones encrypted."""
-    generated_ = {d.name: d.secret_outputs for d in secure.declared if d.typ == "pulumi-python:dynamic:Resource"}
+    """One resource of the consul-keys provider holds every generated value; the engine keeps the secret ones encrypted."""
+    generated_ = {d.name: d.secret_outputs for d in secure.declared if d.typ == generated.RESOURCE_TYPE}
     assert generated_ == {"consul-key-material": ["gossip_key", "ca_key_pem", "server_key_pem", "token_secrets", "brought_ca"]}
-    (material,) = [d for d in secure.declared if d.typ == "pulumi-python:dynamic:Resource"]
+    (material,) = [d for d in secure.declared if d.typ == generated.RESOURCE_TYPE]
     assert material.inputs["tokens"] == ["management", *[f"agent-consul-server-{i}" for i in range(3)], "agent-client"]
 
 
@@ -492,12 +367,12 @@ def test_repo_holds_no_key_material():
 SECRET_SETTINGS = [
     (
         "gossipKey",
-        keys.gossip_key(),
+        material.gossip_key(),
         "invalid consul:gossipKey [secret]: must be set as a secret, or it sits in plain text in the stack file: pulumi config set --secret consul:gossipKey ...",
     ),
     (
         "aclManagementToken",
-        keys.token_id(),
+        material.token_id(),
         "invalid consul:aclManagementToken [secret]: must be set as a secret, or it sits in plain text in the stack file: pulumi config set --secret consul:aclManagementToken ...",
     ),
 ]
@@ -517,16 +392,16 @@ INVALID_MATERIAL: list[tuple[dict[str, object], str]] = [
         "invalid consul:gossipKey [secret]: decodes to 5 bytes; Consul takes 16, 24 or 32 (generate one with `consul keygen`)",
     ),
     (
-        {"gossipKey": keys.gossip_key(), "gossipEncryption": False},
+        {"gossipKey": material.gossip_key(), "gossipEncryption": False},
         "invalid consul:gossipKey [secret]: must be unset when consul:gossipEncryption is false",
     ),
     ({"aclManagementToken": "root"}, "invalid consul:aclManagementToken [secret]: must be a Consul token SecretID (a UUID)"),
     (
-        {"tlsCaKey": keys.certificate_authority("x").key_pem},
+        {"tlsCaKey": material.certificate_authority("x").key_pem},
         "invalid consul:tlsCaKey [secret]: goes with consul:tlsCaCert: bring both the CA certificate and its key, or neither",
     ),
     (
-        {"tlsCaCert": "-----BEGIN CERTIFICATE-----\nbad", "tlsCaKey": keys.certificate_authority("x").key_pem},
+        {"tlsCaCert": "-----BEGIN CERTIFICATE-----\nbad", "tlsCaKey": material.certificate_authority("x").key_pem},
         'invalid consul:tlsCaCert "(PEM)": the certificate is not a PEM X.509 certificate',
     ),
     ({"tls": "yes"}, 'invalid consul:tls "yes": must be true or false'),
@@ -578,10 +453,10 @@ def test_every_object_is_a_child_of_a_component(secure):
     """Except the Namespace and the key material, declared first so that they wait for nothing."""
     components = {d.name for d in secure.declared if d.typ.startswith("consul:index:")}
     assert components == {"consul"}
-    top_level = {"Namespace", "pulumi-python:dynamic:Resource"}
+    top_level = {"Namespace", generated.RESOURCE_TYPE}
     for declared in secure.declared:
         if declared.typ.startswith("consul:index:") or declared.kind in top_level or declared.typ in top_level:
-            assert declared.parent.endswith("pulumi:pulumi:Stack::consul-ci-defaults"), declared.name
+            assert "::pulumi:pulumi:Stack::consul-" in declared.parent, declared.name
         else:
             assert "$consul:index:Consul" in declared.parent or "::consul:index:Consul" in declared.parent, declared.name
             assert declared.name.startswith("consul-"), declared.name

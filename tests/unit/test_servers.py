@@ -6,10 +6,10 @@ import hashlib
 import json
 import re
 
+import material
 import pytest
 from harness import merged_agent_config, render
 
-from consul import keys
 from consul.agent_config import CHECKSUM_ANNOTATION as CONFIG_CHECKSUM_ANNOTATION
 
 SELECTOR = {
@@ -476,7 +476,7 @@ def test_servers_pod_template_carries_digests_of_config_and_secrets(default):
     annotations = default.one("StatefulSet", "consul-server")["spec"]["template"]["metadata"]["annotations"]
     assert sorted(annotations) == ["consul.hashicorp.com/config-checksum", "consul.hashicorp.com/secrets-checksum"]
     assert all(len(v) == 64 for v in annotations.values())
-    key = keys.gossip_key()
+    key = material.gossip_key()
     same_key_twice = [render("ci-defaults", gossipKey=key, aclManagementToken="0" * 8 + "-0000-0000-0000-" + "0" * 12) for _ in range(2)]
     digests = [r.one("StatefulSet", "consul-server")["spec"]["template"]["metadata"]["annotations"] for r in same_key_twice]
     # Generated tokens and certificates differ per render; the brought gossip key is the same.
@@ -484,7 +484,7 @@ def test_servers_pod_template_carries_digests_of_config_and_secrets(default):
     # A new gossip key restarts no agent: the rotation Job brings it to their keyrings instead.
     # (Without TLS, whose generated certificate differs per render, the digests are comparable.)
     token = "0" * 8 + "-0000-0000-0000-" + "0" * 12
-    same, other = (render("ci-defaults", gossipKey=k, aclManagementToken=token, tls=False) for k in (key, keys.gossip_key()))
+    same, other = (render("ci-defaults", gossipKey=k, aclManagementToken=token, tls=False) for k in (key, material.gossip_key()))
     assert other.one("StatefulSet", "consul-server")["spec"]["template"] == same.one("StatefulSet", "consul-server")["spec"]["template"]
     job_digest = "consul.hashicorp.com/gossip-key-digest"
     rotation = [

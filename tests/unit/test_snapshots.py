@@ -20,7 +20,7 @@ def test_snapshots_default_off():
     rendered = render("ci-defaults")
     assert rendered.of_kind("CronJob") == []
     assert rendered.of_kind("PersistentVolumeClaim") == []
-    (material,) = [d for d in rendered.declared if d.typ == "pulumi-python:dynamic:Resource"]
+    (material,) = [d for d in rendered.declared if d.typ == "consul-keys:index:KeyMaterial"]
     assert "snapshot" not in material.inputs["tokens"]
     acl_env = {
         e["name"]: e.get("value") for e in rendered.one("Job", "consul-acl-bootstrap")["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -46,7 +46,7 @@ def test_snapshots_on_in_prod_with_the_defaults():
     assert {v["persistentVolumeClaim"]["claimName"] for v in cron_pod(rendered)["volumes"] if "persistentVolumeClaim" in v} == {
         "consul-snapshots"
     }
-    (material,) = [d for d in rendered.declared if d.typ == "pulumi-python:dynamic:Resource"]
+    (material,) = [d for d in rendered.declared if d.typ == "consul-keys:index:KeyMaterial"]
     assert material.inputs["tokens"][-1] == "snapshot"
     acl_env = {
         e["name"]: e.get("value") for e in rendered.one("Job", "consul-acl-bootstrap")["spec"]["template"]["spec"]["containers"][0]["env"]
