@@ -92,10 +92,35 @@ class Deployment:
                 self.stack.set_config(f"consul:{key}", run_stack.auto.ConfigValue(str(value)))
 
     def up(self, what: str) -> Any:
+        """`pulumi up`, then until the servers' StatefulSet is rolled out (see _servers_rolled_out)."""
         started = time.monotonic()
         result = self.stack.up(color="never", on_output=lambda line: None)
         print(f"\ne2e: {what}: pulumi up took {time.monotonic() - started:.1f} s, {dict(result.summary.resource_changes or {})}")
+        if not self._servers_rolled_out():
+            # The Kubernetes provider 4.25 can take a StatefulSet's status from before its controller
+            # saw the update as the end of the roll (fixed upstream: pulumi-kubernetes#4094).
+            deadline = time.monotonic() + 120
+            while not self._servers_rolled_out():
+                assert time.monotonic() < deadline, f"{what}: the servers' StatefulSet did not roll out within 120 s"
+                time.sleep(0.2)
+            print(f"e2e: {what}: the servers' roll finished {time.monotonic() - started:.1f} s after up started, after up returned")
         return result
+
+    def _servers_rolled_out(self) -> bool:
+        """`kubectl rollout status` for the servers' StatefulSet: its controller has seen the latest
+        spec, the pods up to the partition run the new revision, and all are Ready."""
+        path = f"/apis/apps/v1/namespaces/{self.namespace}/statefulsets/consul-server"
+        if not self.api.exists(path):
+            return True
+        sts = self.api.get(path)
+        spec, status = sts["spec"], sts.get("status", {})
+        replicas = spec.get("replicas", 1)
+        partition = spec.get("updateStrategy", {}).get("rollingUpdate", {}).get("partition", 0)
+        if status.get("observedGeneration", 0) < sts["metadata"]["generation"] or status.get("readyReplicas", 0) != replicas:
+            return False
+        if partition > 0:
+            return bool(status.get("updatedReplicas", 0) >= replicas - partition)
+        return bool(status.get("updatedReplicas", 0) == replicas and status.get("currentRevision") == status.get("updateRevision"))
 
     def pods(self, component: str) -> list[dict[str, Any]]:
         selector = f"app.kubernetes.io/component={component}"
