@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import run_stack  # noqa: E402
 from pulumi import automation as auto  # noqa: E402
 
-RUNS = 5
+RUNS = 7
 OPERATIONS = ("preview", "first up", "no-change preview")
 
 
