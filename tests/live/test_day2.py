@@ -84,13 +84,19 @@ def watching(bed: Bed, operation, label: str) -> tuple[Watch, object]:
     watch, stop = Watch(), threading.Event()
     client = bed.pod("consul-client-node-1")
     token = management_token(bed)
+
+    def leader() -> str:
+        out = client.exec(["curl", "-s", "--max-time", "2", "http://127.0.0.1:8500/v1/status/leader"], timeout=5)
+        return str(out.stdout.strip('"\n'))
+
+    # The claim is about the operation: it starts from a cluster whose leader the client knows.
+    bed.wait_for("the client agent to know the leader before the operation", lambda: leader() != "", 60)
     started = time.monotonic()
 
     def poll() -> None:
         while not stop.is_set():
             now = time.monotonic() - started
-            out = client.exec(["curl", "-s", "--max-time", "2", "http://127.0.0.1:8500/v1/status/leader"], timeout=5)
-            if not out.stdout.strip('"\n'):
+            if not leader():
                 watch.no_leader.append(now)
             key = f"day2/{label}/{watch.polls}"
             if http(client, "PUT", f"/v1/kv/{key}", token=token, body=watch.polls) == 200:
