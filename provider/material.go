@@ -323,27 +323,35 @@ func issue(template, parent *x509.Certificate, key *ecdsa.PrivateKey, signer *ec
 	}, nil
 }
 
-// certificateAuthority: a self-signed ECDSA P-256 CA that may sign end-entity certificates only.
-func certificateAuthority(commonName string, validityDays int, now time.Time) (keyPair, error) {
+// newCertificate: a fresh ECDSA P-256 key and a certificate template for it: its name, a random
+// serial number and a validity of `validityDays` from `now` (backdated a little for clock skew).
+func newCertificate(commonName string, validityDays int, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return keyPair{}, err
+		return nil, nil, err
 	}
 	serial, err := serialNumber()
 	if err != nil {
-		return keyPair{}, err
+		return nil, nil, err
 	}
-	template := &x509.Certificate{
+	return &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: commonName},
 		NotBefore:             now.Add(-notBeforeBackdate),
 		NotAfter:              now.AddDate(0, 0, validityDays),
-		IsCA:                  true,
 		BasicConstraintsValid: true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}, key, nil
+}
+
+// certificateAuthority: a self-signed ECDSA P-256 CA that may sign end-entity certificates only.
+func certificateAuthority(commonName string, validityDays int, now time.Time) (keyPair, error) {
+	template, key, err := newCertificate(commonName, validityDays, now)
+	if err != nil {
+		return keyPair{}, err
 	}
+	template.IsCA = true
+	template.MaxPathLen, template.MaxPathLenZero = 0, true
+	template.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign | x509.KeyUsageCRLSign
 	return issue(template, template, key, key)
 }
 
@@ -358,14 +366,6 @@ func serverCertificate(ca keyPair, commonName string, dnsNames, ipAddresses []st
 	if err != nil {
 		return keyPair{}, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return keyPair{}, err
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return keyPair{}, err
-	}
 	var ips []net.IP
 	for _, text := range ipAddresses {
 		ip := net.ParseIP(text)
@@ -374,16 +374,12 @@ func serverCertificate(ca keyPair, commonName string, dnsNames, ipAddresses []st
 		}
 		ips = append(ips, ip)
 	}
-	template := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-notBeforeBackdate),
-		NotAfter:              now.AddDate(0, 0, validityDays),
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:              dnsNames,
-		IPAddresses:           ips,
+	template, key, err := newCertificate(commonName, validityDays, now)
+	if err != nil {
+		return keyPair{}, err
 	}
+	template.KeyUsage = x509.KeyUsageDigitalSignature
+	template.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	template.DNSNames, template.IPAddresses = dnsNames, ips
 	return issue(template, caCert, key, caKey)
 }
