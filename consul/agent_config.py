@@ -33,6 +33,9 @@ GOSSIP_FILE_NAME = "gossip.json"
 GOSSIP_FILE = f"{GOSSIP_DIR}/{GOSSIP_FILE_NAME}"
 
 HTTP_PORT = 8500
+# Where probes, hooks and in-pod commands reach their own agent: plain HTTP on loopback, which every
+# agent serves whether or not TLS is on.
+LOCAL_HTTP_URL = f"http://127.0.0.1:{HTTP_PORT}"
 HTTPS_PORT = 8501
 SERVER_RPC_PORT = 8300
 SERF_LAN_PORT = 8301
@@ -41,26 +44,39 @@ DNS_PORT = 8600
 
 
 def quorum(servers: int) -> int:
-    """A majority of `servers`: autopilot's min_quorum, below which it never removes a server."""
+    """A majority of `servers`: how many voters a cluster of that size needs to elect and commit."""
     return servers // 2 + 1
+
+
+def min_quorum(servers: int) -> int:
+    """Autopilot's min_quorum: the declared size itself. Autopilot never prunes a server of the
+    declared set, however long it is down (a pod being replaced, a node drained): it comes back
+    with its data and its voter slot. Only servers beyond the declared size, after a scale-down,
+    are pruned once serf reports them failed."""
+    return servers
 
 
 def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequence[str], security: SecuritySpec) -> dict[str, Any]:
     """The generated config of every server agent.
 
-    ``leave_on_terminate`` makes a deleted pod leave gracefully (no ``consul leave`` preStop,
-    which shrinks the peer set); ``raft_multiplier: 1`` is Consul's production timing;
-    ``autopilot.min_quorum`` stops autopilot from removing servers below a majority.
+    A server never leaves on terminate (``leave_on_terminate: false``, no ``consul leave``
+    preStop): a leave removes its voter slot, so a roll shrinks Raft to one voter while the
+    returning server waits as a non-voter for autopilot, and servers deleted together shrink it
+    until they can no longer elect. A restarted server keeps its node ID (data on its claim) and
+    its voter slot; autopilot updates its address when it comes back at a new pod IP.
+    ``autopilot.min_quorum`` (the declared size) keeps autopilot from pruning a server that is
+    only being replaced; ``raft_multiplier: 1`` is Consul's production timing.
     """
     config: dict[str, Any] = {
         **_agent(cluster, retry_join, server=True),
         "bootstrap_expect": servers.replicas,
-        # A server that left on terminate rejoins the members its serf snapshot knows, clients
-        # included: they keep their addresses while the servers come back at new ones.
+        "leave_on_terminate": False,
+        # A returning server rejoins the members its serf snapshot knows, clients included: they
+        # keep their addresses while the servers come back at new ones.
         "rejoin_after_leave": True,
         "ui_config": {"enabled": True},
         "performance": {"raft_multiplier": 1},
-        "autopilot": {"cleanup_dead_servers": True, "min_quorum": quorum(servers.replicas)},
+        "autopilot": {"cleanup_dead_servers": True, "min_quorum": min_quorum(servers.replicas)},
         "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "server": SERVER_RPC_PORT, "serf_lan": SERF_LAN_PORT, "serf_wan": SERF_WAN_PORT},
     }
     if security.tls:
@@ -112,7 +128,8 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
 
 
 def _agent(cluster: ClusterSpec, retry_join: Sequence[str], *, server: bool) -> dict[str, Any]:
-    """What every agent's config starts with: its role, the datacenter, the data dir, how it joins and leaves."""
+    """What every agent's config starts with: its role, the datacenter, the data dir, how it
+    joins. Clients leave on terminate (their services go with them); servers override it."""
     return {
         "server": server,
         "datacenter": cluster.datacenter,

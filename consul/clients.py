@@ -219,7 +219,6 @@ def _pod_spec(
     daemonset = spec.mode is ClientMode.DAEMONSET
     wiring = pods.secret_wiring(secrets)
     affinity = None if daemonset else pods.node_anti_affinity(labels, Placement.PREFERRED)
-    local_http = f"http://127.0.0.1:{cfg.HTTP_PORT}"
     return core.PodSpecArgs(
         service_account_name=service_account,
         automount_service_account_token=False,
@@ -241,7 +240,7 @@ def _pod_spec(
                 # Restarts an agent stranded without servers (all server IPs changed, consul
                 # #3902) so that retry_join runs again; sustained minutes, not an election.
                 liveness_probe=pods.exec_probe(
-                    pods.leader_check(local_http),
+                    pods.leader_check(cfg.LOCAL_HTTP_URL),
                     period=LIVENESS_PERIOD_SECONDS,
                     failure_threshold=LIVENESS_FAILURE_THRESHOLD,
                     initial_delay=60,

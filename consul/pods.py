@@ -109,11 +109,13 @@ def leader_readiness_probe(http_url: str) -> core.ProbeArgs:
 
 
 def serving_readiness_probe(port: str) -> core.ProbeArgs:
-    """Ready means "this agent serves its HTTP API": /v1/status/leader answers 200 with or without a
-    leader, and needs no ACL token. An election or a server outage leaves a client Ready, so its
-    node keeps registration, deregistration and DNS (answered from its cache under extend-cache)."""
+    """Ready means "this agent accepts connections on its HTTP API". Every HTTP endpoint a probe
+    could call without a token is an RPC to the servers on a client (/v1/status/leader answers 500
+    "No known Consul servers" while they are all down), so readiness is the listener itself: an
+    election or a server outage leaves a client Ready, and its node keeps agent-local calls and DNS
+    (answered from its cache under extend-cache)."""
     return core.ProbeArgs(
-        http_get=core.HTTPGetActionArgs(path="/v1/status/leader", port=port),
+        tcp_socket=core.TCPSocketActionArgs(port=port),
         initial_delay_seconds=2,
         period_seconds=3,
         failure_threshold=2,
@@ -178,6 +180,7 @@ def agent_container(
     wiring: SecretWiring,
     env: Sequence[core.EnvVarArgs] = (),
     args: Sequence[str] = (),
+    lifecycle: core.LifecycleArgs | None = None,
 ) -> core.ContainerArgs:
     """The consul agent container: config from the config dir, advertising the pod IP, non-root."""
     return core.ContainerArgs(
@@ -195,6 +198,7 @@ def agent_container(
         ports=list(ports),
         readiness_probe=readiness_probe,
         liveness_probe=liveness_probe,
+        lifecycle=lifecycle,
         resources=resource_requirements(resources),
         security_context=container_security_context(),
         volume_mounts=[

@@ -222,6 +222,21 @@ class ConsulServers(pulumi.ComponentResource):
         )
 
 
+def leadership_handoff(acls: bool) -> str:
+    """The server's preStop: when this pod is the Raft leader, it hands leadership to an
+    up-to-date follower before it stops, so stopping it (a roll, a drain) costs no election
+    timeout. Other servers do nothing. The transfer needs operator:write: the management token is
+    read from the pod's own token file into curl's stdin, never onto a command line or into the
+    environment. A failed transfer (an event, FailedPreStopHook) only costs the election it would
+    have saved."""
+    leader_is_this_pod = f'[ "$(curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/leader)" = "\\"$POD_IP:{cfg.SERVER_RPC_PORT}\\"" ] || exit 0\n'
+    transfer = f"curl -sSf -m 10 -X POST{{header}} {cfg.LOCAL_HTTP_URL}/v1/operator/raft/transfer-leader"
+    if not acls:
+        return leader_is_this_pod + transfer.format(header="")
+    token_header = f'sed -n \'s/.*"initial_management": *"\\([^"]*\\)".*/X-Consul-Token: \\1/p\' "{cfg.ACL_DIR}/$POD_NAME.json"'
+    return leader_is_this_pod + token_header + " | " + transfer.format(header=" -H @-")
+
+
 def _pod_spec(
     labels: Labels,
     cluster: ClusterSpec,
@@ -264,8 +279,13 @@ def _pod_spec(
                     core.ContainerPortArgs(name=port_name, container_port=port, protocol=protocol)
                     for port_name, port, protocol in server_ports(tls)
                 ],
-                readiness_probe=pods.leader_readiness_probe(f"http://127.0.0.1:{cfg.HTTP_PORT}"),
+                readiness_probe=pods.leader_readiness_probe(cfg.LOCAL_HTTP_URL),
                 liveness_probe=liveness,
+                lifecycle=core.LifecycleArgs(
+                    pre_stop=core.LifecycleHandlerArgs(
+                        exec_=core.ExecActionArgs(command=["/bin/sh", "-c", leadership_handoff(secrets.features.acls)])
+                    )
+                ),
                 resources=spec.resources,
                 wiring=wiring,
             )

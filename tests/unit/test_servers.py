@@ -121,7 +121,8 @@ def test_servers_replicas_default(default):
     assert statefulset(default)["spec"]["replicas"] == 3
     config = agent_config(default)
     assert config["bootstrap_expect"] == 3
-    assert config["autopilot"] == {"cleanup_dead_servers": True, "min_quorum": 2}
+    # min_quorum is the declared size: autopilot never prunes a server that is only being replaced.
+    assert config["autopilot"] == {"cleanup_dead_servers": True, "min_quorum": 3}
     assert config["retry_join"] == [f"consul-server-{i}.consul-server.consul.svc:8301" for i in range(3)]
 
 
@@ -130,7 +131,7 @@ def test_servers_replicas_override():
     assert statefulset(rendered)["spec"]["replicas"] == 5
     config = agent_config(rendered)
     assert config["bootstrap_expect"] == 5
-    assert config["autopilot"]["min_quorum"] == 3
+    assert config["autopilot"]["min_quorum"] == 5
     assert len(config["retry_join"]) == 5
 
 
@@ -287,7 +288,7 @@ def test_servers_headless_service_publishes_not_ready_and_names_every_port(defau
 def test_servers_agent_config_design(default):
     config = agent_config(default)
     assert config["server"] is True
-    assert config["leave_on_terminate"] is True
+    assert config["leave_on_terminate"] is False
     assert config["performance"] == {"raft_multiplier": 1}
     assert config["ui_config"] == {"enabled": True}
     assert config["bind_addr"] == "0.0.0.0"
@@ -306,8 +307,37 @@ def test_servers_advertise_pod_ip_and_no_leave_prestop(default):
         "-node=$(POD_NAME)",
     ]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
-    assert "lifecycle" not in c
+    assert "consul leave" not in json.dumps(c)
     assert pod(default)["terminationGracePeriodSeconds"] == 30
+
+
+LEADER_IS_THIS_POD = '[ "$(curl -s -m 2 http://127.0.0.1:8500/v1/status/leader)" = "\\"$POD_IP:8300\\"" ] || exit 0\n'
+
+
+def test_servers_hand_leadership_over_before_stopping(default):
+    """Only the leader acts: it asks Raft to transfer leadership, with the management token read
+    from its mounted token file into a pipe (never argv or env), so a roll that stops the leader
+    does not wait out an election."""
+    assert container(default)["lifecycle"] == {
+        "preStop": {
+            "exec": {
+                "command": [
+                    "/bin/sh",
+                    "-c",
+                    LEADER_IS_THIS_POD
+                    + 'sed -n \'s/.*"initial_management": *"\\([^"]*\\)".*/X-Consul-Token: \\1/p\' "/consul/acl/$POD_NAME.json"'
+                    + " | curl -sSf -m 10 -X POST -H @- http://127.0.0.1:8500/v1/operator/raft/transfer-leader",
+                ]
+            }
+        }
+    }
+
+
+def test_servers_without_acls_hand_leadership_over_without_a_token():
+    rendered = render("ci-defaults", acls=False)
+    assert container(rendered)["lifecycle"]["preStop"]["exec"]["command"][2] == (
+        LEADER_IS_THIS_POD + "curl -sSf -m 10 -X POST http://127.0.0.1:8500/v1/operator/raft/transfer-leader"
+    )
 
 
 def test_servers_probes(default):
@@ -368,7 +398,7 @@ def test_servers_scaling_changes_no_pod_template(default):
     going from 3 to 5 servers restarts none of the running ones."""
     five = render("ci-defaults", serverReplicas=5)
     size = json.loads(five.one("ConfigMap", "consul-server-config")["data"]["05-cluster-size.json"])
-    assert (size["bootstrap_expect"], size["autopilot"], len(size["retry_join"])) == (5, {"min_quorum": 3}, 5)
+    assert (size["bootstrap_expect"], size["autopilot"], len(size["retry_join"])) == (5, {"min_quorum": 5}, 5)
     annotations = statefulset(default)["spec"]["template"]["metadata"]["annotations"]
     assert (
         statefulset(five)["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION]
@@ -505,6 +535,15 @@ def test_rollouts_and_the_acl_job_wait_as_long_as_they_can_take(default):
     }
     job = default.one("Job", "consul-acl-bootstrap")
     assert job["spec"]["activeDeadlineSeconds"] == 900  # gives up, with its own message, inside its 20-minute await
+
+
+def test_a_failed_job_runs_again_at_the_next_up(default):
+    """pulumi-kubernetes replaces a Job annotated replaceUnready when the live Job has not
+    succeeded: "fix the cause, run pulumi up" re-runs it, though its template did not change."""
+    assert {j.name: j.inputs["metadata"].get("annotations") for j in default.of_kind("Job")} == {
+        "consul-acl-bootstrap": {"pulumi.com/replaceUnready": "true"},
+        "consul-gossip-rotation": {"pulumi.com/replaceUnready": "true"},
+    }
 
 
 def test_the_namespace_outlives_destroy_to_keep_the_data_claims(default):
