@@ -47,6 +47,10 @@ PROJECT = "consul"
 SERVER_REPLICA_CHOICES = (1, 3, 5, 7)
 MAX_CLIENT_REPLICAS = 1000
 OLDEST_SUPPORTED_CONSUL = (1, 16)
+# Releases refused by name: 1.19.0 and 1.19.1 made a rewritten DNS server the default, and 1.19.2
+# reverted it for its regressions.
+_DNS_REGRESSION = "Consul 1.19.0 and 1.19.1 shipped a rewritten DNS server with regressions, reverted in 1.19.2: use 1.19.2 or later"
+REFUSED_CONSUL_RELEASES = {(1, 19, 0): _DNS_REGRESSION, (1, 19, 1): _DNS_REGRESSION}
 MAX_LABEL = 63
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -79,7 +83,7 @@ MANAGED_SERVER_KEYS = {
     "client_addr": "agents bind all pod addresses",
     "advertise_addr": "agents advertise their pod IP",
     "node_name": "servers are named after their pods",
-    "leave_on_terminate": "servers leave the cluster when their pod is deleted",
+    "leave_on_terminate": "servers keep their Raft voter slot when their pod is deleted",
 }
 
 MANAGED_CLIENT_KEYS = {
@@ -276,7 +280,7 @@ def _namespace(reader: _Reader) -> str:
 def _cluster(reader: _Reader, warn: Callable[[str], None]) -> ClusterSpec:
     return ClusterSpec(
         image=_image(reader),
-        datacenter=_datacenter(reader),
+        datacenter=_datacenter(reader, warn),
         domain=_domain(reader, warn),
         recursors=_recursors(reader),
     )
@@ -304,13 +308,22 @@ def _image(reader: _Reader) -> str:
         raise SettingsError(
             "image", value, f"Consul {tag} is older than {oldest}, the oldest release whose agent config this program writes"
         )
+    version = (int(release["major"]), int(release["minor"]), int(release["patch"]))
+    if version in REFUSED_CONSUL_RELEASES:
+        raise SettingsError("image", value, REFUSED_CONSUL_RELEASES[version])
     return value
 
 
-def _datacenter(reader: _Reader) -> str:
+def _datacenter(reader: _Reader, warn: Callable[[str], None]) -> str:
     value = reader.string("datacenter")
     if len(value) > MAX_LABEL or not _DATACENTER.fullmatch(value):
         raise SettingsError("datacenter", value, "must be 1 to 63 lowercase letters, digits, '-' or '_' (Consul refuses other names)")
+    if "_" in value:
+        warn(
+            f"{PROJECT}:datacenter \"{value}\" has an '_': the names Consul builds from it (web.service.{value}.consul,"
+            f" server.{value}.consul in the TLS certificates) are not valid hostnames, and Consul's releases after 1.16 warn"
+            " about it. Prefer '-' for a new datacenter; an existing one can't be renamed in place, so this is a warning, not a refusal."
+        )
     return value
 
 

@@ -83,6 +83,33 @@ def test_settings_warns_on_cluster_local_domain():
     ]
 
 
+def test_settings_warns_on_a_datacenter_name_that_is_not_a_hostname_label():
+    settings, warnings = settings_for(datacenter="eu_west")
+    assert settings.cluster.datacenter == "eu_west"
+    assert warnings == [
+        "consul:datacenter \"eu_west\" has an '_': the names Consul builds from it (web.service.eu_west.consul, server.eu_west.consul"
+        " in the TLS certificates) are not valid hostnames, and Consul's releases after 1.16 warn about it. Prefer '-' for a new"
+        " datacenter; an existing one can't be renamed in place, so this is a warning, not a refusal."
+    ]
+
+
+@pytest.mark.parametrize("tag", ["1.19.0", "1.19.1"])
+def test_settings_refuses_the_releases_with_the_dns_regression(tag):
+    with pytest.raises(SettingsError) as refused:
+        settings_for(image=f"hashicorp/consul:{tag}")
+    assert str(refused.value) == (
+        f'invalid consul:image "hashicorp/consul:{tag}": Consul 1.19.0 and 1.19.1 shipped a rewritten DNS server with'
+        " regressions, reverted in 1.19.2: use 1.19.2 or later"
+    )
+
+
+@pytest.mark.parametrize("tag", ["1.16.1", "1.18.2", "1.19.2", "1.20.0", "2.0.3"])
+def test_settings_accepts_the_releases_around_the_dns_regression(tag):
+    settings, warnings = settings_for(image=f"hashicorp/consul:{tag}")
+    assert settings.cluster.image == f"hashicorp/consul:{tag}"
+    assert warnings == []
+
+
 def test_settings_accepts_digest_pinned_image():
     digest = "sha256:" + "a" * 64
     settings, _ = settings_for(image=f"registry.example.com:5000/hashicorp/consul@{digest}")
