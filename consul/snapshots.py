@@ -23,8 +23,10 @@ SNAPSHOT_DIR = "/snapshots"
 TOKEN_DIR = "/consul/snapshot-token"
 
 # Save: write under a temporary name, check, then publish and prune; a failed save leaves no file
-# that a restore could pick. Restore: inspect first, so a damaged file is refused before the
-# servers see it, and the cluster is left as it was.
+# that a restore could pick, and partial files of killed runs are removed. A full claim would fail
+# every later run: a save refused for lack of space drops the oldest snapshot and tries once more
+# (never the only one, with a retention of 1). Restore: inspect first, so a damaged file is
+# refused before the servers see it, and the cluster is left as it was.
 SNAPSHOT_SCRIPT = r"""
 if [ -n "${SNAPSHOT_RESTORE:-}" ]; then
   file="$SNAPSHOT_DIR/$SNAPSHOT_RESTORE"
@@ -43,13 +45,30 @@ if [ -n "${SNAPSHOT_RESTORE:-}" ]; then
   exit 0
 fi
 name="consul-$(date -u +%Y%m%dT%H%M%SZ).snap"
-consul snapshot save "$SNAPSHOT_DIR/.partial-$name"
-consul snapshot inspect "$SNAPSHOT_DIR/.partial-$name" >/dev/null
-mv "$SNAPSHOT_DIR/.partial-$name" "$SNAPSHOT_DIR/$name"
-ls -1 "$SNAPSHOT_DIR" | grep -E '^consul-.*\.snap$' | sort -r | tail -n +$((RETAIN + 1)) | while read -r old; do
-  rm -f "$SNAPSHOT_DIR/$old"
-  echo "removed $old"
-done
+partial="$SNAPSHOT_DIR/.partial-$name"
+# Partial files of runs killed mid-save, and this run's own if it fails.
+rm -f "$SNAPSHOT_DIR"/.partial-*
+trap 'rm -f "$partial"' EXIT
+prune() {
+  ls -1 "$SNAPSHOT_DIR" | grep -E '^consul-.*\.snap$' | sort -r | tail -n +$(($1 + 1)) | while read -r old; do
+    rm -f "$SNAPSHOT_DIR/$old"
+    echo "removed $old"
+  done
+}
+if ! failure=$(consul snapshot save "$partial" 2>&1 >/dev/null); then
+  echo "$failure" >&2
+  rm -f "$partial"
+  case "$failure" in
+    *"no space left on device"*) [ "$RETAIN" -gt 1 ] || exit 1 ;;
+    *) exit 1 ;;
+  esac
+  echo "the claim is full: keeping the newest $((RETAIN - 1)) and saving again"
+  prune $((RETAIN - 1))
+  consul snapshot save "$partial"
+fi
+consul snapshot inspect "$partial" >/dev/null
+mv "$partial" "$SNAPSHOT_DIR/$name"
+prune "$RETAIN"
 echo "saved $name; keeping the newest $RETAIN"
 """
 

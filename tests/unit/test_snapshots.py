@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 from harness import render, run_main
 
@@ -95,3 +98,88 @@ def test_snapshots_invalid(overrides, message):
     assert isinstance(error, SettingsError)
     assert str(error).startswith(message)
     assert rendered.declared == []
+
+
+# --- the CronJob's script, run by /bin/sh with a stand-in `consul` on PATH --------------------
+# The stand-in writes a snapshot of SIZE bytes, and fails as a full disk does (leaving what it
+# wrote) when the claim would hold more than CAPACITY bytes.
+FAKE_CONSUL = r"""#!/bin/sh
+case "$1 $2" in
+  "snapshot save")
+    used=$(cat "$SNAPSHOT_DIR"/* "$SNAPSHOT_DIR"/.[!.]* 2>/dev/null | wc -c)
+    if [ $((used + SIZE)) -gt "$CAPACITY" ]; then
+      head -c 10 /dev/zero > "$3"
+      echo "Error saving snapshot: write: no space left on device" >&2
+      exit 1
+    fi
+    head -c "$SIZE" /dev/zero > "$3" ;;
+  "snapshot inspect") [ "$(wc -c < "$3")" -eq "$SIZE" ] ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+def run_snapshot_job(tmp_path, claim, *, retain: int, capacity: int, size: int = 100):
+    from consul.snapshots import SNAPSHOT_SCRIPT
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "consul"
+    fake.write_text(FAKE_CONSUL)
+    fake.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SNAPSHOT_DIR": str(claim),
+        "RETAIN": str(retain),
+        "CLAIM": "consul-snapshots",
+        "SIZE": str(size),
+        "CAPACITY": str(capacity),
+    }
+    return subprocess.run(["/bin/sh", "-ec", SNAPSHOT_SCRIPT], env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def claim(tmp_path):
+    made = tmp_path / "claim"
+    made.mkdir()
+    return made
+
+
+def snapshot_file(claim, hour: int) -> str:
+    """A snapshot saved at 2026-12-01 `hour`:00 UTC."""
+    name = f"consul-20261201T{hour:02d}0000Z.snap"
+    (claim / name).write_bytes(b"\0" * 100)
+    return name
+
+
+def test_the_snapshot_job_removes_partial_files_left_by_an_interrupted_run(tmp_path, claim):
+    earlier = snapshot_file(claim, 1)
+    (claim / ".partial-consul-20261201T020000Z.snap").write_bytes(b"\0" * 50)
+    result = run_snapshot_job(tmp_path, claim, retain=3, capacity=10_000)
+    assert result.returncode == 0, result.stderr
+    kept = sorted(p.name for p in claim.iterdir())
+    assert kept[0] == earlier
+    assert [name[:7] for name in kept[1:]] == ["consul-"]
+
+
+def test_a_full_claim_makes_room_by_dropping_the_oldest_snapshot_instead_of_failing_every_run(tmp_path, claim):
+    """The claim holds three snapshots and retention is three: a save fails for lack of space, so
+    the Job drops the oldest and saves again; the newest two and the new one remain."""
+    oldest, middle, newest = snapshot_file(claim, 1), snapshot_file(claim, 2), snapshot_file(claim, 3)
+    result = run_snapshot_job(tmp_path, claim, retain=3, capacity=350)
+    assert result.returncode == 0, result.stdout + result.stderr
+    kept = sorted(p.name for p in claim.iterdir())
+    assert kept[:2] == [middle, newest]
+    assert len(kept) == 3
+    assert kept[2].startswith("consul-")
+    assert f"removed {oldest}" in result.stdout
+
+
+def test_a_failed_save_leaves_no_partial_file_and_keeps_the_only_snapshot(tmp_path, claim):
+    """With retention 1 the only snapshot is never dropped to make room: the run fails, and its
+    partial file is gone."""
+    only = snapshot_file(claim, 1)
+    result = run_snapshot_job(tmp_path, claim, retain=1, capacity=150)
+    assert result.returncode != 0
+    assert sorted(p.name for p in claim.iterdir()) == [only]
+    assert "no space left on device" in result.stderr
