@@ -8,7 +8,7 @@ import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
 from . import agent_config as cfg
-from .cli_pods import server_api_pod
+from .cli_pods import RERUN_WHEN_FAILED, server_api_pod
 from .labels import Labels
 from .model import ClusterSpec
 from .security import MANAGEMENT_TOKEN_KEY, AclTokenIds
@@ -100,8 +100,9 @@ if ! consul acl token read -accessor-id "$ANONYMOUS_TOKEN" | grep -q "consul-dns
   consul acl token update -accessor-id "$ANONYMOUS_TOKEN" -policy-name consul-dns -description "Anonymous Token: Consul DNS" >/dev/null
   echo "created DNS read access for the anonymous token"
 fi
-# Autopilot reads min_quorum from the agents' config only when it first starts: after a scale-up
-# the running servers learn the new majority from here (the config file tells new servers).
+# Autopilot reads min_quorum from the agents' config only when it first starts: after a scale the
+# running servers learn the new size from here (the config file tells new servers). After a
+# scale-down this is what lets autopilot prune the removed servers, which did not leave.
 quorum=$(consul operator autopilot get-config | awk '/^MinQuorum/ {print $3}')
 if [ "$quorum" != "$MIN_QUORUM" ]; then
   consul operator autopilot set-config -min-quorum="$MIN_QUORUM" >/dev/null
@@ -165,13 +166,13 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             SERVICE_TOKENS=pairs(args.tokens.services),
             SNAPSHOT_ACCESSOR=args.tokens.snapshot_accessor or "",
             SNAPSHOT_RULES=SNAPSHOT_POLICY_RULES,
-            MIN_QUORUM=str(cfg.quorum(len(args.tokens.server_agents))),
+            MIN_QUORUM=str(cfg.min_quorum(len(args.tokens.server_agents))),
         )
         pod.mount_secret("tokens", args.tokens.secret_name, TOKENS_DIR)
 
         job = batch.Job(
             full_name,
-            metadata=labels.metadata(full_name, namespace),
+            metadata=labels.metadata(full_name, namespace, RERUN_WHEN_FAILED),
             spec=batch.JobSpecArgs(
                 backoff_limit=6,
                 active_deadline_seconds=JOB_DEADLINE_SECONDS,

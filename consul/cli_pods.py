@@ -19,6 +19,9 @@ from . import pods
 from .labels import Labels
 from .model import Resources
 
+# On a Job: pulumi-kubernetes replaces the Job at the next `up` when the live one has not succeeded,
+# so a Job that failed runs again once its cause is fixed, though its template did not change.
+RERUN_WHEN_FAILED = {"pulumi.com/replaceUnready": "true"}
 SMALL = Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "200m", "memory": "100Mi"})
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
-from .cli_pods import server_api_pod
+from .cli_pods import RERUN_WHEN_FAILED, server_api_pod
 from .labels import Labels
 from .model import ClusterSpec
 from .security import GOSSIP_SECRET_KEY, MANAGEMENT_TOKEN_KEY
@@ -94,7 +94,7 @@ class ConsulGossipRotation(pulumi.ComponentResource):
 
         job = batch.Job(
             full_name,
-            metadata=labels.metadata(full_name, namespace),
+            metadata=labels.metadata(full_name, namespace, RERUN_WHEN_FAILED),
             spec=batch.JobSpecArgs(
                 backoff_limit=6,
                 active_deadline_seconds=JOB_DEADLINE_SECONDS,
