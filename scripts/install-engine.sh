@@ -91,6 +91,20 @@ sys.exit(0 if any(p["name"] == sys.argv[1] and p["kind"] == "resource" and p["ve
 ' "$1" "$2"
 }
 
+# The source directory of a module, fetched from the Go module proxy; a failed fetch (the proxy
+# answers an error now and then) is tried again twice, and each error is printed.
+module_dir() {
+  local attempt answer
+  for attempt in 1 2 3; do
+    answer=$(go mod download -json "$1") || true
+    # Its JSON names the directory once fetched, and carries "Error" instead when the fetch failed.
+    printf '%s' "$answer" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])' 2>/dev/null && return 0
+    say "fetching $1 (attempt $attempt of 3): ${answer:-no answer}"
+    sleep 10
+  done
+  return 1
+}
+
 kubernetes_plugin_installed() { plugin_installed kubernetes "$K8S_PROVIDER_VERSION"; }
 
 build_kubernetes_provider() {
@@ -101,8 +115,8 @@ build_kubernetes_provider() {
   : >"$log"
   if [ ! -x "$binary" ]; then
     local source
-    source=$(go mod download -json "$K8S_PROVIDER_MODULE@$K8S_PROVIDER_PSEUDO" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
-      || die "fetching $K8S_PROVIDER_MODULE@$K8S_PROVIDER_PSEUDO from the Go module proxy failed"
+    source=$(module_dir "$K8S_PROVIDER_MODULE@$K8S_PROVIDER_PSEUDO") \
+      || die "fetching $K8S_PROVIDER_MODULE@$K8S_PROVIDER_PSEUDO from the Go module proxy failed three times"
     rm -rf "$dir/src"
     cp -r "$source" "$dir/src"
     chmod -R u+w "$dir/src"

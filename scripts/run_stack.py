@@ -63,15 +63,24 @@ def _engine_env(backend: str, passphrase: str | None) -> dict[str, str]:
     return env
 
 
-def _require_cli() -> None:
+def engine_missing() -> str | None:
+    """Why the engine can't run here (no pulumi CLI, or no consul-keys plugin), or None: the one
+    look-up that run_stack and the tests share."""
     if shutil.which("pulumi", path=f"{PULUMI_BIN}:{os.environ.get('PATH', '')}") is None:
-        raise EngineError("no pulumi CLI: run scripts/install-engine.sh (make render and make preview do it for you)")
+        return "no pulumi CLI: run scripts/install-engine.sh (make render and make preview do it for you)"
     key_plugin = PULUMI_BIN.parent / "plugins" / f"resource-{generated.PROVIDER}-v{generated.PROVIDER_VERSION}"
     if not key_plugin.is_dir():
-        raise EngineError(
+        return (
             f"the {generated.PROVIDER} provider plugin v{generated.PROVIDER_VERSION} (provider/) is not installed: "
             "run scripts/install-engine.sh (make render and make preview do it for you)"
         )
+    return None
+
+
+def _require_cli() -> None:
+    missing = engine_missing()
+    if missing is not None:
+        raise EngineError(missing)
 
 
 def _stack(name: str, work_dir: Path, env: dict[str, str]) -> auto.Stack:

@@ -1,11 +1,12 @@
 """The real Pulumi engine on the dev and prod stacks, rendering to files (no cluster needed).
 
-Marked `engine`: run by .ci/run after scripts/install-engine.sh, skipped where no pulumi CLI is installed.
+Marked `engine`: run by .ci/run after scripts/install-engine.sh. Skipped where the engine is not
+installed, except in CI (CI=true), where a missing engine fails every test.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,10 +16,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import run_stack
 
-pytestmark = [
-    pytest.mark.engine,
-    pytest.mark.skipif(shutil.which("pulumi", path=f"{run_stack.PULUMI_BIN}") is None, reason="no pulumi CLI (scripts/install-engine.sh)"),
-]
+ENGINE_MISSING = run_stack.engine_missing()
+pytestmark = [pytest.mark.engine]
+
+
+@pytest.fixture(autouse=True)
+def _engine_installed() -> None:
+    if ENGINE_MISSING is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(ENGINE_MISSING)
+        pytest.skip(ENGINE_MISSING)
+
 
 EXPECTED = {
     "dev": {
