@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the control-plane test bed's binary once, from the Go module proxy:
 # one multi-call program `kube-testbed` with the sub-commands etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl and kwok. One module graph means every shared
+# kube-controller-manager, kube-scheduler, kubectl, kwok, and the node agents kubelet and kube-proxy. One module graph means every shared
 # package (client-go, apiserver, etcd client...) is compiled once, not five times.
 #   - Kubernetes v1.36.1 (k8s.io/kubernetes): its go.mod replaces the k8s.io/* staging modules
 #     with local paths, so the wrapper replaces each with its published v0.36.1, a list generated
@@ -14,7 +14,7 @@ K8S_VERSION=v1.36.1
 KWOK_VERSION=v0.8.0
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/consul-testbed
 # Bump RECIPE when main.go below changes, so a cached binary of an older recipe is not reused.
-RECIPE=3
+RECIPE=4
 DIR=$CACHE/kube-$K8S_VERSION-r$RECIPE
 BIN=$DIR/kube-testbed
 say() { echo "build-kube: $*" >&2; }
@@ -28,7 +28,7 @@ mkdir -p "$DIR"
 LOG=$DIR/build.log
 : >"$LOG"
 start=$SECONDS
-say "building etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $K8S_VERSION and kwok $KWOK_VERSION once (about 20 minutes on 2 cores; log: $LOG)"
+say "building etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy $K8S_VERSION and kwok $KWOK_VERSION once (about 25 minutes on 2 cores; log: $LOG)"
 k8s_gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
 staging=${K8S_VERSION/v1./v0.}
 {
@@ -57,6 +57,7 @@ cat >"$DIR/main.go" <<'GO'
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	_ "time/tzdata"
@@ -65,9 +66,13 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdmain"
 	"k8s.io/component-base/cli"
 	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo"
+	_ "k8s.io/component-base/metrics/prometheus/version"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kubeproxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 	kubectl "k8s.io/kubectl/pkg/cmd"
 	"sigs.k8s.io/kwok/pkg/config"
 	kwokcmd "sigs.k8s.io/kwok/pkg/kwok/cmd"
@@ -77,7 +82,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kube-testbed etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kwok [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kube-testbed etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kwok|kubelet|kube-proxy [flags]")
 		os.Exit(2)
 	}
 	name := os.Args[1]
@@ -95,6 +100,10 @@ func main() {
 		os.Exit(cli.Run(kubectl.NewDefaultKubectlCommand()))
 	case "kwok":
 		os.Exit(runKwok())
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
+	case "kube-proxy":
+		os.Exit(cli.Run(kubeproxy.NewProxyCommand()))
 	default:
 		fmt.Fprintf(os.Stderr, "kube-testbed: unknown program %q\n", name)
 		os.Exit(2)

@@ -1,19 +1,20 @@
-"""A real Kubernetes control plane on loopback, with kwok's fake nodes: the e2e bed.
+"""The bed's control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and kwok.
 
-etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the real programs (one
-multi-call binary from testbed/build-kube.sh); kwok plays the kubelets with the Stages in
-stages.yaml: nodes initialize and heartbeat, pods become Ready a second after they are scheduled,
-Job pods complete, deleted pods go. Pod Security admission, the scheduler (anti-affinity, zone
-spread), the disruption controller, the StatefulSet, DaemonSet and Job controllers and the
-PersistentVolume binder all run for real. Nothing runs a container.
+They are the real programs (one multi-call binary from testbed/build-kube.sh). The API server
+listens on the bed's link (testbed/cluster/network.py), where the real nodes' kubelets reach it,
+with a serving certificate from the bed's own CA; etcd and the controllers stay on 127.0.0.1.
+Kubelets authenticate as ``system:node:<name>`` (Node authorizer, NodeRestriction admission),
+kube-proxy as ``system:kube-proxy``. kwok manages only nodes annotated ``kwok.x-k8s.io/node=fake``
+(the placement tests' extra nodes, which run nothing), with the Stages in stages.yaml.
 
-Everything listens on 127.0.0.1 and lives in one work directory; stop() ends every process.
+stop() ends every process; the work directory keeps the logs.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from .api import Api, ApiError
+from .network import HOST_IP, KWOK_POD_CIDR, SERVICE_CIDR
 
 STAGES = Path(__file__).with_name("stages.yaml")
-SERVICE_CIDR = "198.19.0.0/16"
-POD_CIDR = "198.18.64.0/18"
+API_PORT = 6443
 
 
 def free_port() -> int:
@@ -51,9 +52,12 @@ class ControlPlane:
         self.logs = workdir / "logs"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.token = secrets.token_hex(16)
-        self.port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
+        self.node_tokens: dict[str, str] = {}
+        self.proxy_token = secrets.token_hex(16)
+        self.port = API_PORT
+        self.server = f"https://{HOST_IP}:{self.port}"
         self.kubeconfig = workdir / "kubeconfig"
+        self.ca_file = workdir / "ca.crt"
         self.api = Api(self.server, self.token)
 
     def _run(self, name: str, *args: str) -> None:
@@ -64,18 +68,18 @@ class ControlPlane:
         )
         log.close()
 
-    def _keys(self) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
+    def node_token(self, node: str) -> str:
+        """The bearer token of a node's kubelet (user ``system:node:<node>``, group ``system:nodes``)."""
+        return self.node_tokens.setdefault(node, secrets.token_hex(16))
 
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (self.workdir / "sa.key").write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
-        (self.workdir / "sa.pub").write_bytes(
-            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
-        (self.workdir / "tokens.csv").write_text(f'{self.token},admin,admin,"system:masters"\n')
+    def _keys(self, nodes: list[str]) -> None:
+        from .pki import write_pki
+
+        write_pki(self.workdir, self.ca_file, [HOST_IP, str(SERVICE_CIDR.network_address + 1), "127.0.0.1"])
+        lines = [f'{self.token},admin,admin,"system:masters"', f"{self.proxy_token},system:kube-proxy,kube-proxy"]
+        lines += [f"{self.node_token(n)},system:node:{n},node-{n},system:nodes" for n in nodes]
+        (self.workdir / "tokens.csv").write_text("\n".join(lines) + "\n")
+        (self.workdir / "tokens.csv").chmod(0o600)
         self.kubeconfig.write_text(
             f"""apiVersion: v1
 kind: Config
@@ -83,7 +87,7 @@ clusters:
 - name: bed
   cluster:
     server: {self.server}
-    insecure-skip-tls-verify: true
+    certificate-authority: {self.ca_file}
 users:
 - name: admin
   user:
@@ -94,12 +98,15 @@ contexts:
 current-context: bed
 """
         )
+        self.kubeconfig.chmod(0o600)
 
-    def start(self, timeout: float = 120) -> float:
-        """Start every component and wait until the API server is ready; returns the seconds it took."""
+    def start(self, nodes: list[str], timeout: float = 120) -> float:
+        """Start every component (with credentials for the named nodes' kubelets) and wait until the
+        API server is ready; returns the seconds it took. The bed's link must exist."""
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._keys()
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)  # every start is a new cluster
+        self._keys(nodes)
         etcd_port, peer_port = free_port(), free_port()
         self._run(
             "etcd",
@@ -115,12 +122,17 @@ current-context: bed
         self._run(
             "kube-apiserver",
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={HOST_IP}",
+            f"--advertise-address={HOST_IP}",
             f"--secure-port={self.port}",
-            f"--cert-dir={self.workdir / 'certs'}",
+            f"--tls-cert-file={self.workdir / 'apiserver.crt'}",
+            f"--tls-private-key-file={self.workdir / 'apiserver.key'}",
+            f"--client-ca-file={self.ca_file}",
             f"--token-auth-file={self.workdir / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--allow-privileged=true",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.workdir / 'sa.pub'}",
             f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
@@ -132,6 +144,7 @@ current-context: bed
             "kube-controller-manager",
             f"--kubeconfig={self.kubeconfig}",
             f"--service-account-private-key-file={self.workdir / 'sa.key'}",
+            f"--root-ca-file={self.ca_file}",
             "--use-service-account-credentials=false",
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
@@ -152,7 +165,7 @@ current-context: bed
             f"--config={STAGES}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            f"--cidr={POD_CIDR}",
+            f"--cidr={KWOK_POD_CIDR}",
             "--node-ip=198.18.63.1",
             "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{free_port()}",
@@ -208,26 +221,10 @@ current-context: bed
         )
 
     def remove_nodes(self) -> None:
+        """Remove every kwok node (the real nodes stay)."""
         for node in self.api.items("/api/v1/nodes"):
-            self.api.delete(f"/api/v1/nodes/{node['metadata']['name']}")
-
-    def add_volumes(self, count: int, size: str = "100Gi") -> None:
-        """PersistentVolumes without a class, for claims without one to bind to (a provisioner stand-in)."""
-        for i in range(count):
-            self.api.create(
-                "/api/v1/persistentvolumes",
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolume",
-                    "metadata": {"name": f"bed-pv-{i:02}"},
-                    "spec": {
-                        "capacity": {"storage": size},
-                        "accessModes": ["ReadWriteOnce"],
-                        "persistentVolumeReclaimPolicy": "Retain",
-                        "hostPath": {"path": f"/bed/pv-{i:02}"},
-                    },
-                },
-            )
+            if node["metadata"].get("annotations", {}).get("kwok.x-k8s.io/node") == "fake":
+                self.api.delete(f"/api/v1/nodes/{node['metadata']['name']}")
 
     def wait(self, what: str, check: Any, timeout: float, interval: float = 0.5) -> float:
         started = time.monotonic()
@@ -258,5 +255,7 @@ def fake_node(node: FakeNode) -> dict[str, Any]:
                 "type": "kwok",
             },
         },
+        # Nothing runs on a kwok node unless it asks to (the placement tests' stacks do).
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
         "status": {"allocatable": resources, "capacity": resources},
     }
