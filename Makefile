@@ -2,8 +2,9 @@
 # make test    - lint, type-check and run the unit suite (creates venv/ first), and go test the key provider
 # make preview STACK=dev / make up STACK=dev - the real thing, against the current kubeconfig context
 # make bench   - time the program under mocks against the import floor, and the engine's preview and up against plain YAML
-# make live    - the rendered stack as real Consul 1.16.1 agents in network namespaces (root; builds Consul once)
-# make e2e     - pulumi up against a real kube-apiserver with kwok nodes (builds the control plane once)
+# make e2e     - the real-node bed: pulumi up, kubectl and workload pods on a cluster whose 3 nodes run Consul 1.16.1 in
+#                containerd (root; builds the cluster's programs and Consul once)
+# make cluster-up / make cluster-down - the same cluster, left running for you (KUBECONFIG printed), and its removal
 # make restore SNAPSHOT=<file> - restore a scheduled snapshot (current kubectl context)
 PYTHON ?= python3
 VENV := venv
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.requirements
 STACK ?= dev
 RENDER_FLAGS ?=
 
-.PHONY: test lint typecheck unit provider-test bench engine render check-rendered preview up pulumi restore engine-test consul-binary kube-binaries live e2e clean
+.PHONY: test lint typecheck unit provider-test bench engine render check-rendered preview up pulumi restore engine-test consul-binary kube-binaries addon-binaries bed-binaries cluster-up cluster-down e2e clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -76,11 +77,19 @@ consul-binary:
 kube-binaries:
 	bash testbed/build-kube.sh
 
-live: $(STAMP) engine consul-binary
-	$(BIN)/pytest -v -s tests/live
+addon-binaries:
+	bash testbed/build-addons.sh
 
-e2e: $(STAMP) engine kube-binaries
-	$(BIN)/pytest -v -s tests/e2e
+bed-binaries: consul-binary kube-binaries addon-binaries
+
+cluster-up: $(STAMP) bed-binaries
+	$(BIN)/python -m testbed.cluster.bed up
+
+cluster-down: $(STAMP)
+	$(BIN)/python -m testbed.cluster.bed down
+
+e2e: $(STAMP) engine bed-binaries
+	$(BIN)/pytest -v -s -p no:cacheprovider tests/e2e
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis rendered .pulumi-render testbed/logs

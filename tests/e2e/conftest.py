@@ -1,13 +1,17 @@
-"""Fixtures of the control-plane bed: a real kube-apiserver with kwok nodes, and `pulumi up` on it.
+"""Fixtures of the real-node bed: one cluster for the whole session, `pulumi up` per test module.
 
-`make e2e` builds the control plane and the engine first. The tests drive the real engine through
-the Automation API (what `pulumi up` runs) and read what the cluster then holds and does.
+`make e2e` builds what the bed needs first (testbed/cluster/bed.py). The tests drive what a user
+runs: the real engine through the Automation API (what `pulumi up` runs), `kubectl`, and
+`kubectl exec` into a toolbox pod; they assert on what Consul and the cluster report.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,108 +23,152 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 import run_stack  # noqa: E402
 
-from testbed.cluster.controlplane import ControlPlane, FakeNode  # noqa: E402
+from testbed.cluster import images  # noqa: E402
+from testbed.cluster.api import ApiError  # noqa: E402
+from testbed.cluster.bed import Cluster, kube_binary, leftovers, missing_binaries  # noqa: E402
+from testbed.cluster.controlplane import FakeNode  # noqa: E402
+
+KUBE_BIN = kube_binary()
 
 
-def _kube_binary() -> Path:
-    """Where testbed/build-kube.sh caches its binary (its K8S_VERSION and RECIPE, read from the script)."""
-    import re
-
-    script = (ROOT / "testbed" / "build-kube.sh").read_text()
-    version = re.search(r"^K8S_VERSION=(\S+)", script, re.MULTILINE)
-    recipe = re.search(r"^RECIPE=(\S+)", script, re.MULTILINE)
-    if version is None or recipe is None:
-        raise RuntimeError("testbed/build-kube.sh must name K8S_VERSION and RECIPE")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "consul-testbed" / f"kube-{version.group(1)}-r{recipe.group(1)}" / "kube-testbed"
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-KUBE_BIN = _kube_binary()
+# A CI timeout ends the run with SIGTERM: turned into an interrupt, pytest still tears the bed down.
+signal.signal(signal.SIGTERM, _interrupt)
 STACK_FILE = Path(__file__).with_name("Pulumi.e2e.yaml")
 LOGS = ROOT / "testbed" / "logs" / "e2e"
 NAMESPACE = "consul-e2e"
+CONSUL_IMAGE = "hashicorp/consul:1.16.1"
+UPGRADE_IMAGE = "testbed.local/hashicorp/consul:1.16.1"
+TOOLS_NAMESPACE = "bed-tools"
+REAL_NODES = ["node-1", "node-2", "node-3"]
 
 
-def three_zones(count: int) -> list[FakeNode]:
-    return [FakeNode(f"node-{i}", f"zone-{'abc'[i % 3]}") for i in range(count)]
+def config_paths(key: str, value: Any) -> list[tuple[str, str]]:
+    """A structured setting as the `pulumi config set --path` calls that write it: (path, text) pairs."""
+    if isinstance(value, dict):
+        return [pair for member, inner in value.items() for pair in config_paths(f"{key}.{member}", inner)]
+    if isinstance(value, list):
+        return [pair for i, inner in enumerate(value) for pair in config_paths(f"{key}[{i}]", inner)]
+    return [(key, json.dumps(value) if isinstance(value, bool) else str(value))]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, request) -> Iterator[ControlPlane]:
-    """A fresh control plane per test module, with 3 nodes in 3 zones and volumes to bind; logs kept."""
-    if not KUBE_BIN.exists():
-        pytest.fail(f"no control plane binary at {KUBE_BIN}: run `make e2e` (it builds it once)")
+def set_config(stack: Any, key: str, value: Any, secret: bool = False) -> None:
+    """`pulumi config set consul:<key>`; objects and lists member by member with --path (an old value is removed first)."""
+    if isinstance(value, dict | list):
+        stack.remove_config(f"consul:{key}", path=True) if f"consul:{key}" in stack.get_all_config() else None
+        for path, text in config_paths(key, value):
+            stack.set_config(f"consul:{path}", run_stack.auto.ConfigValue(text, secret=secret), path=True)
+    else:
+        stack.set_config(f"consul:{key}", run_stack.auto.ConfigValue(config_paths(key, value)[0][1], secret=secret))
+
+
+def three_zones(count: int, first: int = 10) -> list[FakeNode]:
+    """kwok nodes (they run nothing) in zones a, b, c, for the placement tests."""
+    return [FakeNode(f"kwok-{first + i}", f"zone-{'abc'[i % 3]}") for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """The real-node cluster, started once; its logs kept in testbed/logs/e2e/cluster, nothing left behind."""
+    if os.geteuid() != 0:
+        pytest.fail("the bed needs root: it creates network namespaces, mounts and cgroups")
+    missing = missing_binaries()
+    if missing:
+        pytest.fail("the bed's builds are missing: " + ", ".join(missing) + " (make e2e builds them)")
     workdir = tmp_path_factory.mktemp("cluster")
-    plane = ControlPlane(KUBE_BIN, workdir)
+    bed = Cluster(workdir)
     try:
-        took = plane.start()
-        plane.add_nodes(three_zones(3))
-        plane.add_volumes(40)  # claims are never re-bound (Retain): enough for every test of a module
-        print(f"\ne2e: control plane up with 3 nodes in {took:.1f} s")
-        yield plane
+        bed.start()
+        print("\nbed: cluster start " + ", ".join(f"{k} {v:.1f} s" for k, v in bed.timings.items()))
+        bed.apply([toolbox_namespace()])
+        yield bed
     finally:
-        plane.stop()
-        target = LOGS / request.node.name
+        bed.stop()
+        target = LOGS / "cluster"
         shutil.rmtree(target, ignore_errors=True)
-        if plane.logs.exists():
-            shutil.copytree(plane.logs, target)
-    alive = [name for name, p in plane.processes.items() if p.poll() is None]
-    assert alive == [], f"still running: {alive}"
+        if (workdir / "logs").exists():
+            shutil.copytree(workdir / "logs", target)
+        if (workdir / "control-plane" / "logs").exists():
+            shutil.copytree(workdir / "control-plane" / "logs", target / "control-plane")
+    left = leftovers()
+    assert left == [], f"left behind: {left}"
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def restarts(pod: dict[str, Any]) -> int:
+    return sum(s.get("restartCount", 0) for s in pod.get("status", {}).get("containerStatuses", []))
 
 
 class Deployment:
-    """One stack of the program on the bed's cluster, and what a test asks of the cluster."""
+    """One stack of the program on the bed's cluster (`pulumi up` through the Automation API), and
+    what a test asks of the cluster about it."""
 
-    def __init__(self, plane: ControlPlane, home: Path, stack: str = "e2e", namespace: str = NAMESPACE) -> None:
-        self.plane = plane
-        self.api = plane.api
+    def __init__(self, cluster: Cluster, home: Path, stack: str = "e2e", namespace: str = NAMESPACE) -> None:
+        self.cluster = cluster
+        self.api = cluster.api
         self.namespace = namespace
-        self.stack = run_stack.cluster_stack(stack, home, plane.kubeconfig, STACK_FILE)
+        self.stack = run_stack.cluster_stack(stack, home, cluster.kubeconfig, STACK_FILE)
         if namespace != NAMESPACE:
             self.stack.set_config("consul:namespace", run_stack.auto.ConfigValue(namespace))
 
-    def set(self, **values: Any) -> None:
-        """`pulumi config set` (with --path for an object's members)."""
+    def set(self, secrets: tuple[str, ...] = (), **values: Any) -> None:
+        """`pulumi config set` (with --path for the members of objects and lists)."""
         for key, value in values.items():
-            if isinstance(value, dict):
-                for member, inner in value.items():
-                    self.stack.set_config(f"consul:{key}.{member}", run_stack.auto.ConfigValue(str(inner)), path=True)
-            else:
-                self.stack.set_config(f"consul:{key}", run_stack.auto.ConfigValue(str(value)))
+            set_config(self.stack, key, value, secret=key in secrets)
 
     def up(self, what: str) -> Any:
-        """`pulumi up`, then until the servers' StatefulSet is rolled out (see _servers_rolled_out)."""
+        """`pulumi up`, then until every rollout is done, as `kubectl rollout status` would say."""
         started = time.monotonic()
         result = self.stack.up(color="never", on_output=lambda line: None)
-        print(f"\ne2e: {what}: pulumi up took {time.monotonic() - started:.1f} s, {dict(result.summary.resource_changes or {})}")
-        if not self._servers_rolled_out():
+        took = time.monotonic() - started
+        print(f"\nbed: {what}: pulumi up took {took:.1f} s, {dict(result.summary.resource_changes or {})}")
+        if not self.rolled_out():
             # The Kubernetes provider 4.25 can take a StatefulSet's status from before its controller
-            # saw the update as the end of the roll (fixed upstream: pulumi-kubernetes#4094).
-            deadline = time.monotonic() + 120
-            while not self._servers_rolled_out():
-                assert time.monotonic() < deadline, f"{what}: the servers' StatefulSet did not roll out within 120 s"
-                time.sleep(0.2)
-            print(f"e2e: {what}: the servers' roll finished {time.monotonic() - started:.1f} s after up started, after up returned")
+            # saw the update as the end of the roll (pulumi-kubernetes#4094).
+            self.cluster.wait(f"{what}: rollouts finished", self.rolled_out, 300)
+            print(f"bed: {what}: rollouts finished {time.monotonic() - started:.1f} s after up started, after up returned")
         return result
 
-    def _servers_rolled_out(self) -> bool:
-        """`kubectl rollout status` for the servers' StatefulSet: its controller has seen the latest
+    def destroy(self) -> None:
+        self.stack.destroy(color="never", on_output=lambda line: None)
+
+    def rolled_out(self) -> bool:
+        """The servers' StatefulSet and the clients' DaemonSet: the controller has seen the latest
         spec, the pods up to the partition run the new revision, and all are Ready."""
-        path = f"/apis/apps/v1/namespaces/{self.namespace}/statefulsets/consul-server"
-        if not self.api.exists(path):
-            return True
-        sts = self.api.get(path)
-        spec, status = sts["spec"], sts.get("status", {})
-        replicas = spec.get("replicas", 1)
-        partition = spec.get("updateStrategy", {}).get("rollingUpdate", {}).get("partition", 0)
-        if status.get("observedGeneration", 0) < sts["metadata"]["generation"] or status.get("readyReplicas", 0) != replicas:
-            return False
-        if partition > 0:
-            return bool(status.get("updatedReplicas", 0) >= replicas - partition)
-        return bool(status.get("updatedReplicas", 0) == replicas and status.get("currentRevision") == status.get("updateRevision"))
+        ns = self.namespace
+        sts_path = f"/apis/apps/v1/namespaces/{ns}/statefulsets/consul-server"
+        if self.api.exists(sts_path):
+            sts = self.api.get(sts_path)
+            spec, status = sts["spec"], sts.get("status", {})
+            replicas = spec.get("replicas", 1)
+            partition = spec.get("updateStrategy", {}).get("rollingUpdate", {}).get("partition", 0)
+            if status.get("observedGeneration", 0) < sts["metadata"]["generation"] or status.get("readyReplicas", 0) != replicas:
+                return False
+            if partition > 0:
+                if status.get("updatedReplicas", 0) < replicas - partition:
+                    return False
+            elif status.get("updatedReplicas", 0) != replicas or status.get("currentRevision") != status.get("updateRevision"):
+                return False
+        ds_path = f"/apis/apps/v1/namespaces/{ns}/daemonsets/consul-client"
+        if self.api.exists(ds_path):
+            ds = self.api.get(ds_path)
+            status = ds.get("status", {})
+            wanted = status.get("desiredNumberScheduled", 0)
+            if status.get("observedGeneration", 0) < ds["metadata"]["generation"]:
+                return False
+            if status.get("updatedNumberScheduled", 0) != wanted or status.get("numberReady", 0) != wanted:
+                return False
+        return True
 
     def pods(self, component: str) -> list[dict[str, Any]]:
         selector = f"app.kubernetes.io/component={component}"
@@ -131,58 +179,376 @@ class Deployment:
     def get(self, path: str) -> Any:
         return self.api.get(f"/apis/apps/v1/namespaces/{self.namespace}/{path}")
 
+    def secret(self, name: str) -> dict[str, str]:
+        import base64
 
-def ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+        data = self.api.get(f"/api/v1/namespaces/{self.namespace}/secrets/{name}").get("data") or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
+    def management_token(self) -> str:
+        return self.secret("consul-acl-tokens")["management"]
 
-class ReadinessWatch:
-    """Samples the servers' readiness every 0.2 s while an operation runs: the most that were down at once."""
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl("-n", self.namespace, *args, input=input, timeout=timeout, check=check)
 
-    def __init__(self, deployment: Deployment, replicas: int) -> None:
-        import threading
+    def exec(self, pod: str, *argv: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`kubectl exec` into a pod of the deployment (its first container)."""
+        return self.kubectl("exec", "-i" if input is not None else "-q", pod, "--", *argv, input=input, timeout=timeout, check=False)
 
-        self.deployment = deployment
-        self.replicas = replicas
-        self.worst = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                up = sum(1 for p in self.deployment.pods("server") if ready(p) and not p["metadata"].get("deletionTimestamp"))
-            except Exception:  # noqa: BLE001 - a failed sample is skipped, not a verdict
-                continue
-            self.samples += 1
-            self.worst = max(self.worst, self.replicas - up)
-
-    def __enter__(self) -> ReadinessWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def logs(self, pod: str, *args: str) -> str:
+        return self.kubectl("logs", pod, *args, check=False).stdout
 
 
-def apply_rendered(plane: ControlPlane, directory: Path) -> list[str]:
-    """What `kubectl apply` of a rendered directory does: Namespaces first, then every object; returns what was created."""
-    import yaml
+def toolbox_namespace() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": TOOLS_NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+    }
 
-    from testbed.live.cluster import load_manifests
 
-    objects = load_manifests(directory)
-    objects.sort(key=lambda o: o["kind"] != "Namespace")
-    created = []
-    for obj in objects:
-        kind, ns = obj["kind"], obj["metadata"].get("namespace")
-        group_version = obj["apiVersion"]
-        base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
-        plural = {"NetworkPolicy": "networkpolicies"}.get(kind, kind.lower() + "s")
-        path = f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
-        plane.api.create(path, obj)
-        created.append(f"{kind}/{obj['metadata']['name']}")
-    del yaml
-    return created
+def restricted_container(name: str, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": command,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        **extra,
+    }
+
+
+class Toolbox:
+    """A workload pod of the toolbox image (consul CLI, curl, dig) on a chosen node: what an
+    application sees. Secrets reach it on standard input, never on a command line."""
+
+    def __init__(self, cluster: Cluster, name: str, node: str, namespace: str = TOOLS_NAMESPACE, **spec: Any) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.namespace = namespace
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [restricted_container("tools", images.TOOLBOX_IMAGE, ["sleep", "2147483647"])],
+                **spec,
+            },
+        }
+        cluster.apply([pod])
+        cluster.wait(f"{name} Ready", lambda: ready(cluster.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")), 120)
+        self.ip: str = cluster.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")["status"]["podIP"]
+
+    def exec(self, *argv: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl(
+            "-n",
+            self.namespace,
+            "exec",
+            "-i" if input is not None else "-q",
+            self.name,
+            "--",
+            *argv,
+            input=input,
+            timeout=timeout,
+            check=False,
+        )
+
+    def sh(self, script: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.exec("sh", "-ec", script, input=input, timeout=timeout)
+
+    def stream(self, script: str, input: str) -> subprocess.Popen[str]:
+        """A long-running `kubectl exec -i … sh -c script`, its stdout a stream of lines."""
+        process = subprocess.Popen(
+            [
+                str(KUBE_BIN),
+                "kubectl",
+                f"--kubeconfig={self.cluster.kubeconfig}",
+                "-n",
+                self.namespace,
+                "exec",
+                "-i",
+                self.name,
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
+        assert process.stdin is not None
+        process.stdin.write(input + "\n")
+        process.stdin.flush()
+        return process
+
+    def delete(self) -> None:
+        try:
+            self.cluster.api.delete(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+
+@pytest.fixture(scope="module")
+def toolbox(cluster, request) -> Iterator[Toolbox]:
+    box = Toolbox(cluster, f"tools-{abs(hash(request.module.__name__)) % 10**6}", REAL_NODES[0])
+    yield box
+    box.delete()
+
+
+def keep_module_logs(deployment: Deployment, name: str) -> None:
+    """Every pod's log of a deployment's namespace (and the previous container's), for a failure."""
+    target = LOGS / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        pods = deployment.api.items(f"/api/v1/namespaces/{deployment.namespace}/pods")
+    except (ApiError, OSError):
+        return
+    for pod in pods:
+        pod_name = pod["metadata"]["name"]
+        (target / f"{pod_name}.log").write_text(deployment.logs(pod_name, "--all-containers", "--timestamps"))
+        if restarts(pod):
+            (target / f"{pod_name}.previous.log").write_text(deployment.logs(pod_name, "--all-containers", "--previous"))
+    events = deployment.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).stdout
+    (target / "events.txt").write_text(events)
+
+
+@pytest.fixture(scope="module")
+def module_deployment(cluster, tmp_path_factory, request) -> Iterator[Deployment]:
+    """A stack of the module's own (namespace named after the module), destroyed afterwards; the
+    module's settings come from its STACK_SETTINGS (a dict), if it has one."""
+    short = request.module.__name__.removeprefix("test_").replace("_", "-")[:40]
+    deployment = Deployment(cluster, tmp_path_factory.mktemp(short), namespace=f"consul-{short}")
+    deployment.set(**getattr(request.module, "STACK_SETTINGS", {}))
+    try:
+        started = time.monotonic()
+        result = deployment.up(f"{short}: first up")
+        assert result.summary.result == "succeeded"
+        print(f"bed: {short}: first pulumi up to every pod Ready {time.monotonic() - started:.1f} s")
+        yield deployment
+    finally:
+        keep_module_logs(deployment, short)
+        remove(deployment)
+
+
+def remove(deployment: Deployment) -> None:
+    """`pulumi destroy`, then the namespace (with the claims destroy keeps), so the next module starts clean."""
+    try:
+        deployment.destroy()
+    finally:
+        try:
+            deployment.api.delete(f"/api/v1/namespaces/{deployment.namespace}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+        deployment.cluster.wait(
+            f"namespace {deployment.namespace} gone", lambda: not deployment.api.exists(f"/api/v1/namespaces/{deployment.namespace}"), 180
+        )
+        deployment.cluster.recycle_volumes()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The table of every watched operation (the README keeps a copy), also in testbed/logs/e2e/operations.md."""
+    from watch import ROWS, TABLE_HEADER
+
+    if not ROWS:
+        return
+    table = TABLE_HEADER + "\n" + "\n".join(row.row() for row in ROWS)
+    terminalreporter.write_sep("=", "operations watched on the bed")
+    terminalreporter.write_line(table)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / "operations.md").write_text(table + "\n")
+
+
+def consul_dns_ip(deployment: Deployment) -> str:
+    ip: str = deployment.api.get(f"/api/v1/namespaces/{deployment.namespace}/services/consul-dns")["spec"]["clusterIP"]
+    return ip
+
+
+def forward_consul_domain(deployment: Deployment) -> None:
+    """What the README tells users to do: a CoreDNS server block forwarding the Consul domain to
+    consul-dns, edited into the cluster's Corefile; returns once CoreDNS answers from it."""
+    from testbed.cluster import addons
+    from testbed.cluster.bed import UPSTREAM_HOSTS
+
+    block = f"consul:53 {{\n    errors\n    cache 30\n    forward . {consul_dns_ip(deployment)}\n}}\n"
+    corefile = addons.corefile(UPSTREAM_HOSTS) + "\n" + block
+    deployment.cluster.kubectl(
+        "-n", "kube-system", "patch", "configmap", "coredns", "--type=merge", "-p", json.dumps({"data": {"Corefile": corefile}})
+    )
+
+
+# Consul's HTTP API and CLI from inside a pod (`kubectl exec`). A token travels on standard
+# input, never on a command line: the shell reads it into a file in the pod's /tmp.
+import shlex  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+Runner = Callable[[str, str], "subprocess.CompletedProcess[str]"]
+
+_HTTP_CALL = """read -r T
+h=$(mktemp)
+trap 'rm -f "$h" "$h.out"' EXIT
+if [ -n "$T" ]; then printf 'X-Consul-Token: %s\\n' "$T" > "$h"; fi
+code=$(curl -s -m {bound} -o "$h.out" -w '%{{http_code}}' -X {method} -H @"$h" {data} {url}) || true
+echo "$code"
+cat "$h.out" 2>/dev/null || true
+"""
+
+_CLI_CALL = """read -r T
+f=$(mktemp)
+trap 'rm -f "$f"' EXIT
+printf '%s' "$T" > "$f"
+CONSUL_HTTP_TOKEN_FILE="$f" consul {args}
+"""
+
+
+def in_pod(deployment: Deployment, pod: str) -> Runner:
+    """A Runner for `sh -c` in a pod of the deployment (its agent container, for a Consul pod)."""
+    return lambda script, stdin: deployment.exec(pod, "sh", "-c", script, input=stdin)
+
+
+def consul_http(run: Runner, method: str, url: str, token: str = "", body: str | None = None, bound: float = 1) -> tuple[int, str]:
+    """(HTTP status, body) of one call from inside a pod (`run` is Toolbox.sh or in_pod()); the
+    status is 0 when nothing answered within `bound` seconds. `body` follows the token on stdin."""
+    script = _HTTP_CALL.format(
+        bound=bound, method=shlex.quote(method), data="--data-binary @-" if body is not None else "", url=shlex.quote(url)
+    )
+    out = run(script, token + "\n" + (body or ""))
+    code, _, rest = out.stdout.partition("\n")
+    return (int(code) if code.strip().isdigit() else 0), rest
+
+
+def consul_json(run: Runner, url: str, token: str = "", bound: float = 5) -> Any:
+    """A GET that must answer 200, its body parsed."""
+    status, body = consul_http(run, "GET", url, token, bound=bound)
+    assert status == 200, f"GET {url}: HTTP {status} {body[:300]}"
+    return json.loads(body)
+
+
+def consul_cli(run: Runner, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The consul CLI in a pod, the token handed over as CONSUL_HTTP_TOKEN_FILE."""
+    return run(_CLI_CALL.format(args=shlex.join(args)), token + "\n")
+
+
+# Helpers of the modules that hold servers down and watch day-2 operations (test_restarts,
+# test_operations and test_grow_and_recover use them).
+import contextlib  # noqa: E402
+import re  # noqa: E402
+
+LOCAL_AGENT = "http://127.0.0.1:8500"
+# Issue #19's bound on a stretch without a leader while an operation runs on a healthy cluster.
+LEADERLESS_BOUND = 2.0
+_LEADER_BODY = re.compile(r'^"(\d{1,3}(?:\.\d{1,3}){3}:8300)"$')
+
+
+def quorum(servers: int) -> int:
+    return servers // 2 + 1
+
+
+def bounds_broken(watch: Any, servers: int) -> list[str]:
+    """Each of the issue's bounds that a finished Watch saw broken: fewer voters than a quorum of
+    the cluster's full size `servers`, a stretch over 2 s without a leader, a failed or a lost
+    write, a client agent NotReady in any sample. [] when the operation kept them all."""
+    summary = watch.summary
+    broken = []
+    if summary.fewest_voters is None or summary.fewest_voters < quorum(servers):
+        broken.append(f"fewest voters {summary.fewest_voters}, below a quorum of {servers} ({quorum(servers)})")
+    if summary.longest_leaderless > LEADERLESS_BOUND:
+        broken.append(f"{summary.longest_leaderless:.1f} s without a leader")
+    if summary.failed_writes:
+        broken.append(f"{summary.failed_writes} of {len(watch.record.writes)} writes failed")
+    if summary.lost_writes:
+        broken.append(f"{summary.lost_writes} acknowledged writes lost")
+    if summary.clients_not_ready:
+        broken.append(f"{summary.clients_not_ready} client NotReady samples")
+    return broken
+
+
+# The bounds issue #19 still breaks when a server stops without leaving Raft (its voter slot kept,
+# so voters never drop): the leader lost until an election, and clients sending RPCs to the stopped
+# server until serf declares it failed; rolling the client DaemonSet replaces every client agent.
+LEADER_LOST = ("without a leader", "writes failed")
+CLIENTS_ROLLED = ("client NotReady samples",)
+OPEN_DEFECT = "issue #19, open"
+
+
+def assert_bounds(watches: Any, servers: int, *, open_defect: tuple[str, ...] = ()) -> None:
+    """The issue's bounds over one finished Watch or a list of them. Every bound not named in `open_defect` is asserted.
+    Those named (parts of bounds_broken's lines) belong to a defect still open: broken, the test
+    ends as an expected failure that prints what was measured; kept, it passes. Once the defect
+    is fixed the names go and the bounds are asserted again."""
+    broken = {w.label: bounds_broken(w, servers) for w in (watches if isinstance(watches, list) else [watches])}
+    asserted = {label: [line for line in lines if not any(name in line for name in open_defect)] for label, lines in broken.items()}
+    assert asserted == {label: [] for label in broken}
+    if any(broken.values()):
+        pytest.xfail(f"{OPEN_DEFECT}: " + "; ".join(f"{label}: {', '.join(lines)}" for label, lines in broken.items() if lines))
+
+
+def leader_seen(run: Runner, agent: str = LOCAL_AGENT) -> str:
+    """The leader ("ip:8300") as an agent reports it: HTTP 200 with that body; "" otherwise."""
+    status, body = consul_http(run, "GET", f"{agent}/v1/status/leader", bound=2)
+    match = _LEADER_BODY.match(body.strip())
+    return match.group(1) if status == 200 and match else ""
+
+
+def raft_servers(deployment: Deployment, via: str = "consul-server-0") -> list[dict[str, Any]] | None:
+    """The Raft configuration as server `via` itself holds it (`?stale`: with or without a leader);
+    None when it does not answer."""
+    status, body = consul_http(
+        in_pod(deployment, via), "GET", f"{LOCAL_AGENT}/v1/operator/raft/configuration?stale", deployment.management_token(), bound=5
+    )
+    if status != 200:
+        return None
+    servers: list[dict[str, Any]] = json.loads(body)["Servers"]
+    return servers
+
+
+def servers_formed(deployment: Deployment, count: int, via: str = "consul-server-0") -> bool:
+    """`count` server pods, each Ready and none terminating, and Consul's Raft configuration: those
+    servers, every one a voter, one of them the leader."""
+    names = [f"consul-server-{i}" for i in range(count)]
+    pods = deployment.pods("server")
+    if [p["metadata"]["name"] for p in pods] != names or not all(ready(p) and not p["metadata"].get("deletionTimestamp") for p in pods):
+        return False
+    config = raft_servers(deployment, via)
+    return config is not None and sorted(s["Node"] for s in config if s["Voter"]) == names and sum(s["Leader"] for s in config) == 1
+
+
+def node_of(deployment: Deployment, pod: str) -> str:
+    node: str = deployment.api.get(f"/api/v1/namespaces/{deployment.namespace}/pods/{pod}")["spec"]["nodeName"]
+    return node
+
+
+@contextlib.contextmanager
+def cordoned(cluster: Cluster, nodes: list[str]) -> Iterator[None]:
+    """`kubectl cordon` the nodes; `kubectl uncordon` them afterwards, whatever happened."""
+    try:
+        for node in nodes:
+            cluster.kubectl("cordon", node)
+        yield
+    finally:
+        for node in nodes:
+            cluster.kubectl("uncordon", node, check=False)
+
+
+@contextlib.contextmanager
+def servers_held_down(deployment: Deployment, servers: list[str], *delete_args: str) -> Iterator[None]:
+    """The servers' nodes cordoned and their pods deleted (`kubectl delete pod` with `delete_args`):
+    with required anti-affinity over three nodes their replacements stay Pending until the nodes
+    are uncordoned on leaving the block."""
+    with cordoned(deployment.cluster, sorted({node_of(deployment, s) for s in servers})):
+        deployment.kubectl("delete", "pod", *servers, *delete_args, timeout=180)
+        yield

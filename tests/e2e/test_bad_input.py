@@ -51,6 +51,6 @@ def test_preview_knows_whether_a_cluster_answers(cluster, tmp_path, monkeypatch)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert run_stack.unreachable_cluster() == f"there is no kubeconfig at {tmp_path / 'missing'}"
     dead = tmp_path / "dead"
-    dead.write_text(cluster.kubeconfig.read_text().replace(cluster.server, "https://127.0.0.1:1"))
+    dead.write_text(cluster.kubeconfig.read_text().replace(cluster.plane.server, "https://127.0.0.1:1"))
     monkeypatch.setenv("KUBECONFIG", str(dead))
     assert (run_stack.unreachable_cluster() or "").startswith("https://127.0.0.1:1 did not answer")

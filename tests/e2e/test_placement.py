@@ -1,7 +1,9 @@
 """The scheduler and admission on the rendered objects: anti-affinity, zone spread, Pod Security with host ports.
 
-These apply the YAML `make render` writes (what `kubectl apply` would send), to clusters whose
-node layouts a test sets up.
+These apply the YAML `make render` writes (what `kubectl apply` would send) to node layouts a
+test sets up with kwok nodes: nodes in the same cluster that run nothing (kwok marks their pods
+Ready), tainted so that only these tests' stacks, which select and tolerate them, land there.
+The real nodes are untouched.
 """
 
 from __future__ import annotations
@@ -12,17 +14,38 @@ from typing import Any
 
 import pytest
 import run_stack
-from conftest import STACK_FILE, FakeNode, apply_rendered, ready, three_zones
+from conftest import KUBE_BIN, STACK_FILE, FakeNode, ready, set_config, three_zones
 
 pytestmark = pytest.mark.e2e
 
 
+# Every pod of these stacks on the kwok nodes only.
+ON_KWOK = {
+    "serverNodeSelector": {"type": "kwok"},
+    "clientNodeSelector": {"type": "kwok"},
+    "serverTolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+    "clientTolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
 def render(home: Path, **config: object) -> Path:
     stack = run_stack.render_stack("e2e", home, home / "rendered", STACK_FILE)
-    for key, value in config.items():
-        stack.set_config(f"consul:{key}", run_stack.auto.ConfigValue(str(value)))
+    for key, value in {**ON_KWOK, **config}.items():
+        set_config(stack, key, value)
     stack.up(color="never", on_output=lambda line: None)
+    run_stack.tidy_rendered(stack, home / "rendered")
     return home / "rendered"
+
+
+def apply_rendered(cluster, directory: Path) -> None:
+    """`kubectl apply -k` of a rendered directory, as `make render` tells users to."""
+    cluster.kubectl("apply", "-k", str(directory))
+
+
+@pytest.fixture(autouse=True)
+def _kwok_nodes_removed_afterwards(cluster):
+    yield
+    cluster.plane.remove_nodes()
 
 
 def servers(plane, namespace: str = "consul-e2e") -> list[Any]:
@@ -30,9 +53,14 @@ def servers(plane, namespace: str = "consul-e2e") -> list[Any]:
     return sorted(pods, key=lambda p: p["metadata"]["name"])
 
 
-def fresh_nodes(plane, nodes: list[FakeNode]) -> None:
-    plane.remove_nodes()
-    plane.add_nodes(nodes)
+def fresh_nodes(cluster, nodes: list[FakeNode]) -> None:
+    cluster.plane.remove_nodes()
+    cluster.plane.add_nodes(nodes)
+
+
+def remove_namespace(cluster, namespace: str) -> None:
+    cluster.kubectl("delete", "namespace", namespace, "--wait=true", timeout=180)
+    cluster.recycle_volumes()
 
 
 def test_prod_shape_five_servers_on_five_nodes_in_three_zones(cluster, tmp_path):
@@ -45,19 +73,20 @@ def test_prod_shape_five_servers_on_five_nodes_in_three_zones(cluster, tmp_path)
     assert len(set(nodes)) == 5
     zones = sorted(cluster.api.get(f"/api/v1/nodes/{n}")["metadata"]["labels"]["topology.kubernetes.io/zone"] for n in nodes)
     assert zones == ["zone-a", "zone-a", "zone-b", "zone-b", "zone-c"]
-    cluster.api.delete("/api/v1/namespaces/consul-e2e")
+    remove_namespace(cluster, "consul-e2e")
 
 
 @pytest.mark.parametrize(("placement", "pending"), [("required", 1), ("preferred", 0)])
 def test_three_servers_on_two_nodes(cluster, tmp_path, placement, pending):
     namespace = f"consul-two-{placement}"
-    fresh_nodes(cluster, [FakeNode("node-0", "zone-a"), FakeNode("node-1", "zone-b")])
+    fresh_nodes(cluster, [FakeNode("kwok-0", "zone-a"), FakeNode("kwok-1", "zone-b")])
     apply_rendered(cluster, render(tmp_path, serverAntiAffinity=placement, namespace=namespace))
     cluster.wait("3 server pods", lambda: len(servers(cluster, namespace)) == 3, 30)
     time.sleep(5)  # the scheduler has had its chance
     phases = sorted(p["status"].get("phase") for p in servers(cluster, namespace))
     assert phases.count("Pending") == pending
     assert phases.count("Running") == 3 - pending
+    remove_namespace(cluster, namespace)
 
 
 def test_host_ports_relabel_the_namespace_and_admission_passes(cluster, tmp_path):
@@ -74,6 +103,7 @@ def test_host_ports_relabel_the_namespace_and_admission_passes(cluster, tmp_path
         ),
         60,
     )
+    remove_namespace(cluster, namespace)
 
 
 def test_the_restricted_namespace_refuses_host_ports(cluster, tmp_path):
@@ -102,13 +132,12 @@ def test_the_restricted_namespace_refuses_host_ports(cluster, tmp_path):
         ),
         60,
     )
+    remove_namespace(cluster, namespace)
 
 
 def test_the_rendered_directory_applies_in_one_kubectl_command(cluster, tmp_path):
     """`kubectl apply -k rendered/<stack>` (what make render prints) creates everything, the Namespace first."""
     import subprocess
-
-    from conftest import KUBE_BIN
 
     namespace = "consul-kubectl"
     fresh_nodes(cluster, three_zones(3))
@@ -122,8 +151,12 @@ def test_the_rendered_directory_applies_in_one_kubectl_command(cluster, tmp_path
         check=False,
     )
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.splitlines()[0] == f"namespace/{namespace} created"
-    assert len(applied.stdout.splitlines()) == 22
+    lines = applied.stdout.splitlines()
+    assert lines[0] == f"namespace/{namespace} created"
+    # One object created per rendered file, whatever the stack's settings add.
+    rendered = [p for p in out.rglob("*.yaml") if p.name != run_stack.KUSTOMIZATION]
+    assert (len(lines), [line for line in lines if not line.endswith(" created")]) == (len(rendered), [])
     cluster.wait(
         "3 servers Ready", lambda: len(servers(cluster, namespace)) == 3 and all(ready(p) for p in servers(cluster, namespace)), 60
     )
+    remove_namespace(cluster, namespace)

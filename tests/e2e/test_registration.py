@@ -1,0 +1,170 @@
+"""The README's flow on real nodes: a workload registers with its node's agent, is found by DNS
+through CoreDNS, and deregisters in one call; its service token writes nothing else.
+
+Workloads are pods of the toolbox image in the stack's namespace, wired as "Registering a
+service" says: CONSUL_HTTP_ADDR from the stack's agentAddress output, CONSUL_HTTP_TOKEN from the
+service's token Secret, POD_IP from the downward API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import (
+    REAL_NODES,
+    Toolbox,
+    consul_dns_ip,
+    consul_http,
+    consul_json,
+    forward_consul_domain,
+    in_pod,
+    restricted_container,
+)
+
+from testbed.cluster import images
+from testbed.cluster.addons import corefile
+from testbed.cluster.bed import UPSTREAM_HOSTS
+
+pytestmark = pytest.mark.e2e
+
+LOCAL_API = "http://127.0.0.1:8500"
+# Consul's default acl.token_ttl: an agent may hold the anonymous token's earlier (empty) policy set
+# for this long after the ACL Job gave it the DNS policy.
+ACL_CACHE_TTL = 30
+# A ConfigMap edit reaches CoreDNS's mounted Corefile within the kubelet's sync (every 10 s on the
+# bed, plus the ConfigMap watch), and the reload plugin reads it within 30 s plus up to 15 s of jitter.
+COREDNS_RELOAD = 75
+# Registrations reach the catalog through the agent's anti-entropy sync, triggered at once.
+CATALOG_SYNC = 10
+
+
+def dig(run, name: str, server: str | None = None, port: int = 53) -> list[str]:
+    """The A records `dig +short` prints: through the pod's resolver (CoreDNS), or from `server`."""
+    at = f"@{server} -p {port} " if server else ""
+    out = run(f"dig +short +time=2 +tries=1 {at}{name} A", "")
+    return sorted(line.strip() for line in out.stdout.splitlines() if line.strip() and not line.startswith(";"))
+
+
+def catalog_services(deployment) -> dict[str, list[str]]:
+    """The catalog's services as a server reports them."""
+    services: dict[str, list[str]] = consul_json(
+        in_pod(deployment, "consul-server-0"), f"{LOCAL_API}/v1/catalog/services", deployment.management_token()
+    )
+    return services
+
+
+def client_on(deployment, node: str) -> dict[str, Any]:
+    return next(p for p in deployment.pods("client") if p["spec"]["nodeName"] == node)
+
+
+def workload(deployment, name: str, node: str, service: str) -> Toolbox:
+    """An application pod wired to its agent and its service token the README's way."""
+    env = [
+        {"name": "CONSUL_HTTP_ADDR", "value": deployment.stack.outputs()["agentAddress"].value},
+        {"name": "CONSUL_HTTP_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"consul-service-token-{service}", "key": "token"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    container = restricted_container("app", images.TOOLBOX_IMAGE, ["sleep", "2147483647"], env=env)
+    return Toolbox(deployment.cluster, name, node, namespace=deployment.namespace, containers=[container])
+
+
+def run_in(box: Toolbox):
+    return lambda script, stdin: box.exec("sh", "-c", script, input=stdin)
+
+
+@pytest.fixture
+def web_app(module_deployment) -> Iterator[Toolbox]:
+    box = workload(module_deployment, "web-app", REAL_NODES[0], "web")
+    yield box
+    box.delete()
+
+
+@pytest.fixture
+def web_intruder(module_deployment) -> Iterator[Toolbox]:
+    box = workload(module_deployment, "web-intruder", REAL_NODES[1], "web")
+    yield box
+    box.delete()
+
+
+def test_dns_answers_under_default_deny(module_deployment, toolbox):
+    """DNS queries carry no token: the anonymous token reads nodes and services, and no key."""
+    deployment = module_deployment
+    token = deployment.management_token()
+    agent = deployment.stack.outputs()["agentAddress"].value
+    local_agent = client_on(deployment, REAL_NODES[0])  # the toolbox's node: its calls reach this agent
+    status, body = consul_http(toolbox.sh, "PUT", f"{agent}/v1/agent/service/register", token, body='{"Name": "dns-check", "Port": 1}')
+    assert status == 200, body
+    deployment.cluster.wait("dns-check in the catalog", lambda: "dns-check" in catalog_services(deployment), CATALOG_SYNC)
+
+    dns = consul_dns_ip(deployment)
+    expected = [local_agent["status"]["podIP"]]
+    took = deployment.cluster.wait(
+        "dns-check answered by consul-dns", lambda: dig(toolbox.sh, "dns-check.service.consul", dns) == expected, ACL_CACHE_TTL + 5
+    )
+    print(f"\nbed: registration: consul-dns answered {took:.1f} s after the registration")
+    assert dig(toolbox.sh, f"{REAL_NODES[0]}.node.consul", dns) == expected
+
+    # Read nodes and services for DNS, and no more: the anonymous token reads no key.
+    assert consul_http(toolbox.sh, "PUT", f"{agent}/v1/kv/private", token, body="x")[0] == 200
+    assert consul_http(toolbox.sh, "GET", f"{agent}/v1/kv/private")[0] == 403
+
+
+@pytest.fixture
+def consul_domain_forwarded(module_deployment) -> Iterator[None]:
+    """The README's CoreDNS server block for the Consul domain; the bed's own Corefile back afterwards."""
+    forward_consul_domain(module_deployment)
+    yield
+    module_deployment.cluster.kubectl(
+        "-n",
+        "kube-system",
+        "patch",
+        "configmap",
+        "coredns",
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"Corefile": corefile(UPSTREAM_HOSTS)}}),
+    )
+
+
+def test_a_workload_registers_is_found_by_dns_through_coredns_and_deregisters(module_deployment, web_app, consul_domain_forwarded):
+    deployment = module_deployment
+    app = run_in(web_app)
+    registered = web_app.sh('consul services register -name web -id web-1 -port 8080 -address "$POD_IP"')
+    assert registered.returncode == 0, registered.stderr
+    took = deployment.cluster.wait("web in the catalog", lambda: "web" in catalog_services(deployment), CATALOG_SYNC)
+    print(f"\nbed: registration: web in the catalog {took:.1f} s after the register call")
+
+    # A plain lookup through the pod's resolver (CoreDNS), once it has reloaded its Corefile.
+    took = deployment.cluster.wait(
+        "web.service.consul through CoreDNS", lambda: dig(app, "web.service.consul") == [web_app.ip], COREDNS_RELOAD
+    )
+    print(f"bed: registration: CoreDNS answered web.service.consul {took:.1f} s after the Corefile edit")
+    assert dig(app, f"consul-dns.{deployment.namespace}.svc.cluster.local") == [consul_dns_ip(deployment)]
+
+    # Every client agent answers it (consul-dns sends each query to any of them).
+    for agent in deployment.pods("client"):
+        assert dig(app, "web.service.consul", agent["status"]["podIP"], 8600) == [web_app.ip], agent["spec"]["nodeName"]
+
+    deregistered = web_app.sh("consul services deregister -id web-1")
+    assert deregistered.returncode == 0, deregistered.stderr
+    took = deployment.cluster.wait("web gone from the catalog", lambda: "web" not in catalog_services(deployment), CATALOG_SYNC)
+    print(f"bed: registration: web gone from the catalog {took:.1f} s after the deregister call")
+    own_agent = client_on(deployment, REAL_NODES[0])["status"]["podIP"]
+    # DNS reads may be served by a follower (allow_stale), a moment behind the leader.
+    deployment.cluster.wait("web gone from DNS", lambda: dig(app, "web.service.consul", own_agent, 8600) == [], 5)
+
+
+def test_a_service_token_writes_only_its_own_service(module_deployment, web_intruder):
+    deployment = module_deployment
+    other = web_intruder.sh("consul services register -name billing -port 9090")
+    assert other.returncode != 0
+    assert "Permission denied" in other.stderr + other.stdout
+    # The same token, the same pod, its own service: accepted.
+    own = web_intruder.sh('consul services register -name web -id web-2 -port 8080 -address "$POD_IP"')
+    assert own.returncode == 0, own.stderr
+    deployment.cluster.wait("web in the catalog", lambda: "web" in catalog_services(deployment), CATALOG_SYNC)
+    assert "billing" not in catalog_services(deployment)
+    assert web_intruder.sh("consul services deregister -id web-2").returncode == 0

@@ -1,0 +1,195 @@
+"""Restarts on real nodes: servers lose their pods or their processes and come back with their data,
+and the client agents rejoin them by themselves.
+
+A server is held down as Kubernetes lets an operator do it: its node cordoned and its pod deleted,
+so that with required anti-affinity over three nodes its replacement stays Pending until the node
+is uncordoned. What is asserted comes from Consul (`kubectl exec` into the agents, and the Watch's
+samplers in a toolbox pod) and from the cluster's API (readiness, restart counts, pod IPs).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from conftest import (
+    LEADER_LOST,
+    LOCAL_AGENT,
+    assert_bounds,
+    consul_cli,
+    consul_http,
+    in_pod,
+    leader_seen,
+    restarts,
+    servers_formed,
+    servers_held_down,
+)
+from watch import Watch
+
+pytestmark = pytest.mark.e2e
+
+SERVERS = ["consul-server-0", "consul-server-1", "consul-server-2"]
+# The README's bound: every client agent sees the leader within 30 s of the servers electing one.
+CLIENT_REJOIN_BOUND = 30.0
+# Why it is broken for servers back at new addresses: they no longer leave (issue #19), and a client
+# accepts a known server's new address only once memberlist's dead-node reclaim time (30 s, fixed in
+# Consul) has passed since it declared the server dead, then learns it at the next gossip sync.
+REJOIN_DEFECT = "issue #19, open: servers back at new addresses are accepted by the clients after memberlist's 30 s reclaim time"
+# Servers deleted (30 s grace at most, without leaving Raft), re-created, started, and a leader elected.
+SERVERS_BACK = 180
+HELD_DOWN_SECONDS = 20
+
+
+def client_pods(deployment) -> list[str]:
+    return [p["metadata"]["name"] for p in deployment.pods("client")]
+
+
+def restart_counts(deployment, component: str) -> dict[str, int]:
+    return {p["metadata"]["name"]: restarts(p) for p in deployment.pods(component)}
+
+
+def uids(deployment, component: str) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployment.pods(component)}
+
+
+def every_client_sees_a_leader(deployment) -> bool:
+    return all(leader_seen(in_pod(deployment, pod)) for pod in client_pods(deployment))
+
+
+def measure_rejoin(deployment, what: str, started: float) -> tuple[float, float]:
+    """(seconds from `started` to three voters and a leader, seconds from then to every client
+    agent reporting that leader), both as Consul reports them."""
+    cluster = deployment.cluster
+    cluster.wait(f"{what}: three voters and a leader", lambda: servers_formed(deployment, 3), SERVERS_BACK)
+    elected = time.monotonic()
+    # Waited for beyond the bound, so that a slow rejoin is measured rather than cut off.
+    cluster.wait(f"{what}: every client agent sees the leader", lambda: every_client_sees_a_leader(deployment), 300)
+    back = time.monotonic()
+    print(f"\nbed: restarts: {what}: three voters and a leader {elected - started:.1f} s after, every client {back - elected:.1f} s later")
+    return elected - started, back - elected
+
+
+def rejoined_within(rejoin: float) -> None:
+    """The README's client rejoin bound, whose breach for servers at new addresses is an open defect."""
+    if rejoin > CLIENT_REJOIN_BOUND:
+        pytest.xfail(f"{REJOIN_DEFECT}: every client saw the leader {rejoin:.1f} s after it was elected")
+
+
+def kv(deployment, server: str, method: str, key: str, body: str | None = None) -> tuple[int, str]:
+    return consul_http(
+        in_pod(deployment, server), method, f"{LOCAL_AGENT}/v1/kv/{key}?raw", deployment.management_token(), body=body, bound=5
+    )
+
+
+@pytest.fixture
+def formed(module_deployment) -> Any:
+    """Each test starts from three Ready servers, three voters and a leader."""
+    module_deployment.cluster.wait("three voters and a leader", lambda: servers_formed(module_deployment, 3), SERVERS_BACK)
+    return module_deployment
+
+
+def test_every_client_agent_stays_ready_while_every_server_is_down(formed, toolbox):
+    deployment = formed
+    before = restart_counts(deployment, "client")
+    with Watch(deployment, toolbox, "every server held down 20 s") as watch:
+        with servers_held_down(deployment, SERVERS):
+            down = time.monotonic()
+            time.sleep(HELD_DOWN_SECONDS)
+        _, rejoin = measure_rejoin(deployment, "servers back after 20 s down", down)
+    summary = watch.summary
+    assert summary is not None
+    # Writes fail while no server runs; what was acknowledged before must still be there.
+    problems = []
+    if summary.clients_not_ready:
+        problems.append(f"{summary.clients_not_ready} client NotReady samples")
+    if summary.lost_writes:
+        problems.append(f"{summary.lost_writes} acknowledged writes lost")
+    if restart_counts(deployment, "client") != before:
+        problems.append(f"client restarts {before} -> {restart_counts(deployment, 'client')}")
+    assert problems == []
+    rejoined_within(rejoin)
+
+
+def test_all_servers_deleted_at_once_keep_their_data_and_the_clients_rejoin(formed, toolbox):
+    """All three at new addresses (the case where retry_join alone strands the clients, consul
+    #3902). Whether the clients stay Ready meanwhile is the test above; here: the data, the
+    clients' rejoin within the README's bound, and no container restart."""
+    deployment = formed
+    assert kv(deployment, "consul-server-0", "PUT", "restarts/survivor", "still-here")[0] == 200
+    before = restart_counts(deployment, "client")
+    old_ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in deployment.pods("server")}
+    with Watch(deployment, toolbox, "every server deleted at once") as watch:
+        started = time.monotonic()
+        deployment.kubectl("delete", "pod", *SERVERS, timeout=180)
+        _, rejoin = measure_rejoin(deployment, "all servers deleted at once", started)
+    assert watch.summary is not None
+    new_ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in deployment.pods("server")}
+    assert [name for name in SERVERS if new_ips[name] == old_ips[name]] == []
+    assert kv(deployment, "consul-server-1", "GET", "restarts/survivor") == (200, "still-here")
+    assert watch.summary.lost_writes == 0
+    assert restart_counts(deployment, "client") == before
+    rejoined_within(rejoin)
+
+
+def test_servers_restarted_in_place_keep_their_pods_and_data_and_the_clients_rejoin(formed, toolbox):
+    """`kill 1` in each server container (Consul is its PID 1): the kubelet restarts the container
+    in the same pod, on the same claim and address."""
+    deployment = formed
+    assert kv(deployment, "consul-server-0", "PUT", "restarts/in-place", "kept") == (200, "true")
+    servers_before, clients_before = restart_counts(deployment, "server"), restart_counts(deployment, "client")
+    pods_before = uids(deployment, "server")
+    with Watch(deployment, toolbox, "every server restarted in place") as watch:
+        started = time.monotonic()
+        for name in SERVERS:
+            killed = deployment.exec(name, "kill", "1")
+            assert killed.returncode == 0, killed.stderr
+        deployment.cluster.wait(
+            "every server container restarted",
+            lambda: all(restart_counts(deployment, "server").get(n, 0) > servers_before[n] for n in SERVERS),
+            60,
+        )
+        _, rejoin = measure_rejoin(deployment, "all servers restarted in place", started)
+    assert watch.summary is not None
+    assert uids(deployment, "server") == pods_before
+    assert restart_counts(deployment, "server") == {n: servers_before[n] + 1 for n in SERVERS}
+    assert kv(deployment, "consul-server-2", "GET", "restarts/in-place") == (200, "kept")
+    assert watch.summary.lost_writes == 0
+    assert restart_counts(deployment, "client") == clients_before
+    assert rejoin <= CLIENT_REJOIN_BOUND
+
+
+def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolbox):
+    deployment = formed
+    clients_before = restart_counts(deployment, "client")
+    pods_before = uids(deployment, "server")
+    with Watch(deployment, toolbox, "rolling restart of the servers") as watch:
+        deployment.kubectl("rollout", "restart", "statefulset/consul-server")
+        deployment.kubectl("rollout", "status", "statefulset/consul-server", "--timeout=600s", timeout=660)
+        deployment.cluster.wait("three voters and a leader", lambda: servers_formed(deployment, 3), SERVERS_BACK)
+    assert watch.summary is not None
+    after = uids(deployment, "server")
+    assert [n for n in SERVERS if after[n] == pods_before[n]] == []
+    assert restart_counts(deployment, "client") == clients_before
+    assert_bounds(watch, 3, open_defect=LEADER_LOST)
+
+
+def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_voter(formed, toolbox):
+    """A follower held down (its node cordoned, its pod deleted) for 20 s, then let back: two of three
+    keep the quorum throughout, and the third comes back as a voter."""
+    deployment = formed
+    token = deployment.management_token()
+    leader = leader_seen(in_pod(deployment, "consul-server-0"))
+    follower = next(p["metadata"]["name"] for p in reversed(deployment.pods("server")) if f"{p['status']['podIP']}:8300" != leader)
+    with Watch(deployment, toolbox, f"one server ({follower}) held down 20 s") as watch:
+        with servers_held_down(deployment, [follower]):
+            time.sleep(HELD_DOWN_SECONDS)
+            pending = deployment.api.get(f"/api/v1/namespaces/{deployment.namespace}/pods/{follower}")
+            assert pending["status"]["phase"] == "Pending", pending["status"]
+        deployment.cluster.wait(f"{follower} back, three voters and a leader", lambda: servers_formed(deployment, 3), SERVERS_BACK)
+    assert watch.summary is not None
+    peers = consul_cli(in_pod(deployment, follower), token, "operator", "raft", "list-peers")
+    assert peers.returncode == 0, peers.stderr
+    rows = [line.split() for line in peers.stdout.strip().splitlines()[1:]]
+    assert sorted((row[0], row[4]) for row in rows) == [(name, "true") for name in SERVERS]
+    assert_bounds(watch, 3, open_defect=LEADER_LOST)

@@ -1,0 +1,237 @@
+"""What Consul and the cluster report while an operation runs, sampled from before it until after it.
+
+Each sampler runs in its own thread, so a slow answer never delays another:
+  - leader: the client agent a workload uses (the toolbox pod's node), `/v1/status/leader`; a
+    leader is HTTP 200 with an ``"ip:8300"`` body (a client without servers answers 500);
+  - voters: `/v1/operator/raft/configuration?stale` (any server's own view, so it answers while
+    there is no leader), counting the servers with ``Voter: true``;
+  - writes: a KV write every interval, each bounded to 1 s; every acknowledged key is read back
+    at the end;
+  - pods: every pod of the namespace from the API: readiness and ``restartCount``.
+The first three run as shell loops in the toolbox pod (`kubectl exec`), with the token on
+standard input; the pod sampler reads the API. Each line is timed when it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+LEADER = re.compile(r'^"\d{1,3}(?:\.\d{1,3}){3}:8300"$')
+INTERVAL = 0.25
+WRITE_BOUND = 1
+
+# Each sampler prints one line per sample; the token is read from standard input into a header file.
+_PRELUDE = 'read -r T; h=$(mktemp); printf "X-Consul-Token: %s\\n" "$T" > "$h"; trap \'rm -f "$h"\' EXIT; '
+
+LEADER_LOOP = (
+    'while :; do out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; echo "$out"; sleep {interval}; done'
+)
+VOTERS_LOOP = (
+    'while :; do out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/operator/raft/configuration?stale") || out="- 0"; '
+    'echo "$out" | tr -d "\\n"; echo; sleep {interval}; done'
+)
+WRITES_LOOP = (
+    'i=0; while :; do code=$(curl -s -m {bound} -o /dev/null -w \'%{{http_code}}\' -X PUT -H @"$h" --data "$i" '
+    '"{agent}/v1/kv/{prefix}/$i") || code=0; echo "$i $code"; i=$((i+1)); sleep {interval}; done'
+)
+
+
+@dataclass
+class Record:
+    """Samples as (seconds since the watch started, value)."""
+
+    leader: list[tuple[float, bool]] = field(default_factory=list)
+    voters: list[tuple[float, int | None]] = field(default_factory=list)
+    writes: list[tuple[float, str, bool]] = field(default_factory=list)
+    # (time, {pod name: (Ready and not terminating, its UID, its containers' restarts)})
+    pods: list[tuple[float, dict[str, tuple[bool, str, int]]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Summary:
+    operation: str
+    seconds: float
+    polls: int
+    fewest_voters: int | None
+    longest_leaderless: float
+    failed_writes: int
+    lost_writes: int
+    clients_not_ready: int
+    restarts: dict[str, int]
+
+    def row(self) -> str:
+        restarted = sum(self.restarts.values())
+        return (
+            f"| {self.operation} | {self.seconds:.1f} s | {self.polls} | {self.fewest_voters} | {self.longest_leaderless:.1f} s "
+            f"| {self.failed_writes} | {self.lost_writes} | {self.clients_not_ready} | {restarted} |"
+        )
+
+
+TABLE_HEADER = (
+    "| operation | time | leader polls | fewest voters | longest without a leader | failed writes (1 s bound) | lost writes "
+    "| client NotReady samples | container restarts |\n|---|---|---|---|---|---|---|---|---|"
+)
+ROWS: list[Summary] = []
+
+
+class Watch:
+    """with Watch(deployment, toolbox, "label") as watch: <operation>; then watch.summary."""
+
+    def __init__(self, deployment: Any, toolbox: Any, label: str, agent: str | None = None) -> None:
+        self.deployment = deployment
+        self.toolbox = toolbox
+        self.label = label
+        self.agent = agent or f"http://consul-client.{deployment.namespace}.svc:8500"
+        self.prefix = f"watch/{label.replace(' ', '-')}"
+        self.record = Record()
+        self._stop = threading.Event()
+        self._processes: list[Any] = []
+        self._threads: list[threading.Thread] = []
+        self.started = 0.0
+        self.summary: Summary | None = None
+
+    def _now(self) -> float:
+        return time.monotonic() - self.started
+
+    def _stream(self, loop: str, handle: Any) -> None:
+        token = self.deployment.management_token()
+        process = self.toolbox.stream(_PRELUDE + loop, token)
+        self._processes.append(process)
+
+        def run() -> None:
+            for line in process.stdout:
+                if self._stop.is_set():
+                    break
+                handle(self._now(), line.rstrip("\n"))
+
+        thread = threading.Thread(target=run, daemon=True, name=f"watch-{self.label}")
+        thread.start()
+        self._threads.append(thread)
+
+    def _on_leader(self, at: float, line: str) -> None:
+        body, _, code = line.rpartition(" ")
+        self.record.leader.append((at, code == "200" and bool(LEADER.match(body))))
+
+    def _on_voters(self, at: float, line: str) -> None:
+        body, _, code = line.rpartition(" ")
+        count: int | None = None
+        if code == "200":
+            try:
+                count = sum(1 for s in json.loads(body)["Servers"] if s.get("Voter"))
+            except (ValueError, KeyError, TypeError):
+                count = None
+        self.record.voters.append((at, count))
+
+    def _on_write(self, at: float, line: str) -> None:
+        index, _, code = line.partition(" ")
+        self.record.writes.append((at, index, code == "200"))
+
+    def _pods(self) -> None:
+        path = f"/api/v1/namespaces/{self.deployment.namespace}/pods"
+        while not self._stop.is_set():
+            try:
+                items = self.deployment.api.items(path)
+            except Exception:  # noqa: BLE001 - an API hiccup is a missing sample, not a verdict
+                self._stop.wait(INTERVAL)
+                continue
+            state = {}
+            for pod in items:
+                if pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") not in ("server", "client"):
+                    continue
+                conditions = pod.get("status", {}).get("conditions", [])
+                ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+                restarts = sum(s.get("restartCount", 0) for s in pod.get("status", {}).get("containerStatuses", []))
+                state[pod["metadata"]["name"]] = (ready and not pod["metadata"].get("deletionTimestamp"), pod["metadata"]["uid"], restarts)
+            self.record.pods.append((self._now(), state))
+            self._stop.wait(INTERVAL)
+
+    def __enter__(self) -> Watch:
+        self.started = time.monotonic()
+        fmt = {"agent": self.agent, "interval": INTERVAL, "bound": WRITE_BOUND, "prefix": self.prefix}
+        self._stream(LEADER_LOOP.format(**fmt), self._on_leader)
+        self._stream(VOTERS_LOOP.format(**fmt), self._on_voters)
+        self._stream(WRITES_LOOP.format(**fmt), self._on_write)
+        pods = threading.Thread(target=self._pods, daemon=True, name=f"watch-pods-{self.label}")
+        pods.start()
+        self._threads.append(pods)
+        # The clock starts before the action: every sampler has reported once, from a cluster with a leader.
+        deadline = time.monotonic() + 60
+        while not (self.record.leader and self.record.voters and self.record.writes and self.record.pods):
+            if time.monotonic() > deadline:
+                self._halt()
+                raise TimeoutError(f"{self.label}: the watch's samplers did not report within 60 s")
+            time.sleep(0.05)
+        if not self.record.leader[-1][1]:
+            self._halt()
+            raise AssertionError(f"{self.label}: no leader before the operation started")
+        self.action_started = self._now()
+        return self
+
+    def _halt(self) -> None:
+        self._stop.set()
+        for process in self._processes:
+            process.kill()
+            process.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __exit__(self, *exc: object) -> None:
+        # A last second of samples after the operation, then stop.
+        time.sleep(1)
+        seconds = self._now() - self.action_started
+        self._halt()
+        self.summary = self._summarise(seconds)
+        ROWS.append(self.summary)
+        print(f"\nwatch: {self.summary.row()}")
+
+    def _restarts(self) -> dict[str, int]:
+        """Container restarts per pod during the watch: each pod (by UID, so a replaced pod is a
+        new one) from its first sample to its last; pods that did not restart are left out."""
+        seen: dict[str, tuple[str, int, int]] = {}
+        for _, state in self.record.pods:
+            for name, (_, uid, count) in state.items():
+                _, first, _ = seen.get(uid, (name, count, count))
+                seen[uid] = (name, first, count)
+        restarted: dict[str, int] = {}
+        for name, first, last in seen.values():
+            if last > first:
+                restarted[name] = restarted.get(name, 0) + last - first
+        return restarted
+
+    def _acknowledged_keys_lost(self) -> int:
+        acknowledged = {index for _, index, ok in self.record.writes if ok}
+        out = self.toolbox.sh(
+            _PRELUDE + f'curl -s -m 10 -H @"$h" "{self.agent}/v1/kv/{self.prefix}/?keys"', input=self.deployment.management_token() + "\n"
+        )
+        stored = {key.rsplit("/", 1)[-1] for key in json.loads(out.stdout or "[]")} if out.returncode == 0 else set()
+        return len(acknowledged - stored)
+
+    def _summarise(self, seconds: float) -> Summary:
+        longest, since = 0.0, None
+        for at, has in self.record.leader:
+            if not has and since is None:
+                since = at
+            elif has and since is not None:
+                longest, since = max(longest, at - since), None
+        if since is not None:
+            longest = max(longest, self.record.leader[-1][0] - since)
+        known = [v for _, v in self.record.voters if v is not None]
+        clients_not_ready = sum(
+            1 for _, state in self.record.pods for name, (ok, _, _) in state.items() if name.startswith("consul-client") and not ok
+        )
+        return Summary(
+            operation=self.label,
+            seconds=seconds,
+            polls=len(self.record.leader),
+            fewest_voters=min(known) if known else None,
+            longest_leaderless=longest,
+            failed_writes=sum(1 for _, _, ok in self.record.writes if not ok),
+            lost_writes=self._acknowledged_keys_lost(),
+            clients_not_ready=clients_not_ready,
+            restarts=self._restarts(),
+        )
