@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 PREFIX = "cbed-"
@@ -130,3 +131,34 @@ def create(nodes: list[NodeAddress]) -> None:
         # Pods on one node share the CNI bridge: br_netfilter hands their traffic to kube-proxy's
         # Service rules and to the NetworkPolicy agent.
         sysctl(node.namespace, "net.bridge.bridge-nf-call-iptables", "1")
+
+
+def _consul_port_rules(node: NodeAddress) -> list[list[str]]:
+    """iptables rules in a node's namespace that drop what its pods and the other nodes' pods send
+    each other on Consul's server RPC and gossip ports (8300-8302, TCP and UDP), both ways."""
+    rules = []
+    for protocol in ("tcp", "udp"):
+        for inbound, outbound in (("cni0", "eth0"), ("eth0", "cni0")):
+            rules.append(["FORWARD", "-i", inbound, "-o", outbound, "-p", protocol, "--dport", "8300:8302", "-j", "DROP"])
+    return rules
+
+
+def _iptables(node: NodeAddress, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nsenter", f"--net={node.netns_path}", "iptables", "-w", *args], capture_output=True, text=True, check=False)
+
+
+@contextlib.contextmanager
+def consul_cut_off(node: NodeAddress) -> Iterator[None]:
+    """A network partition of Consul's traffic: the node's pods can't reach the other nodes' pods on
+    Consul's ports, nor be reached by them, while the rest of the network (the API server, DNS,
+    the kubelet) works. The rules go when the block is left, whatever happened."""
+    rules = _consul_port_rules(node)
+    try:
+        for rule in rules:
+            result = _iptables(node, "-I", rule[0], "1", *rule[1:])
+            if result.returncode != 0:
+                raise RuntimeError(f"iptables in {node.namespace}: {result.stderr.strip()}")
+        yield
+    finally:
+        for rule in rules:
+            _iptables(node, "-D", *rule)
