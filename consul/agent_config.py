@@ -28,6 +28,7 @@ SERVER_KEY_FILE = f"{TLS_DIR}/server/tls.key"
 ACL_DIR = "/consul/acl"
 ACL_TOKENS_FILE_NAME = "acl-tokens.json"
 ACL_TOKENS_FILE = f"{ACL_DIR}/{ACL_TOKENS_FILE_NAME}"
+JOIN_DIR = "/consul/join"
 GOSSIP_DIR = "/consul/gossip"
 GOSSIP_FILE_NAME = "gossip.json"
 GOSSIP_FILE = f"{GOSSIP_DIR}/{GOSSIP_FILE_NAME}"
@@ -56,7 +57,7 @@ def min_quorum(servers: int) -> int:
     return servers
 
 
-def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequence[str], security: SecuritySpec) -> dict[str, Any]:
+def server_config(cluster: ClusterSpec, servers: ServerSpec, security: SecuritySpec) -> dict[str, Any]:
     """The generated config of every server agent.
 
     A server never leaves on terminate (``leave_on_terminate: false``, no ``consul leave``
@@ -65,10 +66,11 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, retry_join: Sequenc
     until they can no longer elect. A restarted server keeps its node ID (data on its claim) and
     its voter slot; autopilot updates its address when it comes back at a new pod IP.
     ``autopilot.min_quorum`` (the declared size) keeps autopilot from pruning a server that is
-    only being replaced; ``raft_multiplier: 1`` is Consul's production timing.
+    only being replaced; ``raft_multiplier: 1`` is Consul's production timing. How a server
+    joins the others is a file of its own (``server_join_files``).
     """
     config: dict[str, Any] = {
-        **_agent(cluster, retry_join, server=True),
+        **_agent(cluster, server=True),
         "bootstrap_expect": servers.replicas,
         "leave_on_terminate": False,
         # A returning server rejoins the members its serf snapshot knows, clients included: they
@@ -113,7 +115,8 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
     offered on the clients (see the README's security table).
     """
     config: dict[str, Any] = {
-        **_agent(cluster, retry_join, server=False),
+        **_agent(cluster, server=False),
+        "retry_join": list(retry_join),
         "rejoin_after_leave": True,
         "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "serf_lan": SERF_LAN_PORT},
     }
@@ -127,9 +130,22 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
     return _secure(config, security)
 
 
-def _agent(cluster: ClusterSpec, retry_join: Sequence[str], *, server: bool) -> dict[str, Any]:
-    """What every agent's config starts with: its role, the datacenter, the data dir, how it
-    joins. Clients leave on terminate (their services go with them); servers override it."""
+def server_join_files(addresses: Mapping[str, str]) -> dict[str, str]:
+    """One config file per server pod (``<pod>.json``, loaded with -config-file), from the join
+    address of every server pod: its ``retry_join`` names every other server, never itself.
+
+    ``retry_join`` stops at the first attempt that reaches any member, and an agent always
+    reaches itself: a server that started while it could reach no other (a partition, a
+    NetworkPolicy agent admitting its address late) would stop there, the others would form a
+    pool without it, and ``bootstrap_expect`` would never be met. Without its own name the list
+    keeps being retried until another server answers.
+    """
+    return {f"{pod}.json": _dump({"retry_join": [address for other, address in addresses.items() if other != pod]}) for pod in addresses}
+
+
+def _agent(cluster: ClusterSpec, *, server: bool) -> dict[str, Any]:
+    """What every agent's config starts with: its role, the datacenter, the data dir. Clients
+    leave on terminate (their services go with them); servers override it."""
     return {
         "server": server,
         "datacenter": cluster.datacenter,
@@ -138,7 +154,6 @@ def _agent(cluster: ClusterSpec, retry_join: Sequence[str], *, server: bool) -> 
         "data_dir": DATA_DIR,
         "bind_addr": "0.0.0.0",
         "client_addr": "0.0.0.0",
-        "retry_join": list(retry_join),
         "leave_on_terminate": True,
         "disable_update_check": True,
     }

@@ -181,6 +181,7 @@ def agent_container(
     env: Sequence[core.EnvVarArgs] = (),
     args: Sequence[str] = (),
     lifecycle: core.LifecycleArgs | None = None,
+    mounts: Sequence[core.VolumeMountArgs] = (),
 ) -> core.ContainerArgs:
     """The consul agent container: config from the config dir, advertising the pod IP, non-root."""
     return core.ContainerArgs(
@@ -206,6 +207,7 @@ def agent_container(
             core.VolumeMountArgs(name="config", mount_path=CONFIG_DIR, read_only=True),
             core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
             *wiring.mounts,
+            *mounts,
         ],
     )
 

@@ -107,8 +107,11 @@ class ConsulServers(pulumi.ComponentResource):
         namespace = pulumi.Output.from_input(args.namespace)
         child = pulumi.ResourceOptions(parent=self)
 
-        retry_join = namespace.apply(lambda ns: [f"{full_name}-{i}.{full_name}.{ns}.svc:{cfg.SERF_LAN_PORT}" for i in range(spec.replicas)])
-        files = retry_join.apply(lambda join: cfg.config_files(cfg.server_config(cluster, spec, join, features), spec.extra_config))
+        join_addresses = namespace.apply(
+            lambda ns: {f"{full_name}-{i}": f"{full_name}-{i}.{full_name}.{ns}.svc:{cfg.SERF_LAN_PORT}" for i in range(spec.replicas)}
+        )
+        retry_join = join_addresses.apply(lambda addresses: list(addresses.values()))
+        files = pulumi.Output.from_input(cfg.config_files(cfg.server_config(cluster, spec, features), spec.extra_config))
 
         account = core.ServiceAccount(
             full_name,
@@ -118,6 +121,13 @@ class ConsulServers(pulumi.ComponentResource):
         )
         config_map = core.ConfigMap(
             f"{full_name}-config", metadata=labels.metadata(f"{full_name}-config", namespace), data=files, opts=child
+        )
+        # Follows the server count like the cluster-size file: outside the pod template's checksum.
+        join_map = core.ConfigMap(
+            f"{full_name}-join",
+            metadata=labels.metadata(f"{full_name}-join", namespace),
+            data=join_addresses.apply(cfg.server_join_files),
+            opts=child,
         )
         service = core.Service(
             full_name,
@@ -133,7 +143,7 @@ class ConsulServers(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        core_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map], custom_timeouts=ROLLOUT_TIMEOUTS)
+        core_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map, join_map], custom_timeouts=ROLLOUT_TIMEOUTS)
         apps.StatefulSet(
             full_name,
             metadata=labels.metadata(full_name, namespace, staged_upgrade_await(spec)),
@@ -154,7 +164,9 @@ class ConsulServers(pulumi.ComponentResource):
                         labels=labels.all,
                         annotations=pods.checksum_annotations(files, args.secrets),
                     ),
-                    spec=_pod_spec(labels, cluster, spec, args.secrets, account.metadata.name, config_map.metadata.name),
+                    spec=_pod_spec(
+                        labels, cluster, spec, args.secrets, account.metadata.name, config_map.metadata.name, join_map.metadata.name
+                    ),
                 ),
                 volume_claim_templates=[
                     core.PersistentVolumeClaimArgs(
@@ -244,6 +256,7 @@ def _pod_spec(
     secrets: TierSecrets,
     service_account: pulumi.Input[str],
     config_map: pulumi.Input[str],
+    join_map: pulumi.Input[str],
 ) -> core.PodSpecArgs:
     tls = secrets.features.tls
     wiring = pods.secret_wiring(secrets)
@@ -270,7 +283,10 @@ def _pod_spec(
         tolerations=pods.tolerations(spec.tolerations) or None,
         affinity=pods.node_anti_affinity(labels, spec.anti_affinity),
         topology_spread_constraints=pods.zone_spread(labels, spec.zone_spread),
-        volumes=pods.agent_volumes(config_map, wiring, data_on_empty_dir=False),
+        volumes=[
+            *pods.agent_volumes(config_map, wiring, data_on_empty_dir=False),
+            core.VolumeArgs(name="join", config_map=core.ConfigMapVolumeSourceArgs(name=join_map)),
+        ],
         containers=[
             pods.agent_container(
                 cluster.image,
@@ -288,6 +304,8 @@ def _pod_spec(
                 ),
                 resources=spec.resources,
                 wiring=wiring,
+                args=[f"-config-file={cfg.JOIN_DIR}/$(POD_NAME).json"],
+                mounts=[core.VolumeMountArgs(name="join", mount_path=cfg.JOIN_DIR, read_only=True)],
             )
         ],
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from harness import cli_config, merged_agent_config, render
 from hypothesis import HealthCheck, Phase, given, settings
@@ -46,7 +48,9 @@ def test_property_valid_settings_give_valid_objects_and_quorum(overrides):
     config = merged_agent_config(rendered.one("ConfigMap", "consul-server-config")["data"])
     assert statefulset["spec"]["replicas"] == replicas == config["bootstrap_expect"]
     assert replicas % 2 == 1
-    assert config["retry_join"] == [f"consul-server-{i}.consul-server.{overrides['namespace']}.svc:8301" for i in range(replicas)]
+    joins = {n: json.loads(t)["retry_join"] for n, t in rendered.one("ConfigMap", "consul-server-join")["data"].items()}
+    every = [f"consul-server-{i}.consul-server.{overrides['namespace']}.svc:8301" for i in range(replicas)]
+    assert joins == {f"consul-server-{i}.json": every[:i] + every[i + 1 :] for i in range(replicas)}
     # The budget lets a drain proceed yet never takes a majority away.
     max_unavailable = rendered.one("PodDisruptionBudget", "consul-server")["spec"]["maxUnavailable"]
     assert max_unavailable >= 1

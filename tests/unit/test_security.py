@@ -275,7 +275,7 @@ def test_acls_off(insecure):
     assert "acl" not in agent(insecure, "server")
     assert insecure.of_kind("Job") == []
     assert insecure.outputs["aclManagementToken"] is None
-    assert not any(a.startswith("-config-file") for a in container(insecure, "StatefulSet", "consul-server")["args"])
+    assert not any(a.startswith("-config-file=/consul/acl") for a in container(insecure, "StatefulSet", "consul-server")["args"])
 
 
 def test_acls_bring_your_own_management_token():

@@ -42,6 +42,12 @@ def agent_config(rendered):
     return merged_agent_config(rendered.one("ConfigMap", "consul-server-config")["data"])
 
 
+def join_lists(rendered):
+    """Each server pod's retry_join, from its file in the consul-server-join ConfigMap."""
+    files = rendered.one("ConfigMap", "consul-server-join")["data"]
+    return {name.removesuffix(".json"): json.loads(text)["retry_join"] for name, text in files.items()}
+
+
 # --- namespace -------------------------------------------------------------------------------
 
 
@@ -55,7 +61,7 @@ def test_servers_namespace_override():
     rendered = render("ci-defaults", namespace="platform-consul")
     assert {d.inputs["metadata"]["namespace"] for d in rendered.kubernetes() if d.kind != "Namespace"} == {"platform-consul"}
     assert rendered.one("Namespace")["metadata"]["name"] == "platform-consul"
-    assert agent_config(rendered)["retry_join"] == [f"consul-server-{i}.consul-server.platform-consul.svc:8301" for i in range(3)]
+    assert join_lists(rendered)["consul-server-0"] == [f"consul-server-{i}.consul-server.platform-consul.svc:8301" for i in (1, 2)]
     assert rendered.outputs["httpAddress"] == "https://consul-server.platform-consul.svc:8501"
 
 
@@ -123,7 +129,24 @@ def test_servers_replicas_default(default):
     assert config["bootstrap_expect"] == 3
     # min_quorum is the declared size: autopilot never prunes a server that is only being replaced.
     assert config["autopilot"] == {"cleanup_dead_servers": True, "min_quorum": 3}
-    assert config["retry_join"] == [f"consul-server-{i}.consul-server.consul.svc:8301" for i in range(3)]
+    assert join_lists(default) == {
+        f"consul-server-{i}": [f"consul-server-{j}.consul-server.consul.svc:8301" for j in range(3) if j != i] for i in range(3)
+    }
+
+
+def test_each_server_joins_the_others_and_never_itself(default):
+    """A server that reaches only itself at start (a partition, a NetworkPolicy agent that admits its
+    address late) would count that as a join and stop retrying, leaving a pool that never meets
+    bootstrap_expect: its join list, a file of its own, names every server but itself."""
+    assert "retry_join" not in agent_config(default)
+    args = statefulset(default)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "-config-file=/consul/join/$(POD_NAME).json" in args
+    spec = statefulset(default)["spec"]["template"]["spec"]
+    assert {"name": "join", "configMap": {"name": "consul-server-join"}} in spec["volumes"]
+    assert {"name": "join", "mountPath": "/consul/join", "readOnly": True} in spec["containers"][0]["volumeMounts"]
+    assert all(f"{pod}.consul-server" not in " ".join(others) for pod, others in join_lists(default).items())
+    single = render("ci-defaults", serverReplicas=1)
+    assert join_lists(single) == {"consul-server-0": []}
 
 
 def test_servers_replicas_override():
@@ -132,7 +155,8 @@ def test_servers_replicas_override():
     config = agent_config(rendered)
     assert config["bootstrap_expect"] == 5
     assert config["autopilot"]["min_quorum"] == 5
-    assert len(config["retry_join"]) == 5
+    assert sorted(join_lists(rendered)) == [f"consul-server-{i}" for i in range(5)]
+    assert all(len(others) == 4 for others in join_lists(rendered).values())
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -305,6 +329,7 @@ def test_servers_advertise_pod_ip_and_no_leave_prestop(default):
         "-config-file=/consul/acl/$(POD_NAME).json",
         "-advertise=$(POD_IP)",
         "-node=$(POD_NAME)",
+        "-config-file=/consul/join/$(POD_NAME).json",
     ]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
     assert "consul leave" not in json.dumps(c)
@@ -398,7 +423,8 @@ def test_servers_scaling_changes_no_pod_template(default):
     going from 3 to 5 servers restarts none of the running ones."""
     five = render("ci-defaults", serverReplicas=5)
     size = json.loads(five.one("ConfigMap", "consul-server-config")["data"]["05-cluster-size.json"])
-    assert (size["bootstrap_expect"], size["autopilot"], len(size["retry_join"])) == (5, {"min_quorum": 5}, 5)
+    assert (size["bootstrap_expect"], size["autopilot"]) == (5, {"min_quorum": 5})
+    assert len(join_lists(five)) == 5
     annotations = statefulset(default)["spec"]["template"]["metadata"]["annotations"]
     assert (
         statefulset(five)["spec"]["template"]["metadata"]["annotations"][CONFIG_CHECKSUM_ANNOTATION]
@@ -429,6 +455,7 @@ def test_servers_children_are_parented_and_named_from_the_component(default):
     children = [d for d in default.kubernetes() if d.parent.endswith("consul:index:ConsulServers::consul")]
     assert sorted((d.kind, d.name) for d in children) == [
         ("ConfigMap", "consul-server-config"),
+        ("ConfigMap", "consul-server-join"),
         ("NetworkPolicy", "consul-server"),
         ("PodDisruptionBudget", "consul-server"),
         ("Service", "consul-server"),
@@ -471,7 +498,8 @@ def test_components_work_as_a_library_with_their_documented_defaults():
     assert rendered.one("StatefulSet", "edge-server")["spec"]["replicas"] == 3
     assert rendered.one("DaemonSet", "edge-client")["metadata"]["namespace"] == "edge-ns"
     config = merged_agent_config(rendered.one("ConfigMap", "edge-server-config")["data"])
-    assert config["retry_join"][0] == "edge-server-0.edge-server.edge-ns.svc:8301"
+    joins = json.loads(rendered.one("ConfigMap", "edge-server-join")["data"]["edge-server-0.json"])
+    assert joins["retry_join"][0] == "edge-server-1.edge-server.edge-ns.svc:8301"
     assert not {"tls", "acl", "disable_keyring_file"} & set(config)
     assert rendered.of_kind("NetworkPolicy") == []
     assert rendered.of_kind("Secret") == []
