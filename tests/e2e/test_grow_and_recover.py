@@ -26,7 +26,8 @@ from conftest import (
 )
 from watch import Watch
 
-pytestmark = pytest.mark.e2e
+# Day-2 operations, each a roll or a recovery of minutes: make e2e-day2 (outside CI's 90 minutes).
+pytestmark = [pytest.mark.e2e, pytest.mark.day2]
 
 STACK_SETTINGS = {"serverReplicas": 1}
 SERVERS = ["consul-server-0", "consul-server-1", "consul-server-2"]
