@@ -133,26 +133,31 @@ def create(nodes: list[NodeAddress]) -> None:
         sysctl(node.namespace, "net.bridge.bridge-nf-call-iptables", "1")
 
 
-def _consul_port_rules(node: NodeAddress) -> list[list[str]]:
-    """iptables rules in a node's namespace that drop what its pods and the other nodes' pods send
-    each other on Consul's server RPC and gossip ports (8300-8302, TCP and UDP), both ways."""
+def _consul_port_rules(node: NodeAddress, others: list[NodeAddress]) -> list[list[str]]:
+    """Rules in the node's raw table that drop what its pods and the other nodes' pods send each
+    other on Consul's server RPC and gossip ports (8300-8302, TCP and UDP), both ways. The raw table
+    sees every packet first, before conntrack and before the chains kube-proxy and the
+    NetworkPolicy agent keep (which accept traffic they allow)."""
     rules = []
-    for protocol in ("tcp", "udp"):
-        for inbound, outbound in (("cni0", "eth0"), ("eth0", "cni0")):
-            rules.append(["FORWARD", "-i", inbound, "-o", outbound, "-p", protocol, "--dport", "8300:8302", "-j", "DROP"])
+    for other in others:
+        for source, destination in ((node.pod_cidr, other.pod_cidr), (other.pod_cidr, node.pod_cidr)):
+            for protocol in ("tcp", "udp"):
+                rules.append(["PREROUTING", "-s", source, "-d", destination, "-p", protocol, "--dport", "8300:8302", "-j", "DROP"])
     return rules
 
 
 def _iptables(node: NodeAddress, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nsenter", f"--net={node.netns_path}", "iptables", "-w", *args], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        ["nsenter", f"--net={node.netns_path}", "iptables", "-w", "-t", "raw", *args], capture_output=True, text=True, check=False
+    )
 
 
 @contextlib.contextmanager
-def consul_cut_off(node: NodeAddress) -> Iterator[None]:
+def consul_cut_off(node: NodeAddress, others: list[NodeAddress]) -> Iterator[None]:
     """A network partition of Consul's traffic: the node's pods can't reach the other nodes' pods on
     Consul's ports, nor be reached by them, while the rest of the network (the API server, DNS,
     the kubelet) works. The rules go when the block is left, whatever happened."""
-    rules = _consul_port_rules(node)
+    rules = _consul_port_rules(node, others)
     try:
         for rule in rules:
             result = _iptables(node, "-I", rule[0], "1", *rule[1:])

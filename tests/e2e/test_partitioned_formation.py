@@ -60,7 +60,7 @@ def test_servers_started_apart_form_one_cluster_once_the_partition_heals(cluster
 
     thread = threading.Thread(target=up, name="pulumi-up", daemon=True)
     try:
-        with network.consul_cut_off(cut_off):
+        with network.consul_cut_off(cut_off, [a for a in cluster.addresses if a != cut_off]):
             thread.start()
             cluster.wait("three server pods running", lambda: bool(running_servers(deployment)), PARTITION_SETTLES)
             nodes = running_servers(deployment)
