@@ -29,6 +29,7 @@ ACL_DIR = "/consul/acl"
 ACL_TOKENS_FILE_NAME = "acl-tokens.json"
 ACL_TOKENS_FILE = f"{ACL_DIR}/{ACL_TOKENS_FILE_NAME}"
 JOIN_DIR = "/consul/join"
+JOIN_RETRY_INTERVAL = "5s"
 GOSSIP_DIR = "/consul/gossip"
 GOSSIP_FILE_NAME = "gossip.json"
 GOSSIP_FILE = f"{GOSSIP_DIR}/{GOSSIP_FILE_NAME}"
@@ -73,8 +74,9 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, security: SecurityS
         **_agent(cluster, server=True),
         "bootstrap_expect": servers.replicas,
         "leave_on_terminate": False,
-        # A returning server rejoins the members its serf snapshot knows, clients included: they
-        # keep their addresses while the servers come back at new ones.
+        # A returning server rejoins the members its serf snapshot (on its claim) knows, clients
+        # included: they keep their addresses while the servers come back at new ones. Servers
+        # never leave, so this matters only after an operator's own `consul leave`.
         "rejoin_after_leave": True,
         "ui_config": {"enabled": True},
         "performance": {"raft_multiplier": 1},
@@ -107,7 +109,7 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
     """The generated config of every client agent.
 
     ``retry_join`` runs only while an agent starts (consul #3902); servers that come back at new
-    addresses find the clients from their own serf snapshot (``rejoin_after_leave`` on servers),
+    addresses find the clients from their own serf snapshot (kept on their claims),
     and the client liveness probe is the last resort for an agent stranded for minutes.
     ``leave_on_terminate`` deregisters a deleted agent's services with it; ``rejoin_after_leave``
     lets a restarted agent take its place again. The HTTP API is plain HTTP on 8500 only: an
@@ -138,9 +140,16 @@ def server_join_files(addresses: Mapping[str, str]) -> dict[str, str]:
     reaches itself: a server that started while it could reach no other (a partition, a
     NetworkPolicy agent admitting its address late) would stop there, the others would form a
     pool without it, and ``bootstrap_expect`` would never be met. Without its own name the list
-    keeps being retried until another server answers.
+    keeps being retried until another server answers: every 5 s, not Consul's 30, as each attempt
+    already waits out a 10 s connect to every server it can't reach. A pod with no file (a server
+    beyond ``serverReplicas``, scaled by hand) does not start: Consul names the missing file.
     """
-    return {f"{pod}.json": _dump({"retry_join": [address for other, address in addresses.items() if other != pod]}) for pod in addresses}
+    return {
+        f"{pod}.json": _dump(
+            {"retry_join": [address for other, address in addresses.items() if other != pod], "retry_interval": JOIN_RETRY_INTERVAL}
+        )
+        for pod in addresses
+    }
 
 
 def _agent(cluster: ClusterSpec, *, server: bool) -> dict[str, Any]:

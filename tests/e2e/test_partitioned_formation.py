@@ -22,9 +22,9 @@ pytestmark = pytest.mark.e2e
 
 NAMESPACE = "consul-partitioned"
 # The servers scheduled and started, the two on the reachable nodes gossiping with each other, and
-# the cut-off one through its first join attempt (a TCP connect that times out after 10 s).
+# each through its first join attempt (a TCP connect to each unreachable server times out after 10 s).
 PARTITION_SETTLES = 240
-# After the partition heals: the cut-off server's next join attempt (retry_interval, 30 s), the
+# After the partition heals: the cut-off server's next join attempt (5 s apart, each up to 20 s), the
 # election once three servers know each other, and readiness.
 FORMS_AFTER_HEALING = 120
 UP_ENDS = 900
@@ -69,6 +69,13 @@ def test_servers_started_apart_form_one_cluster_once_the_partition_heals(cluster
             assert len(apart) == 1, f"one server on {cut_off.name} expected: {nodes}"
             cluster.wait(
                 "the servers on the reachable nodes gossip", lambda: gossip_with_each_other(deployment, together), PARTITION_SETTLES
+            )
+            # Their own join attempts over (each waits out a connect to the cut-off server), so none
+            # of them is still trying to reach it when the partition heals.
+            cluster.wait(
+                "the servers on the reachable nodes joined",
+                lambda: all("Join cluster completed" in deployment.logs(server) for server in together),
+                PARTITION_SETTLES,
             )
             cluster.wait(f"{apart[0]} tried to join", lambda: tried_to_join(deployment, apart[0]), PARTITION_SETTLES)
             print(f"\nbed: partition of {cut_off.name} held; {apart[0]} apart, {', '.join(together)} together")

@@ -45,6 +45,7 @@ def agent_config(rendered):
 def join_lists(rendered):
     """Each server pod's retry_join, from its file in the consul-server-join ConfigMap."""
     files = rendered.one("ConfigMap", "consul-server-join")["data"]
+    assert {json.loads(text)["retry_interval"] for text in files.values()} <= {"5s"}
     return {name.removesuffix(".json"): json.loads(text)["retry_join"] for name, text in files.items()}
 
 
