@@ -92,6 +92,10 @@ def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, 
             secrets=security.client_secrets,
             network_policy=network_policy,
         ),
+        # Consul's upgrade order, servers then clients: a change that rolls both tiers (an image,
+        # the CA) rolls the clients once the servers' rollout is done. An up that changes only
+        # the clients waits for nothing: an unchanged StatefulSet has no rollout to await.
+        opts=pulumi.ResourceOptions(depends_on=[servers]),
     )
     if security.acl_tokens is not None:
         ConsulAclBootstrap(

@@ -86,6 +86,11 @@ def from_server(deployment, path: str, server: str = "consul-server-0", bound: f
     return consul_json(in_pod(deployment, server), f"{LOCAL_AGENT}{path}", deployment.management_token(), bound=bound)
 
 
+def ready_since(pod: dict[str, Any]) -> str:
+    """When the pod last became Ready (its Ready condition's lastTransitionTime, RFC 3339 UTC)."""
+    return next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready" and c["status"] == "True")
+
+
 def job(deployment, name: str) -> dict[str, Any]:
     found: dict[str, Any] = deployment.api.get(f"/apis/batch/v1/namespaces/{deployment.namespace}/jobs/{name}")
     return found
@@ -117,7 +122,13 @@ def test_an_image_upgrade_rolls_the_servers_one_at_a_time_within_the_bounds(modu
     assert [n for n in SERVERS if after[n]["uid"] == before[n]["uid"]] == []
     # Highest ordinal first, one at a time: each new pod created after the one above it was Ready.
     assert sorted(SERVERS, key=lambda n: after[n]["created"]) == list(reversed(SERVERS))
-    assert {p["spec"]["containers"][0]["image"] for p in deployment.pods("client")} == {UPGRADE_IMAGE}
+    clients = deployment.pods("client")
+    assert {p["spec"]["containers"][0]["image"] for p in clients} == {UPGRADE_IMAGE}
+    # Servers, then clients (Consul's upgrade order): no client pod of the new image was created
+    # before the last server pod of the new image was Ready.
+    last_server_ready = max(ready_since(p) for p in deployment.pods("server"))
+    first_client = min(p["metadata"]["creationTimestamp"] for p in clients)
+    assert first_client >= last_server_ready, f"a client rolled at {first_client}, before the servers were done at {last_server_ready}"
     assert_bounds(watch, 3, open_defect=LEADER_LOST + CLIENTS_ROLLED)
 
 
