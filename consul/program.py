@@ -20,6 +20,8 @@ from .settings import PROJECT, Settings, load_settings, secret_config_keys, stac
 from .snapshots import ConsulSnapshots, ConsulSnapshotsArgs
 
 INSTANCE = "consul"
+# How long before the server certificate's renewal window opens preview and up start to warn.
+SERVER_CERT_NOTICE_DAYS = 30
 
 
 def warn_if_ca_expires(not_after: str | None) -> None:
@@ -28,6 +30,17 @@ def warn_if_ca_expires(not_after: str | None) -> None:
         pulumi.log.warn(
             f"the Consul CA expires on {not_after[:10]}, in less than {CA_WARN_BEFORE_DAYS} days: "
             "rotate it as the README's operations guide says (Certificates)"
+        )
+
+
+def warn_if_server_cert_expires(not_after: str | None, renew_before_days: int) -> None:
+    """Every preview and up warns from SERVER_CERT_NOTICE_DAYS before the server certificate's
+    renewal window opens: only an `up` inside the window re-issues it, and nothing else does."""
+    if not_after and expires_within(not_after, renew_before_days + SERVER_CERT_NOTICE_DAYS):
+        pulumi.log.warn(
+            f"the Consul server certificate expires on {not_after[:10]}: the first pulumi up in its last "
+            f"{renew_before_days} days re-issues it and rolls the servers; make sure one runs "
+            "(the README's workflow runs up weekly)"
         )
 
 
@@ -69,6 +82,8 @@ def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, 
         ),
     )
     security.ca_not_after.apply(warn_if_ca_expires)
+    renew_before = settings.security.certificates.renew_before_days
+    security.server_cert_not_after.apply(lambda not_after: warn_if_server_cert_expires(not_after, renew_before))
     network_policy = settings.security.network_policy
     servers = ConsulServers(
         INSTANCE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import ipaddress
 import json
 import re
@@ -207,6 +208,23 @@ def test_tls_a_ca_with_less_than_a_year_left_warns():
     assert program.warnings == [
         f"the Consul CA expires on {expiry}, in less than 365 days: rotate it as the README's operations guide says (Certificates)"
     ]
+
+
+def test_tls_a_server_certificate_near_its_renewal_window_warns():
+    """From 30 days before the window (tlsRenewBefore) opens, every preview and up says when an up
+    must run; a certificate further out says nothing."""
+    program, error = run_main("ci-defaults", tlsServerCertValidity=90, tlsRenewBefore=30)
+    assert (error, program.warnings) == (None, [])
+    program, error = run_main("ci-defaults", tlsServerCertValidity=45, tlsRenewBefore=30)
+    assert error is None
+    (warning,) = program.warnings
+    expiry = re.match(r"the Consul server certificate expires on (\d{4}-\d\d-\d\d): ", warning)
+    assert expiry is not None, warning
+    days_left = (datetime.date.fromisoformat(expiry.group(1)) - datetime.datetime.now(datetime.UTC).date()).days
+    assert days_left in (44, 45)
+    assert warning.endswith(
+        ": the first pulumi up in its last 30 days re-issues it and rolls the servers; make sure one runs (the README's workflow runs up weekly)"
+    )
 
 
 @pytest.mark.parametrize(("kind", "name", "tier"), TIERS)
