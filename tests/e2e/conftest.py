@@ -1,4 +1,4 @@
-"""Fixtures of the real-node bed: one cluster for the whole session, `pulumi up` per test module.
+"""Fixtures of the real-node bed: one cluster for the whole run, `pulumi up` per test module.
 
 `make e2e` builds what the bed needs first (testbed/cluster/bed.py). The tests drive what a user
 runs: the real engine through the Automation API (what `pulumi up` runs), `kubectl`, and
