@@ -8,7 +8,7 @@ import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
 from . import agent_config as cfg
-from .cli_pods import RERUN_WHEN_FAILED, server_api_pod
+from .cli_pods import API_PRELUDE, RERUN_WHEN_FAILED, server_api_pod
 from .labels import Labels
 from .model import ClusterSpec
 from .security import MANAGEMENT_TOKEN_KEY, AclTokenIds
@@ -44,11 +44,9 @@ JOB_TIMEOUTS = pulumi.CustomTimeouts(create="20m", update="20m")
 # Waits for a leader, proves the management token works, then creates what is missing:
 # re-running it changes nothing. A management token the servers do not know means their data
 # predates the token in the Secret (a re-install over old volumes): it says so and fails.
-BOOTSTRAP_SCRIPT = r"""
-curl_tls=""
-if [ -n "${CONSUL_CACERT:-}" ]; then curl_tls="--cacert $CONSUL_CACERT"; fi
-echo "waiting for a Consul leader at $CONSUL_HTTP_ADDR"
-until curl -s $curl_tls "$CONSUL_HTTP_ADDR/v1/status/leader" | grep -qE '".+"'; do sleep 3; done
+BOOTSTRAP_SCRIPT = (
+    API_PRELUDE
+    + r"""
 attempt=0
 until out=$(consul acl token read -self 2>&1); do
   attempt=$((attempt + 1))
@@ -75,25 +73,30 @@ policy() {
     echo "updated policy $name to rules v$RULES_VERSION"
   fi
 }
+# token ACCESSOR KEY DESCRIPTION GRANTS: creates the token unless it exists. Its SecretID goes from
+# the Secret's file (jq --rawfile) into the request body on curl's standard input (PUT /v1/acl/token);
+# GRANTS is the rest of the body (policies or identities), which holds no secret.
 token() {
-  accessor=$1 key=$2 description=$3
-  shift 3
+  accessor=$1 key=$2 description=$3 grants=$4
   if ! consul acl token read -accessor-id "$accessor" >/dev/null 2>&1; then
-    consul acl token create -accessor "$accessor" -secret "$(cat "$TOKENS_DIR/$key")" -description "$description" "$@" >/dev/null
+    jq -n --arg accessor "$accessor" --rawfile secret "$TOKENS_DIR/$key" --arg description "$description" --argjson grants "$grants" \
+      '{AccessorID: $accessor, SecretID: ($secret | rtrimstr("\n")), Description: $description} + $grants' |
+      curl -sSf $curl_tls -X PUT -H @"$headers" --data-binary @- "$CONSUL_HTTP_ADDR/v1/acl/token" >/dev/null
     echo "created $description ($accessor)"
   fi
 }
 policy consul-client-agent "Consul client agents: any node but a server" "$CLIENT_AGENT_RULES"
-token "$CLIENT_ACCESSOR" agent-client "agent token of the Consul clients" -policy-name consul-client-agent
+token "$CLIENT_ACCESSOR" agent-client "agent token of the Consul clients" '{"Policies": [{"Name": "consul-client-agent"}]}'
 for pair in $SERVER_AGENTS; do
-  token "${pair#*=}" "agent-${pair%%=*}" "agent token of ${pair%%=*}" -node-identity "${pair%%=*}:$DATACENTER"
+  token "${pair#*=}" "agent-${pair%%=*}" "agent token of ${pair%%=*}" \
+    "{\"NodeIdentities\": [{\"NodeName\": \"${pair%%=*}\", \"Datacenter\": \"$DATACENTER\"}]}"
 done
 for pair in $SERVICE_TOKENS; do
-  token "${pair#*=}" "service-${pair%%=*}" "service token of ${pair%%=*}" -service-identity "${pair%%=*}"
+  token "${pair#*=}" "service-${pair%%=*}" "service token of ${pair%%=*}" "{\"ServiceIdentities\": [{\"ServiceName\": \"${pair%%=*}\"}]}"
 done
 if [ -n "$SNAPSHOT_ACCESSOR" ]; then
   policy consul-snapshot "Consul snapshots: save and restore need acl write" "$SNAPSHOT_RULES"
-  token "$SNAPSHOT_ACCESSOR" snapshot "snapshot token" -policy-name consul-snapshot
+  token "$SNAPSHOT_ACCESSOR" snapshot "snapshot token" '{"Policies": [{"Name": "consul-snapshot"}]}'
 fi
 policy consul-dns "Consul DNS for the anonymous token: read nodes and services" "$DNS_RULES"
 if ! consul acl token read -accessor-id "$ANONYMOUS_TOKEN" | grep -q "consul-dns"; then
@@ -110,6 +113,7 @@ if [ "$quorum" != "$MIN_QUORUM" ]; then
 fi
 echo "ACL policies and tokens are in place"
 """
+)
 
 
 @dataclass(frozen=True)

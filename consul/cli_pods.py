@@ -22,6 +22,24 @@ from .model import Resources
 # On a Job: pulumi-kubernetes replaces the Job at the next `up` when the live one has not succeeded,
 # so a Job that failed runs again once its cause is fixed, though its template did not change.
 RERUN_WHEN_FAILED = {"pulumi.com/replaceUnready": "true"}
+# What the Jobs' scripts start with: curl's TLS option, the management token (when ACLs are on) as
+# a header file that curl reads with -H @file, and the wait for a leader. A secret reaches a file or
+# a pipe only through the shell itself (a here-document) or a program reading a file (cat, jq
+# --rawfile), never a command line, where anyone on the node could read it.
+API_PRELUDE = r"""
+curl_tls=""
+if [ -n "${CONSUL_CACERT:-}" ]; then curl_tls="--cacert $CONSUL_CACERT"; fi
+headers=/tmp/consul-headers
+: > "$headers"
+if [ -n "${CONSUL_HTTP_TOKEN_FILE:-}" ]; then
+  management=$(cat "$CONSUL_HTTP_TOKEN_FILE")
+  cat > "$headers" <<EOF
+X-Consul-Token: $management
+EOF
+fi
+echo "waiting for a Consul leader at $CONSUL_HTTP_ADDR"
+until curl -s $curl_tls "$CONSUL_HTTP_ADDR/v1/status/leader" | grep -qE '".+"'; do sleep 3; done
+"""
 SMALL = Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "200m", "memory": "100Mi"})
 
 

@@ -1,7 +1,7 @@
 """ConsulGossipRotation: a Job that moves a running cluster to the gossip key in its Secret.
 
 Consul's procedure, with no agent ever unable to talk to the rest: install the new key on every
-member, make it the primary, then remove every other key. The Job's pod template carries a
+member, make it the primary, then remove every other key (``/v1/operator/keyring``). The Job's pod template carries a
 digest of the key, so a new key replaces the Job and `pulumi up` runs the procedure; the agents
 themselves do not restart (their keyring lives in their data directory).
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
-from .cli_pods import RERUN_WHEN_FAILED, server_api_pod
+from .cli_pods import API_PRELUDE, RERUN_WHEN_FAILED, server_api_pod
 from .labels import Labels
 from .model import ClusterSpec
 from .security import GOSSIP_SECRET_KEY, MANAGEMENT_TOKEN_KEY
@@ -26,17 +26,22 @@ JOB_DEADLINE_SECONDS = 900
 JOB_TIMEOUTS = pulumi.CustomTimeouts(create="20m", update="20m")
 
 # Idempotent: on a cluster already on the key (the first deploy) every step changes nothing.
-ROTATION_SCRIPT = r"""
-curl_tls=""
-if [ -n "${CONSUL_CACERT:-}" ]; then curl_tls="--cacert $CONSUL_CACERT"; fi
-echo "waiting for a Consul leader at $CONSUL_HTTP_ADDR"
-until curl -s $curl_tls "$CONSUL_HTTP_ADDR/v1/status/leader" | grep -qE '".+"'; do sleep 3; done
+ROTATION_SCRIPT = (
+    API_PRELUDE
+    + r"""
+# Every key goes to Consul in a request body on curl's standard input (a here-document), never on
+# a command line; the keyring is read as JSON.
+keyring() {
+  curl -sSf $curl_tls -X "$1" -H @"$headers" --data-binary @- "$CONSUL_HTTP_ADDR/v1/operator/keyring" >/dev/null <<EOF
+{"Key": "$2"}
+EOF
+}
+installed() { curl -sSf $curl_tls -H @"$headers" "$CONSUL_HTTP_ADDR/v1/operator/keyring" | jq -r '.[].Keys | keys[]' | sort -u; }
 new=$(cat "$KEY_FILE")
-installed() { consul keyring -list | awk '/ \[[0-9]+\/[0-9]+\]$/ {print $1}' | sort -u; }
-consul keyring -install "$new"
-consul keyring -use "$new"
+keyring POST "$new"
+keyring PUT "$new"
 for key in $(installed); do
-  if [ "$key" != "$new" ]; then consul keyring -remove "$key"; fi
+  if [ "$key" != "$new" ]; then keyring DELETE "$key"; fi
 done
 left=$(installed)
 if [ "$left" != "$new" ]; then
@@ -45,6 +50,7 @@ if [ "$left" != "$new" ]; then
 fi
 echo "every agent gossips with the key in Secret $KEY_SECRET only"
 """
+)
 
 
 def key_digest(key: str) -> str:

@@ -280,15 +280,6 @@ def coredns_ready(cluster, replicas: int) -> bool:
     return len(pods) == replicas and all(ready(p) for p in pods)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "issue #20: seen on the bed: the ACL Job's `consul acl token create -accessor <id> -secret <the new service token's SecretID> ...`"
-        " and the gossip rotation's `consul keyring -install <gossip key>` and `consul keyring -use <gossip key>` carry the secret"
-        " on their command lines"
-    ),
-)
 def test_no_secret_in_a_job_s_processes_while_it_runs(module_deployment):
     """Both Jobs run while every process of their pods is read, from their first step to their exit:
     the ACL Job creating a new service's token (`serviceTokens` grows, as the README shows), the

@@ -284,9 +284,13 @@ def test_acls_bootstrap_job(secure):
     assert env["CONSUL_CACERT"]["value"] == "/consul/tls/ca/tls.crt"
     assert spec["restartPolicy"] == "Never"
     script = spec["containers"][0]["command"][2]
-    assert '-node-identity "${pair%%=*}:$DATACENTER"' in script
-    assert '-service-identity "${pair%%=*}"' in script
+    assert '\\"NodeIdentities\\": [{\\"NodeName\\": \\"${pair%%=*}\\", \\"Datacenter\\": \\"$DATACENTER\\"}]' in script
+    assert '\\"ServiceIdentities\\": [{\\"ServiceName\\": \\"${pair%%=*}\\"}]' in script
     assert "do not accept the management token" in script
+    # SecretIDs reach Consul in request bodies read from their files, never as a -secret argument
+    # (the real-node bed scans every process of the running Job: tests/e2e/test_refusals.py).
+    assert '--rawfile secret "$TOKENS_DIR/$key"' in script
+    assert not re.search(r"(?<!-)-secret\b", script)
 
 
 def test_acls_off(insecure):
