@@ -4,7 +4,7 @@
 # make bench   - time the program under mocks against the import floor, and the engine's preview and up against plain YAML
 # make e2e     - the real-node bed: pulumi up, kubectl and workload pods on a cluster whose 3 nodes run Consul 1.16.1 in
 #                containerd (root; builds the cluster's programs and Consul once)
-# make e2e-day2 - the same bed's watched day-2 operations (rolls, scaling, staged upgrades, snapshots; about an hour)
+# make e2e-day2 - the same bed's other watched day-2 operations (upgrades, scaling, staged upgrades, snapshots; about 40 minutes)
 # make cluster-up / make cluster-down - the same cluster, left running for you (KUBECONFIG printed), and its removal
 # make restore SNAPSHOT=<file> - restore a scheduled snapshot (current kubectl context)
 PYTHON ?= python3
@@ -89,9 +89,9 @@ cluster-up: $(STAMP) bed-binaries
 cluster-down: $(STAMP)
 	$(BIN)/python -m testbed.cluster.bed down
 
-# The bed's suite in two parts: make e2e (formation, partitions, outages, registration, DNS,
-# refusals, placement; in CI) and make e2e-day2 (the watched rolls, scaling, staged upgrades,
-# snapshots and recoveries, each minutes long; by hand and on a schedule).
+# The bed's suite in two parts: make e2e (formation, partitions, outages and a rolling restart,
+# registration, DNS, refusals, placement; in CI) and make e2e-day2 (the other watched operations:
+# upgrades, scaling, staged upgrades, snapshots and recoveries; by hand and on a schedule).
 e2e: $(STAMP) engine bed-binaries
 	$(BIN)/pytest -v -s -p no:cacheprovider --durations=0 -m "not day2" tests/e2e
 

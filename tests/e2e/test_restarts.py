@@ -159,7 +159,6 @@ def test_servers_restarted_in_place_keep_their_pods_and_data_and_the_clients_rej
     assert rejoin <= CLIENT_REJOIN_BOUND
 
 
-@pytest.mark.day2
 def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolbox):
     deployment = formed
     clients_before = restart_counts(deployment, "client")
@@ -175,7 +174,6 @@ def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolb
     assert_bounds(watch, 3, open_defect=LEADER_LOST)
 
 
-@pytest.mark.day2
 def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_voter(formed, toolbox):
     """A follower held down (its node cordoned, its pod deleted) for 20 s, then let back: two of three
     keep the quorum throughout, and the third comes back as a voter."""
