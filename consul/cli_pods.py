@@ -25,11 +25,15 @@ RERUN_WHEN_FAILED = {"pulumi.com/replaceUnready": "true"}
 # What the Jobs' scripts start with: curl's TLS option, the management token (when ACLs are on) as
 # a header file that curl reads with -H @file, and the wait for a leader. A secret reaches a file or
 # a pipe only through the shell itself (a here-document) or a program reading a file (cat, jq
-# --rawfile), never a command line, where anyone on the node could read it.
+# --rawfile), never a command line, where anyone on the node could read it. The header file is
+# the container's own and in memory, as the Secret it is copied from is: /dev/shm (a tmpfs), mode
+# 0600, removed when the script ends.
 API_PRELUDE = r"""
 curl_tls=""
 if [ -n "${CONSUL_CACERT:-}" ]; then curl_tls="--cacert $CONSUL_CACERT"; fi
-headers=/tmp/consul-headers
+umask 077
+headers=/dev/shm/consul-headers
+trap 'rm -f "$headers"' EXIT
 : > "$headers"
 if [ -n "${CONSUL_HTTP_TOKEN_FILE:-}" ]; then
   management=$(cat "$CONSUL_HTTP_TOKEN_FILE")
