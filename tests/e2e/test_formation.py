@@ -8,19 +8,17 @@ from the cluster's API (pods, claims, Jobs, events).
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from typing import Any
 
 import pytest
-from conftest import REAL_NODES, consul_cli, consul_http, consul_json, in_pod, ready, restarts
+from conftest import REAL_NODES, consul_cli, consul_http, consul_json, in_pod, leader_seen, ready, restarts, servers_formed
 
 pytestmark = pytest.mark.e2e
 
 SERVERS = ["consul-server-0", "consul-server-1", "consul-server-2"]
 LOCAL_API = "http://127.0.0.1:8500"
-LEADER = re.compile(r'^"(\d{1,3}(?:\.\d{1,3}){3}):8300"$')
 # A server evicted or deleted: terminated (without leaving Raft, 30 s grace at most), re-created by the
 # StatefulSet on a node its anti-affinity allows, started, and Ready once it sees a leader.
 SERVER_BACK = 90
@@ -45,24 +43,6 @@ def raft(deployment, via: str = "consul-server-0") -> list[dict[str, Any]]:
 
 def voters(deployment) -> list[str]:
     return sorted(s["Node"] for s in raft(deployment) if s["Voter"])
-
-
-def leader_seen_by(run, agent: str) -> str:
-    """The leader's address as an agent reports it: HTTP 200 with an "ip:8300" body, or ""."""
-    status, body = consul_http(run, "GET", f"{agent}/v1/status/leader", bound=2)
-    match = LEADER.match(body.strip())
-    return match.group(1) if status == 200 and match else ""
-
-
-def formed(deployment) -> bool:
-    """Three servers Ready (none terminating), and Consul's Raft configuration: three voters, one of them the leader."""
-    servers = deployment.pods("server")
-    if [p["metadata"]["name"] for p in servers] != SERVERS:
-        return False
-    if not all(ready(p) and not p["metadata"].get("deletionTimestamp") for p in servers):
-        return False
-    config = raft(deployment)
-    return sorted(s["Node"] for s in config if s["Voter"]) == SERVERS and sum(s["Leader"] for s in config) == 1
 
 
 def job_runs(deployment, job: str) -> dict[str, tuple[str, str]]:
@@ -128,7 +108,7 @@ def test_one_leader_three_voters_and_every_member_alive(module_deployment, toolb
 
     # What a workload sees through the agent address the stack exports.
     agent = deployment.stack.outputs()["agentAddress"].value
-    leader_ip = leader_seen_by(toolbox.sh, agent)
+    leader_ip = leader_seen(toolbox.sh, agent).removesuffix(":8300")
     assert leader_ip in server_ips, f"the client agent of {toolbox.name} reports no server as leader: {leader_ip!r}"
 
     config = raft(deployment)
@@ -221,14 +201,14 @@ def test_the_disruption_budget_refuses_a_second_eviction(module_deployment):
     assert second.returncode != 0
     assert "disruption budget" in second.stderr, second.stderr
     assert not deployment.api.get(f"/api/v1/namespaces/{deployment.namespace}/pods/consul-server-1")["metadata"].get("deletionTimestamp")
-    took = deployment.cluster.wait("consul-server-0 back, three voters and a leader", lambda: formed(deployment), SERVER_BACK)
+    took = deployment.cluster.wait("consul-server-0 back, three voters and a leader", lambda: servers_formed(deployment, 3), SERVER_BACK)
     print(f"\nbed: formation: evicted consul-server-0 back with three voters {took:.1f} s after the eviction")
 
 
 def test_a_deleted_server_comes_back_on_its_own_claim_with_its_raft_identity(module_deployment):
     deployment = module_deployment
     ns, token = deployment.namespace, deployment.management_token()
-    deployment.cluster.wait("three voters and a leader", lambda: formed(deployment), SERVER_BACK)
+    deployment.cluster.wait("three voters and a leader", lambda: servers_formed(deployment, 3), SERVER_BACK)
     claim = deployment.api.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/data-consul-server-1")
     identity = {s["Node"]: s["ID"] for s in raft(deployment)}
     written, _ = consul_http(in_pod(deployment, "consul-server-0"), "PUT", f"{LOCAL_API}/v1/kv/formation/kept", token, body="kept")
@@ -236,7 +216,7 @@ def test_a_deleted_server_comes_back_on_its_own_claim_with_its_raft_identity(mod
 
     started = time.monotonic()
     deployment.kubectl("delete", "pod", "consul-server-1", "--wait=true")
-    deployment.cluster.wait("consul-server-1 re-created, three voters and a leader", lambda: formed(deployment), SERVER_BACK)
+    deployment.cluster.wait("consul-server-1 re-created, three voters and a leader", lambda: servers_formed(deployment, 3), SERVER_BACK)
     print(f"\nbed: formation: deleted consul-server-1 back with three voters {time.monotonic() - started:.1f} s after the delete")
 
     pod = deployment.api.get(f"/api/v1/namespaces/{ns}/pods/consul-server-1")
