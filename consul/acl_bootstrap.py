@@ -34,6 +34,14 @@ service_prefix "" { policy = "read" }
 # exists, so the snapshot token holds this and nothing else.
 SNAPSHOT_POLICY_RULES = 'acl = "write"\n'
 ANONYMOUS_TOKEN_ID = "00000000-0000-0000-0000-000000000002"
+
+
+def token_marker(instance: str, datacenter: str) -> str:
+    """How the descriptions of the tokens the Job makes begin: what it may revoke when the stack no
+    longer declares them. Per datacenter, as a token made in one may be replicated to another."""
+    return f"[{instance} {datacenter}] "
+
+
 # Bumped whenever a policy's rules change, so a re-run updates a policy an older version created.
 RULES_VERSION = "2"
 TOKENS_DIR = "/consul/bootstrap"
@@ -41,48 +49,81 @@ TOKENS_DIR = "/consul/bootstrap"
 JOB_DEADLINE_SECONDS = 900
 JOB_TIMEOUTS = pulumi.CustomTimeouts(create="20m", update="20m")
 
-# Waits for a leader, proves the management token works, then creates what is missing:
-# re-running it changes nothing. A management token the servers do not know means their data
+# Waits for a leader, proves the management token works, then brings Consul's ACLs to what the
+# stack declares, through the HTTP API and its JSON only (no CLI output or error text is parsed):
+# - creates the policies and tokens that are missing, and updates those out of date;
+# - deletes the tokens it made (their description starts with $MARKER) that the stack no longer
+#   declares: a service taken out of serviceTokens, servers removed by a scale-down;
+# - deletes earlier management tokens: the servers make one from their initial_management at every
+#   election, and once they all carry this stack's token, another one is a rotated-out credential.
+# Re-running it changes nothing. A management token the servers do not know means their data
 # predates the token in the Secret (a re-install over old volumes): it says so and fails.
 BOOTSTRAP_SCRIPT = (
     API_PRELUDE
     + r"""
+# api METHOD PATH [curl options]: Consul's answer on stdout; on an HTTP error, the call and
+# Consul's own message on stderr, and status 1.
+api() {
+  method=$1 path=$2
+  shift 2
+  if ! answer=$(curl -sS --fail-with-body $curl_tls -X "$method" -H @"$headers" "$@" "$CONSUL_HTTP_ADDR$path"); then
+    echo "ERROR: $method $path: ${answer:-no answer}" >&2
+    return 1
+  fi
+  printf '%s\n' "$answer"
+}
 attempt=0
-until out=$(consul acl token read -self 2>&1); do
-  attempt=$((attempt + 1))
-  case "$out" in
-    *"ACL not found"*|*"Permission denied"*|*"403"*)
-      if [ "$attempt" -ge 5 ]; then
-        echo "ERROR: the Consul servers do not accept the management token in Secret $TOKENS_SECRET (key $MANAGEMENT_KEY)." >&2
-        echo "Their ACL data predates it: the cluster was bootstrapped with a token that this stack no longer has." >&2
-        echo "Fix: set the old token with 'pulumi config set --secret consul:aclManagementToken <SecretID>' and run 'pulumi up'," >&2
-        echo "or restart the servers ('kubectl -n $NAMESPACE rollout restart statefulset/$SERVERS') so the new leader registers this token." >&2
-        exit 1
-      fi ;;
-    *) echo "management token not usable yet: $out" ;;
-  esac
-  sleep 5
+while :; do
+  answer=$(curl -sS $curl_tls -H @"$headers" -w '\n%{http_code}' "$CONSUL_HTTP_ADDR/v1/acl/token/self" 2>&1) || true
+  status=$(printf '%s\n' "$answer" | tail -n 1)
+  [ "$status" = 200 ] && break
+  if [ "$status" = 403 ]; then
+    attempt=$((attempt + 1))
+    if [ "$attempt" -ge 5 ]; then
+      echo "ERROR: the Consul servers do not accept the management token in Secret $TOKENS_SECRET (key $MANAGEMENT_KEY)." >&2
+      echo "Their ACL data predates it: the cluster was bootstrapped with a token that this stack no longer has." >&2
+      echo "Fix: set the old token with 'pulumi config set --secret consul:aclManagementToken' (it reads the SecretID from stdin) and run 'pulumi up'," >&2
+      echo "or restart the servers ('kubectl -n $NAMESPACE rollout restart statefulset/$SERVERS') so the new leader registers this token, then run 'pulumi up'." >&2
+      exit 1
+    fi
+  fi
+  echo "management token not usable yet: HTTP $status $(printf '%s\n' "$answer" | sed '$d' | head -c 200)"
+  sleep "${ACL_RETRY_SECONDS:-5}"
 done
+self=$(printf '%s\n' "$answer" | sed '$d' | jq -r .AccessorID)
+policies=$(api GET /v1/acl/policies)
 policy() {
   name=$1 description="$2 (rules v$RULES_VERSION)" rules=$3
-  if ! current=$(consul acl policy read -name "$name" 2>/dev/null); then
-    consul acl policy create -name "$name" -description "$description" -rules "$rules" >/dev/null
+  found=$(printf '%s\n' "$policies" | jq -c --arg name "$name" '.[] | select(.Name == $name) | {ID, Description}')
+  body=$(jq -n --arg name "$name" --arg description "$description" --arg rules "$rules" '{Name: $name, Description: $description, Rules: $rules}')
+  if [ -z "$found" ]; then
+    printf '%s\n' "$body" | api PUT /v1/acl/policy --data-binary @- >/dev/null
     echo "created policy $name"
-  elif ! printf '%s' "$current" | grep -qF "$description"; then
-    consul acl policy update -name "$name" -description "$description" -rules "$rules" >/dev/null
+  elif [ "$(printf '%s\n' "$found" | jq -r .Description)" != "$description" ]; then
+    printf '%s\n' "$body" | api PUT "/v1/acl/policy/$(printf '%s\n' "$found" | jq -r .ID)" --data-binary @- >/dev/null
     echo "updated policy $name to rules v$RULES_VERSION"
   fi
 }
-# token ACCESSOR KEY DESCRIPTION GRANTS: creates the token unless it exists. Its SecretID goes from
-# the Secret's file (jq --rawfile) into the request body on curl's standard input (PUT /v1/acl/token);
-# GRANTS is the rest of the body (policies or identities), which holds no secret.
+tokens=$(api GET /v1/acl/tokens)
+declared=""
+# token ACCESSOR KEY DESCRIPTION GRANTS: creates the token, or brings its description and grants up
+# to date. A new token's SecretID goes from the Secret's file (jq --rawfile) into the request body
+# on curl's standard input (PUT /v1/acl/token); GRANTS is the rest of the body (policies or
+# identities), which holds no secret. An update leaves the SecretID as it is.
 token() {
-  accessor=$1 key=$2 description=$3 grants=$4
-  if ! consul acl token read -accessor-id "$accessor" >/dev/null 2>&1; then
+  accessor=$1 key=$2 description="$MARKER$3" grants=$4
+  declared="$declared $accessor"
+  current=$(printf '%s\n' "$tokens" | jq -r --arg accessor "$accessor" '.[] | select(.AccessorID == $accessor) | "found: " + .Description')
+  if [ -z "$current" ]; then
     jq -n --arg accessor "$accessor" --rawfile secret "$TOKENS_DIR/$key" --arg description "$description" --argjson grants "$grants" \
       '{AccessorID: $accessor, SecretID: ($secret | rtrimstr("\n")), Description: $description} + $grants' |
-      curl -sSf $curl_tls -X PUT -H @"$headers" --data-binary @- "$CONSUL_HTTP_ADDR/v1/acl/token" >/dev/null
+      api PUT /v1/acl/token --data-binary @- >/dev/null
     echo "created $description ($accessor)"
+  elif [ "$current" != "found: $description" ]; then
+    jq -n --arg accessor "$accessor" --arg description "$description" --argjson grants "$grants" \
+      '{AccessorID: $accessor, Description: $description} + $grants' |
+      api PUT "/v1/acl/token/$accessor" --data-binary @- >/dev/null
+    echo "updated $description ($accessor)"
   fi
 }
 policy consul-client-agent "Consul client agents: any node but a server" "$CLIENT_AGENT_RULES"
@@ -98,17 +139,40 @@ if [ -n "$SNAPSHOT_ACCESSOR" ]; then
   policy consul-snapshot "Consul snapshots: save and restore need acl write" "$SNAPSHOT_RULES"
   token "$SNAPSHOT_ACCESSOR" snapshot "snapshot token" '{"Policies": [{"Name": "consul-snapshot"}]}'
 fi
+# Revocation: what this Job made (marked; unmarked in its versions before the mark, with these
+# exact descriptions) and the stack no longer declares.
+printf '%s\n' "$tokens" | jq -r --arg marker "$MARKER" --arg declared "$declared" '
+  ($declared | split(" ")) as $keep
+  | .[]
+  | select((.Description | startswith($marker)) or (.Description | test("^(agent token of |service token of )|^snapshot token$")))
+  | select(.AccessorID as $id | $keep | index($id) | not)
+  | .AccessorID + " " + .Description' |
+  while read -r accessor description; do
+    api DELETE "/v1/acl/token/$accessor" >/dev/null
+    echo "revoked $description ($accessor): the stack no longer declares it"
+  done
+printf '%s\n' "$tokens" | jq -r --arg self "$self" \
+  '.[] | select(.Description == "Initial Management Token" or .Description == "Master Token") | select(.AccessorID != $self) | .AccessorID' |
+  while read -r accessor; do
+    api DELETE "/v1/acl/token/$accessor" >/dev/null
+    echo "revoked an earlier management token ($accessor): the servers now carry this stack's"
+  done
 policy consul-dns "Consul DNS for the anonymous token: read nodes and services" "$DNS_RULES"
-if ! consul acl token read -accessor-id "$ANONYMOUS_TOKEN" | grep -q "consul-dns"; then
-  consul acl token update -accessor-id "$ANONYMOUS_TOKEN" -policy-name consul-dns -description "Anonymous Token: Consul DNS" >/dev/null
+anonymous=$(api GET "/v1/acl/token/$ANONYMOUS_TOKEN")
+if ! printf '%s\n' "$anonymous" | jq -e '[.Policies[]?.Name] | index("consul-dns")' >/dev/null; then
+  printf '%s\n' "$anonymous" |
+    jq '{Description: "Anonymous Token: Consul DNS", Policies: ([.Policies[]? | {ID}] + [{Name: "consul-dns"}])}' |
+    api PUT "/v1/acl/token/$ANONYMOUS_TOKEN" --data-binary @- >/dev/null
   echo "created DNS read access for the anonymous token"
 fi
 # Autopilot reads min_quorum from the agents' config only when it first starts: after a scale the
 # running servers learn the new size from here (the config file tells new servers). After a
 # scale-down this is what lets autopilot prune the removed servers, which did not leave.
-quorum=$(consul operator autopilot get-config | awk '/^MinQuorum/ {print $3}')
+autopilot=$(api GET /v1/operator/autopilot/configuration)
+quorum=$(printf '%s\n' "$autopilot" | jq -r .MinQuorum)
 if [ "$quorum" != "$MIN_QUORUM" ]; then
-  consul operator autopilot set-config -min-quorum="$MIN_QUORUM" >/dev/null
+  printf '%s\n' "$autopilot" | jq --argjson quorum "$MIN_QUORUM" '.MinQuorum = $quorum' |
+    api PUT /v1/operator/autopilot/configuration --data-binary @- >/dev/null
   echo "set autopilot min_quorum from $quorum to $MIN_QUORUM"
 fi
 echo "ACL policies and tokens are in place"
@@ -125,6 +189,9 @@ class ConsulAclBootstrapArgs:
         pass ``ConsulSecurity.acl_tokens``).
     server_service: the servers' headless Service (required; ``ConsulServers.service_name``).
     ca_secret: the Secret with the CA certificate when TLS is on (default: None, plain HTTP).
+    secrets_checksum: a digest of the servers' Secrets, management token included (pass
+        ``ConsulSecurity.server_secrets.checksum``): in the pod template, so a new management
+        token runs the Job again, which then revokes the old one (default: None).
     cluster: the image to run the consul CLI from (default: see :class:`~consul.model.ClusterSpec`).
     """
 
@@ -132,6 +199,7 @@ class ConsulAclBootstrapArgs:
     tokens: AclTokenIds
     server_service: pulumi.Input[str]
     ca_secret: pulumi.Input[str] | None = None
+    secrets_checksum: pulumi.Input[str] | None = None
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
 
 
@@ -162,6 +230,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             TOKENS_DIR=TOKENS_DIR,
             MANAGEMENT_KEY=MANAGEMENT_TOKEN_KEY,
             RULES_VERSION=RULES_VERSION,
+            MARKER=token_marker(name, args.cluster.datacenter),
             CLIENT_AGENT_RULES=client_agent_rules(f"{name}-server-"),
             DNS_RULES=DNS_POLICY_RULES,
             ANONYMOUS_TOKEN=ANONYMOUS_TOKEN_ID,
@@ -180,7 +249,12 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             spec=batch.JobSpecArgs(
                 backoff_limit=6,
                 active_deadline_seconds=JOB_DEADLINE_SECONDS,
-                template=pod.template(labels, args.cluster.image, BOOTSTRAP_SCRIPT),
+                template=pod.template(
+                    labels,
+                    args.cluster.image,
+                    BOOTSTRAP_SCRIPT,
+                    annotations={cfg.SECRETS_CHECKSUM_ANNOTATION: args.secrets_checksum} if args.secrets_checksum is not None else None,
+                ),
             ),
             opts=pulumi.ResourceOptions(parent=self, custom_timeouts=JOB_TIMEOUTS),
         )

@@ -291,6 +291,13 @@ def test_acls_bootstrap_job(secure):
     # (the real-node bed scans every process of the running Job: tests/e2e/test_refusals.py).
     assert '--rawfile secret "$TOKENS_DIR/$key"' in script
     assert not re.search(r"(?<!-)-secret\b", script)
+    # Its tokens are marked per datacenter, and a new management token (in the servers' Secrets
+    # digest) runs it again, to revoke the old one.
+    assert env["MARKER"]["value"] == "[consul dc1] "
+    servers = secure.one("StatefulSet", "consul-server")["spec"]["template"]["metadata"]["annotations"]
+    checksum = "consul.hashicorp.com/secrets-checksum"
+    assert job["spec"]["template"]["metadata"]["annotations"] == {checksum: servers[checksum]}
+    assert "consul acl" not in script and "consul operator" not in script
 
 
 def test_acls_off(insecure):

@@ -1,0 +1,145 @@
+"""The ACL Job's script run as its pod runs it (`sh -ec`, its environment, the Secret's files), but
+against a Consul API at any address: a recorded one (RecordedConsul) in the unit tests, a real
+agent in recorded/record.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from consul.acl_bootstrap import (
+    ANONYMOUS_TOKEN_ID,
+    BOOTSTRAP_SCRIPT,
+    DNS_POLICY_RULES,
+    RULES_VERSION,
+    client_agent_rules,
+    token_marker,
+)
+
+RECORDED = Path(__file__).parent / "recorded" / "consul-1.16.1"
+# Test IDs (accessor, SecretID), fixed so that recorded answers and the Job's environment agree.
+MANAGEMENT_SECRET = "3f1a5a3e-0000-4000-8000-00000000000a"
+TOKENS = {
+    "agent-client": ("5e1c0a11-0000-4000-8000-000000000001", "5e1c0a11-0000-4000-8000-0000000000f1"),
+    "agent-consul-server-0": ("5e1c0a11-0000-4000-8000-000000000010", "5e1c0a11-0000-4000-8000-0000000000f2"),
+    "agent-consul-server-1": ("5e1c0a11-0000-4000-8000-000000000011", "5e1c0a11-0000-4000-8000-0000000000f3"),
+    "agent-consul-server-2": ("5e1c0a11-0000-4000-8000-000000000012", "5e1c0a11-0000-4000-8000-0000000000f4"),
+    "service-web": ("5e1c0a11-0000-4000-8000-000000000020", "5e1c0a11-0000-4000-8000-0000000000f5"),
+}
+MARKER = token_marker("consul", "dc1")
+
+
+def job_environment(address: str, tokens_dir: Path, retry_seconds: int = 5) -> dict[str, str]:
+    """The ACL Job's environment for a 3-server stack with serviceTokens [web], and its Secret's
+    files written to `tokens_dir`."""
+    tokens_dir.mkdir(parents=True, exist_ok=True)
+    (tokens_dir / "management").write_text(MANAGEMENT_SECRET)
+    for key, (_, secret) in TOKENS.items():
+        (tokens_dir / key).write_text(secret)
+    servers = " ".join(
+        f"{key.removeprefix('agent-')}={accessor}" for key, (accessor, _) in TOKENS.items() if key.startswith("agent-consul")
+    )
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "CONSUL_HTTP_ADDR": address,
+        "CONSUL_HTTP_TOKEN_FILE": str(tokens_dir / "management"),
+        "NAMESPACE": "consul",
+        "DATACENTER": "dc1",
+        "SERVERS": "consul-server",
+        "TOKENS_SECRET": "consul-acl-tokens",
+        "TOKENS_DIR": str(tokens_dir),
+        "MANAGEMENT_KEY": "management",
+        "RULES_VERSION": RULES_VERSION,
+        "MARKER": MARKER,
+        "CLIENT_AGENT_RULES": client_agent_rules("consul-server-"),
+        "DNS_RULES": DNS_POLICY_RULES,
+        "ANONYMOUS_TOKEN": ANONYMOUS_TOKEN_ID,
+        "CLIENT_ACCESSOR": TOKENS["agent-client"][0],
+        "SERVER_AGENTS": servers,
+        "SERVICE_TOKENS": f"web={TOKENS['service-web'][0]}",
+        "SNAPSHOT_ACCESSOR": "",
+        "SNAPSHOT_RULES": "",
+        "MIN_QUORUM": "2",
+        "ACL_RETRY_SECONDS": str(retry_seconds),
+    }
+
+
+def run_job(address: str, tokens_dir: Path, retry_seconds: int = 5, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-ec", BOOTSTRAP_SCRIPT],
+        env=job_environment(address, tokens_dir, retry_seconds),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def recorded(state: str) -> dict[str, Any]:
+    """What Consul answered in `state` ("fresh" or "reconciled"): GET path -> parsed JSON."""
+    answers: dict[str, Any] = json.loads((RECORDED / f"{state}.json").read_text())
+    return answers
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    token: str | None
+    body: str
+
+
+@dataclass
+class RecordedConsul:
+    """An HTTP server on loopback that answers GETs from `answers` (path -> JSON, or (status, text))
+    and every write with 200 `true` (or what `answers` says for "METHOD path"), keeping each request."""
+
+    answers: Mapping[str, Any]
+    requests: list[Request] = field(default_factory=list)
+
+    def __enter__(self) -> RecordedConsul:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode() if length else ""
+                outer.requests.append(Request(self.command, self.path, self.headers.get("X-Consul-Token"), body))
+                key = self.path if self.command == "GET" else f"{self.command} {self.path}"
+                answer = outer.answers.get(key, None if self.command == "GET" else (200, "true"))
+                status, text = (
+                    (404, "not recorded") if answer is None else answer if isinstance(answer, tuple) else (200, json.dumps(answer))
+                )
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = _answer  # noqa: N815 (http.server's names)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [(r.method, r.path) for r in self.requests if r.method != "GET"]
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,90 @@
+"""Records what Consul's HTTP API answers the ACL Job, fresh and once the Job has run, into
+consul-<version>/{fresh,reconciled}.json, for the unit tests of the Job's script (test_acl_job.py).
+
+It runs a real `consul agent -dev` with ACLs (default deny, the tests' management token) and the
+Job's real script against it, in a network namespace of its own:
+
+    unshare --net venv/bin/python tests/unit/recorded/record.py ~/.cache/consul-testbed/consul-1.16.1/consul
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[3]), str(Path(__file__).resolve().parents[1])]
+
+from acl_job import MANAGEMENT_SECRET, RECORDED, run_job  # noqa: E402
+
+from consul.acl_bootstrap import ANONYMOUS_TOKEN_ID  # noqa: E402
+
+ADDRESS = "http://127.0.0.1:8500"
+PATHS = [
+    "/v1/status/leader",
+    "/v1/acl/token/self",
+    "/v1/acl/policies",
+    "/v1/acl/tokens",
+    f"/v1/acl/token/{ANONYMOUS_TOKEN_ID}",
+    "/v1/operator/autopilot/configuration",
+]
+
+
+def get(path: str) -> object:
+    request = urllib.request.Request(ADDRESS + path, headers={"X-Consul-Token": MANAGEMENT_SECRET})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def record(state: str) -> None:
+    answers = {path: get(path) for path in PATHS}
+    (RECORDED / f"{state}.json").write_text(json.dumps(answers, indent=1, sort_keys=True) + "\n")
+    print(f"recorded {state}: {len(answers)} answers")
+
+
+def main(consul: str) -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    version = subprocess.run([consul, "version"], capture_output=True, text=True, check=True).stdout.split()[1]
+    assert RECORDED.name == f"consul-{version.lstrip('v')}", f"{consul} is {version}, not {RECORDED.name}"
+    RECORDED.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        config = Path(scratch) / "acl.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "node_name": "consul-server-0",
+                    "acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MANAGEMENT_SECRET}},
+                }
+            )
+        )
+        agent = subprocess.Popen([consul, "agent", "-dev", f"-config-file={config}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    get("/v1/acl/token/self")
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            record("fresh")
+            job = run_job(ADDRESS, Path(scratch) / "tokens")
+            print(job.stdout, job.stderr, sep="")
+            assert job.returncode == 0, "the Job failed on a real agent"
+            record("reconciled")
+            again = run_job(ADDRESS, Path(scratch) / "tokens")
+            assert again.returncode == 0, again.stderr
+            assert len(again.stdout.splitlines()) == 2, f"a second run changed something:\n{again.stdout}"
+        finally:
+            agent.terminate()
+            agent.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,117 @@
+"""The ACL Job's script, run by `sh` against the answers a real Consul 1.16.1 gave it (recorded by
+recorded/record.py): what it creates, revokes and leaves alone, and how it fails. The real-node
+bed runs it in its pod against real servers (tests/e2e/test_refusals.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+from acl_job import MANAGEMENT_SECRET, MARKER, TOKENS, RecordedConsul, recorded, run_job
+
+from consul.acl_bootstrap import ANONYMOUS_TOKEN_ID
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("curl") and shutil.which("jq")), reason="the Job's image has curl and jq; this machine has not"
+)
+
+TOKENS_LIST = "/v1/acl/tokens"
+
+
+def stub_token(accessor: str, description: str) -> dict[str, object]:
+    """A token as /v1/acl/tokens lists it, in the shape of the recorded ones."""
+    token = copy.deepcopy(recorded("reconciled")[TOKENS_LIST][0])
+    token.update(AccessorID=accessor, Description=description)
+    return token
+
+
+def test_a_fresh_cluster_gets_every_policy_and_token(tmp_path):
+    with RecordedConsul(recorded("fresh")) as consul:
+        job = run_job(consul.address, tmp_path)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == [
+        ("PUT", "/v1/acl/policy"),
+        *[("PUT", "/v1/acl/token")] * 5,
+        ("PUT", "/v1/acl/policy"),
+        ("PUT", f"/v1/acl/token/{ANONYMOUS_TOKEN_ID}"),
+        ("PUT", "/v1/operator/autopilot/configuration"),
+    ]
+    assert {r.token for r in consul.requests if r.path != "/v1/status/leader"} == {MANAGEMENT_SECRET}
+    created = [json.loads(r.body) for r in consul.requests if (r.method, r.path) == ("PUT", "/v1/acl/token")]
+    assert [(t["AccessorID"], t["SecretID"]) for t in created] == list(TOKENS.values())
+    assert [t["Description"] for t in created] == [
+        f"{MARKER}agent token of the Consul clients",
+        *[f"{MARKER}agent token of consul-server-{i}" for i in range(3)],
+        f"{MARKER}service token of web",
+    ]
+    assert created[1]["NodeIdentities"] == [{"NodeName": "consul-server-0", "Datacenter": "dc1"}]
+    assert created[4]["ServiceIdentities"] == [{"ServiceName": "web"}]
+    autopilot = json.loads(next(r.body for r in consul.requests if r.path == "/v1/operator/autopilot/configuration" and r.method == "PUT"))
+    assert autopilot == {**recorded("fresh")["/v1/operator/autopilot/configuration"], "MinQuorum": 2}
+    assert job.stdout.splitlines()[-1] == "ACL policies and tokens are in place"
+
+
+def test_a_cluster_in_the_declared_state_is_left_as_it_is(tmp_path):
+    with RecordedConsul(recorded("reconciled")) as consul:
+        job = run_job(consul.address, tmp_path)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == []
+
+
+def test_tokens_the_stack_no_longer_declares_are_revoked_and_no_other(tmp_path):
+    answers = recorded("reconciled")
+    self_accessor = answers["/v1/acl/token/self"]["AccessorID"]
+    answers[TOKENS_LIST] += [
+        stub_token("0b5e0e7e-0000-4000-8000-000000000001", f"{MARKER}service token of billing"),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000002", "agent token of consul-server-3"),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000003", "Initial Management Token"),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000004", "[consul dc2] service token of billing"),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000005", "a token of the deploy pipeline"),
+    ]
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == [("DELETE", f"/v1/acl/token/0b5e0e7e-0000-4000-8000-00000000000{i}") for i in (1, 2, 3)]
+    assert self_accessor not in {path.rsplit("/", 1)[-1] for _, path in consul.writes()}
+    assert "revoked [consul dc1] service token of billing (0b5e0e7e-0000-4000-8000-000000000001)" in job.stdout
+
+
+def test_a_token_of_an_earlier_version_gets_its_mark_and_keeps_its_secret(tmp_path):
+    answers = recorded("reconciled")
+    web = TOKENS["service-web"][0]
+    for token in answers[TOKENS_LIST]:
+        if token["AccessorID"] == web:
+            token["Description"] = "service token of web"
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == [("PUT", f"/v1/acl/token/{web}")]
+    assert json.loads(next(r.body for r in consul.requests if r.method == "PUT")) == {
+        "AccessorID": web,
+        "Description": f"{MARKER}service token of web",
+        "ServiceIdentities": [{"ServiceName": "web"}],
+    }
+
+
+def test_a_management_token_the_servers_do_not_know_fails_with_the_fix(tmp_path):
+    answers = {**recorded("fresh"), "/v1/acl/token/self": (403, "ACL not found")}
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path, retry_seconds=0)
+    assert job.returncode == 1
+    assert consul.writes() == []
+    assert [r.path for r in consul.requests].count("/v1/acl/token/self") == 5
+    assert "do not accept the management token in Secret consul-acl-tokens (key management)" in job.stderr
+    assert "pulumi config set --secret consul:aclManagementToken" in job.stderr
+    assert MANAGEMENT_SECRET not in job.stdout + job.stderr
+
+
+def test_a_refused_write_stops_the_job_with_consul_s_own_message(tmp_path):
+    answers = {**recorded("fresh"), "PUT /v1/acl/token": (400, "Invalid Token: AccessorID is already in use")}
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path)
+    assert job.returncode != 0
+    assert consul.writes() == [("PUT", "/v1/acl/policy"), ("PUT", "/v1/acl/token")]
+    assert "ERROR: PUT /v1/acl/token: Invalid Token: AccessorID is already in use" in job.stderr
+    assert all(secret not in job.stdout + job.stderr for _, secret in TOKENS.values())
