@@ -261,6 +261,8 @@ def test_scaling_five_to_three_keeps_the_claims_and_ends_with_three_voters(modul
     claims = {c["metadata"]["name"]: c["metadata"]["uid"] for c in deployment.api.items(f"/api/v1/namespaces/{ns}/persistentvolumeclaims")}
     before = servers(deployment)
     assert len(before) == 5, "the 3 -> 5 test runs first"
+    tokens = deployment.secret("consul-acl-tokens")
+    removed = {node: tokens[f"agent-{node}"] for node in ("consul-server-3", "consul-server-4")}
     deployment.set(serverReplicas=3)
     watch, _ = watched_up(deployment, toolbox, "scale 5 -> 3", then_formed=3)
     after = servers(deployment)
@@ -276,6 +278,11 @@ def test_scaling_five_to_three_keeps_the_claims_and_ends_with_three_voters(modul
     assert deployment.api.get(budget)["status"]["disruptionsAllowed"] == 1
     # Set to the new size, which let autopilot prune the two removed servers (they did not leave).
     assert min_quorum(deployment) == 3
+    # The ACL Job revoked the removed servers' agent tokens.
+    run = in_pod(deployment, "consul-server-0")
+    assert {node: consul_http(run, "GET", f"{LOCAL_AGENT}/v1/acl/token/self", token, bound=5)[0] for node, token in removed.items()} == {
+        node: 403 for node in removed
+    }
     assert_bounds(watch, 5, open_defect=LEADER_LOST)
 
 

@@ -15,10 +15,11 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
-from conftest import KUBE_BIN, REAL_NODES, consul_http, consul_json, in_pod, ready
+from conftest import KUBE_BIN, REAL_NODES, consul_http, consul_json, in_pod, leader_seen, ready
 
 pytestmark = pytest.mark.e2e
 
@@ -355,3 +356,47 @@ def test_no_secret_in_a_job_s_processes_while_it_runs(module_deployment):
     for job, lines in found.items():
         print("".join(f"bed: refusals: {job}: a secret in a process: {line}\n" for line in lines), end="")
     assert found == {job: [] for job in JOBS}
+
+
+def token_status(deployment, secret_id: str) -> int:
+    """What Consul answers a token asking about itself: 200 while it exists, 403 once revoked."""
+    status, body = consul_http(in_pod(deployment, "consul-server-0"), "GET", f"{LOCAL_API}/v1/acl/token/self", secret_id, bound=5)
+    assert status in (200, 403), f"GET /v1/acl/token/self: HTTP {status} {body[:200]}"
+    return status
+
+
+def test_a_token_the_stack_no_longer_declares_is_revoked(module_deployment):
+    """A service taken out of `serviceTokens` (say its token leaked): after `pulumi up` Consul refuses
+    its token, its Secret is gone, and the token of the service that stays still works."""
+    deployment = module_deployment
+    deployment.set(serviceTokens=["web", "billing"])
+    deployment.up("refusals: web and billing declared")
+    web, billing = (deployment.secret(f"consul-service-token-{s}")["token"] for s in ("web", "billing"))
+    assert (token_status(deployment, web), token_status(deployment, billing)) == (200, 200)
+    deployment.set(serviceTokens=["web"])
+    result = deployment.up("refusals: billing taken out")
+    assert result.summary.result == "succeeded"
+    assert (token_status(deployment, web), token_status(deployment, billing)) == (200, 403)
+    assert not deployment.api.exists(f"/api/v1/namespaces/{deployment.namespace}/secrets/consul-service-token-billing")
+    print(f"\nbed: refusals: the ACL Job said: {deployment.logs('job/' + ACL_JOB).strip().splitlines()[-3:]}")
+
+
+def test_a_new_management_token_revokes_the_old_one_for_good(module_deployment):
+    """The README's rotation: a new `aclManagementToken` (from stdin), then `pulumi up`. The servers
+    roll with the new `initial_management`, the ACL Job runs again and revokes the old token: it
+    gets 403, the new one 200, and still so after a leader election (the servers would re-create a
+    management token they still carried)."""
+    deployment = module_deployment
+    old, new = deployment.management_token(), str(uuid.uuid4())
+    assert token_status(deployment, old) == 200
+    deployment.set(secrets=("aclManagementToken",), aclManagementToken=new)
+    result = deployment.up("refusals: new management token")
+    assert result.summary.result == "succeeded"
+    assert deployment.management_token() == new
+    assert (token_status(deployment, old), token_status(deployment, new)) == (403, 200)
+    run = in_pod(deployment, "consul-server-0")
+    before = leader_seen(run)
+    status, body = consul_http(run, "POST", f"{LOCAL_API}/v1/operator/raft/transfer-leader", new, bound=10)
+    assert status == 200, f"transfer-leader: HTTP {status} {body[:200]}"
+    deployment.cluster.wait("a new leader", lambda: leader_seen(run) not in ("", before), 60)
+    assert (token_status(deployment, old), token_status(deployment, new)) == (403, 200)
