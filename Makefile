@@ -7,6 +7,8 @@
 # make e2e-day2 - the same bed's other watched day-2 operations (upgrades, scaling, staged upgrades, snapshots; about 40 minutes)
 # make cluster-up / make cluster-down - the same cluster, left running for you (KUBECONFIG printed), and its removal
 # make restore SNAPSHOT=<file> - restore a scheduled snapshot (current kubectl context)
+# make validate-config STACK=prod [IMAGE=...] [NAMESPACE=...] - render the stack and run `consul validate` on every
+#                tier's agent config inside the image (default: the stack's), in a pod on the current kubectl context
 PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
@@ -14,7 +16,7 @@ STAMP := $(VENV)/.requirements
 STACK ?= dev
 RENDER_FLAGS ?=
 
-.PHONY: test lint typecheck unit provider-test bench engine render check-rendered preview up pulumi restore engine-test consul-binary kube-binaries addon-binaries bed-binaries cluster-up cluster-down e2e e2e-day2 clean
+.PHONY: test lint typecheck unit provider-test bench engine render check-rendered preview up pulumi restore validate-config engine-test consul-binary kube-binaries addon-binaries bed-binaries cluster-up cluster-down e2e e2e-day2 clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +51,9 @@ engine:
 
 render: $(STAMP) engine
 	$(BIN)/python scripts/run_stack.py render --stack $(STACK) $(RENDER_FLAGS)
+
+validate-config: render
+	$(BIN)/python scripts/validate_config.py rendered/$(STACK) $(if $(IMAGE),--image $(IMAGE)) $(if $(NAMESPACE),--namespace $(NAMESPACE))
 
 check-rendered: $(STAMP)
 	$(BIN)/python scripts/check_rendered.py rendered/$(STACK)

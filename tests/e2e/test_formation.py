@@ -8,12 +8,30 @@ from the cluster's API (pods, claims, Jobs, events).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
 
 import pytest
-from conftest import REAL_NODES, consul_cli, consul_http, consul_json, in_pod, leader_seen, ready, restarts, servers_formed
+import yaml
+from conftest import (
+    KUBE_BIN,
+    REAL_NODES,
+    ROOT,
+    STACK_FILE,
+    consul_cli,
+    consul_http,
+    consul_json,
+    in_pod,
+    leader_seen,
+    ready,
+    restarts,
+    run_stack,
+    servers_formed,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -165,10 +183,11 @@ def test_the_acl_job_completes_and_a_second_run_changes_nothing(module_deploymen
     # What the first run made, as Consul reports it.
     state = acl_state(deployment)
     described = {description: policies for description, _, policies, _ in state["tokens"]}
+    # Each marked as the Job's, for this datacenter: what it may revoke when the stack drops it.
     for name in SERVERS:
-        assert f"agent token of {name}" in described
-    assert described["agent token of the Consul clients"] == ["consul-client-agent"]
-    assert "service token of web" in described
+        assert f"[consul dc1] agent token of {name}" in described
+    assert described["[consul dc1] agent token of the Consul clients"] == ["consul-client-agent"]
+    assert "[consul dc1] service token of web" in described
     assert described["Anonymous Token: Consul DNS"] == ["consul-dns"]
     assert {"consul-client-agent", "consul-dns"} <= {name for name, _ in state["policies"]}
     # The declared size: autopilot never prunes a server that is only being replaced.
@@ -189,8 +208,42 @@ def test_the_acl_job_completes_and_a_second_run_changes_nothing(module_deploymen
     assert acl_state(deployment) == state
     assert log, "kubectl logs -f of the re-run did not end"
     assert "ACL policies and tokens are in place" in log[0], log[0]
-    assert [line for line in log[0].splitlines() if line.startswith(("created", "updated", "set autopilot"))] == []
+    assert [line for line in log[0].splitlines() if line.startswith(("created", "updated", "revoked", "set autopilot"))] == []
     assert agents(deployment) == before
+
+
+def test_make_validate_config_runs_consul_validate_in_the_image_and_names_a_rejected_key(module_deployment, tmp_path):
+    """The README's compatibility check: the stack rendered, then every tier's agent config
+    validated by `consul validate` in a pod of the image, on the cluster; the same render with an
+    unknown key added to the servers' config is rejected, naming the key."""
+    deployment = module_deployment
+    out = tmp_path / "rendered"
+    run_stack.render_stack("e2e", tmp_path / "home", out, STACK_FILE).up(color="never", on_output=lambda line: None)
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(f'#!/bin/sh\nexec {KUBE_BIN} kubectl --kubeconfig={deployment.cluster.kubeconfig} "$@"\n')
+    kubectl.chmod(0o755)
+    env = {**os.environ, "KUBECTL": str(kubectl)}
+    argv = [sys.executable, str(ROOT / "scripts" / "validate_config.py"), str(out), "--namespace", deployment.namespace]
+    valid = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    print(f"\nbed: formation: validate-config:\n{valid.stdout}{valid.stderr}")
+    assert valid.returncode == 0
+    assert [line for line in valid.stdout.splitlines() if line.startswith("==")] == [
+        "== consul-client (4 files) in hashicorp/consul:1.16.1: valid",
+        "== consul-server (5 files) in hashicorp/consul:1.16.1: valid",
+    ]
+    assert valid.stdout.count("Consul v1.16.1") == 2
+
+    config = next(p for p in out.rglob("*.yaml") if "kind: ConfigMap" in p.read_text() and "name: consul-server-config" in p.read_text())
+    manifest = yaml.safe_load(config.read_text())
+    agent = json.loads(manifest["data"]["00-agent.json"])
+    agent["performance"]["no_such_option"] = True
+    manifest["data"]["00-agent.json"] = json.dumps(agent)
+    config.write_text(yaml.safe_dump(manifest))
+    rejected = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert rejected.returncode == 1
+    assert "== consul-server (5 files) in hashicorp/consul:1.16.1: REJECTED" in rejected.stdout
+    assert "invalid config key performance.no_such_option" in rejected.stdout
+    assert deployment.api.items(f"/api/v1/namespaces/{deployment.namespace}/pods?labelSelector=run") == []
 
 
 def test_the_disruption_budget_refuses_a_second_eviction(module_deployment):
