@@ -9,8 +9,9 @@ import pulumi_kubernetes.batch.v1 as batch
 
 from . import agent_config as cfg
 from .cli_pods import API_PRELUDE, RERUN_WHEN_FAILED, server_api_pod
+from .kubernetes_auth import AUTH_METHOD_NAME, KUBERNETES_HOST
 from .labels import Labels
-from .model import ClusterSpec
+from .model import ClusterSpec, KubernetesAuthSpec
 from .security import MANAGEMENT_TOKEN_KEY, AclTokenIds
 
 
@@ -34,6 +35,14 @@ service_prefix "" { policy = "read" }
 # exists, so the snapshot token holds this and nothing else.
 SNAPSHOT_POLICY_RULES = 'acl = "write"\n'
 ANONYMOUS_TOKEN_ID = "00000000-0000-0000-0000-000000000002"
+
+
+AUTH_DIR = "/consul/auth-method"
+
+
+def binding_selector(namespaces: tuple[str, ...]) -> str:
+    """The binding rule's selector: service accounts of these namespaces only ("" for any)."""
+    return " or ".join(f'serviceaccount.namespace == "{namespace}"' for namespace in namespaces)
 
 
 def token_marker(instance: str, datacenter: str) -> str:
@@ -64,13 +73,13 @@ BOOTSTRAP_SCRIPT = (
 # api METHOD PATH [curl options]: Consul's answer on stdout; on an HTTP error, the call and
 # Consul's own message on stderr, and status 1.
 api() {
-  method=$1 path=$2
+  api_method=$1 api_path=$2
   shift 2
-  if ! answer=$(curl -sS --fail-with-body $curl_tls -X "$method" -H @"$headers" "$@" "$CONSUL_HTTP_ADDR$path"); then
-    echo "ERROR: $method $path: ${answer:-no answer}" >&2
+  if ! api_answer=$(curl -sS --fail-with-body $curl_tls -X "$api_method" -H @"$headers" "$@" "$CONSUL_HTTP_ADDR$api_path"); then
+    echo "ERROR: $api_method $api_path: ${api_answer:-no answer}" >&2
     return 1
   fi
-  printf '%s\n' "$answer"
+  printf '%s\n' "$api_answer"
 }
 attempt=0
 while :; do
@@ -157,6 +166,50 @@ printf '%s\n' "$tokens" | jq -r --arg self "$self" \
     api DELETE "/v1/acl/token/$accessor" >/dev/null
     echo "revoked an earlier management token ($accessor): the servers now carry this stack's"
   done
+# The kubernetes auth method ($AUTH_METHOD, when on): Consul checks a login's service-account
+# token with the reviewer's (from its mounted Secret, into the body with jq --rawfile) and binds
+# the account to the service identity of its name. Turned off, the method it made is deleted, and
+# with it its binding rules and every token a login made.
+methods=$(api GET /v1/acl/auth-methods)
+if [ -n "$AUTH_METHOD" ]; then
+  until [ -s "$AUTH_DIR/token" ] && [ -s "$AUTH_DIR/ca.crt" ]; do
+    echo "waiting for the cluster's token controller to fill Secret $AUTH_SECRET"
+    sleep "${ACL_RETRY_SECONDS:-5}"
+  done
+  wanted=$(jq -n --arg name "$AUTH_METHOD" --arg description "${MARKER}Kubernetes service accounts" --arg ttl "$AUTH_TTL" \
+    --arg host "$KUBERNETES_HOST" --rawfile ca "$AUTH_DIR/ca.crt" --rawfile jwt "$AUTH_DIR/token" \
+    '{Name: $name, Type: "kubernetes", Description: $description, MaxTokenTTL: $ttl, Config: {Host: $host, CACert: $ca, ServiceAccountJWT: $jwt}}')
+  if ! printf '%s\n' "$methods" | jq -e --arg name "$AUTH_METHOD" 'any(.[]; .Name == $name)' >/dev/null; then
+    printf '%s\n' "$wanted" | api PUT /v1/acl/auth-method --data-binary @- >/dev/null
+    echo "created auth method $AUTH_METHOD"
+  elif ! { api GET "/v1/acl/auth-method/$AUTH_METHOD"; printf '%s\n' "$wanted"; } | jq -s -e \
+    '[.[] | [.Description, .MaxTokenTTL, .Config.Host, .Config.CACert, .Config.ServiceAccountJWT]] | length == 2 and .[0] == .[1]' >/dev/null; then
+    printf '%s\n' "$wanted" | api PUT "/v1/acl/auth-method/$AUTH_METHOD" --data-binary @- >/dev/null
+    echo "updated auth method $AUTH_METHOD"
+  fi
+  rule=$(jq -n --arg method "$AUTH_METHOD" --arg description "${MARKER}a service account gets the service identity of its name" --arg selector "$AUTH_SELECTOR" \
+    '{AuthMethod: $method, Description: $description, BindType: "service", BindName: "${serviceaccount.name}", Selector: $selector}')
+  marked=$(api GET "/v1/acl/binding-rules?authmethod=$AUTH_METHOD" | jq -c --arg marker "$MARKER" '[.[] | select(.Description | startswith($marker))]')
+  id=$(printf '%s\n' "$marked" | jq -r '.[0].ID // ""')
+  if [ -z "$id" ]; then
+    printf '%s\n' "$rule" | api PUT /v1/acl/binding-rule --data-binary @- >/dev/null
+    echo "created binding rule of $AUTH_METHOD: ${AUTH_SELECTOR:-any namespace}"
+  elif ! printf '%s\n%s\n' "$marked" "$rule" | jq -s -e \
+    '(.[0][0] | [.Description, .BindType, .BindName, (.Selector // "")]) == (.[1] | [.Description, .BindType, .BindName, .Selector])' >/dev/null; then
+    printf '%s\n' "$rule" | jq --arg id "$id" '. + {ID: $id}' | api PUT "/v1/acl/binding-rule/$id" --data-binary @- >/dev/null
+    echo "updated binding rule of $AUTH_METHOD: ${AUTH_SELECTOR:-any namespace}"
+  fi
+  printf '%s\n' "$marked" | jq -r '.[1:][] | .ID' | while read -r extra; do
+    api DELETE "/v1/acl/binding-rule/$extra" >/dev/null
+    echo "deleted a second binding rule of $AUTH_METHOD ($extra)"
+  done
+else
+  printf '%s\n' "$methods" | jq -r --arg marker "$MARKER" '.[] | select(.Description | startswith($marker)) | .Name' |
+    while read -r name; do
+      api DELETE "/v1/acl/auth-method/$name" >/dev/null
+      echo "deleted auth method $name, its binding rules and its logins' tokens: consul:kubernetesAuth is off"
+    done
+fi
 policy consul-dns "Consul DNS for the anonymous token: read nodes and services" "$DNS_RULES"
 anonymous=$(api GET "/v1/acl/token/$ANONYMOUS_TOKEN")
 if ! printf '%s\n' "$anonymous" | jq -e '[.Policies[]?.Name] | index("consul-dns")' >/dev/null; then
@@ -192,6 +245,10 @@ class ConsulAclBootstrapArgs:
     secrets_checksum: a digest of the servers' Secrets, management token included (pass
         ``ConsulSecurity.server_secrets.checksum``): in the pod template, so a new management
         token runs the Job again, which then revokes the old one (default: None).
+    kubernetes_auth: the `kubernetes` auth method to configure, or None to remove the one it made
+        (default: None).
+    reviewer_secret: the reviewer's token Secret (``ConsulKubernetesAuth.reviewer_secret``),
+        required with ``kubernetes_auth``.
     cluster: the image to run the consul CLI from (default: see :class:`~consul.model.ClusterSpec`).
     """
 
@@ -200,6 +257,8 @@ class ConsulAclBootstrapArgs:
     server_service: pulumi.Input[str]
     ca_secret: pulumi.Input[str] | None = None
     secrets_checksum: pulumi.Input[str] | None = None
+    kubernetes_auth: KubernetesAuthSpec | None = None
+    reviewer_secret: pulumi.Input[str] | None = None
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
 
 
@@ -242,6 +301,19 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             MIN_QUORUM=str(cfg.min_quorum(len(args.tokens.server_agents))),
         )
         pod.mount_secret("tokens", args.tokens.secret_name, TOKENS_DIR)
+        auth = args.kubernetes_auth
+        pod.set_env(
+            AUTH_METHOD=AUTH_METHOD_NAME if auth else "",
+            AUTH_TTL=auth.token_ttl if auth else "",
+            AUTH_SELECTOR=binding_selector(auth.namespaces) if auth else "",
+            KUBERNETES_HOST=KUBERNETES_HOST,
+            AUTH_DIR=AUTH_DIR,
+            AUTH_SECRET=args.reviewer_secret or "",
+        )
+        if auth is not None:
+            if args.reviewer_secret is None:
+                raise ValueError("ConsulAclBootstrapArgs: kubernetes_auth needs reviewer_secret")
+            pod.mount_secret("auth-method", args.reviewer_secret, AUTH_DIR)
 
         job = batch.Job(
             full_name,

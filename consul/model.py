@@ -167,6 +167,19 @@ class CertificateSpec:
 
 
 @dataclass(frozen=True)
+class KubernetesAuthSpec:
+    """Consul's `kubernetes` auth method: a pod logs in with its service account's token and gets a
+    Consul token with the service identity of the account's name.
+
+    token_ttl: how long a login's token lives, as Go prints a duration ("1h0m0s"; 1m to 24h).
+    namespaces: the namespaces whose service accounts may log in (empty: any).
+    """
+
+    token_ttl: str = "1h0m0s"
+    namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SecuritySpec:
     """Gossip encryption, TLS, ACLs and NetworkPolicies: all on by default.
 
@@ -187,3 +200,5 @@ class SecuritySpec:
     certificates: CertificateSpec = field(default_factory=CertificateSpec)
     snapshot_token: bool = False
     """A token for the snapshot CronJob (policy ``acl = "write"``, what a snapshot needs)."""
+    kubernetes_auth: KubernetesAuthSpec | None = None
+    """The `kubernetes` auth method, when on (needs ACLs)."""

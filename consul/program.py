@@ -12,6 +12,7 @@ from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
 from .clients import ConsulClients, ConsulClientsArgs
 from .generated import CA_WARN_BEFORE_DAYS, KeyMaterial, expires_within
 from .gossip_rotation import ConsulGossipRotation, ConsulGossipRotationArgs
+from .kubernetes_auth import ConsulKubernetesAuth, ConsulKubernetesAuthArgs
 from .labels import APP_NAME
 from .namespace import consul_namespace
 from .security import ConsulSecurity, ConsulSecurityArgs, declare_key_material
@@ -113,6 +114,15 @@ def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, 
         opts=pulumi.ResourceOptions(depends_on=[servers]),
     )
     if security.acl_tokens is not None:
+        auth = settings.security.kubernetes_auth
+        auth_objects = (
+            ConsulKubernetesAuth(
+                INSTANCE,
+                ConsulKubernetesAuthArgs(namespace=namespace, namespace_name=settings.namespace, version=settings.cluster.version),
+            )
+            if auth is not None
+            else None
+        )
         ConsulAclBootstrap(
             INSTANCE,
             ConsulAclBootstrapArgs(
@@ -121,9 +131,11 @@ def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, 
                 server_service=servers.service_name,
                 ca_secret=security.server_secrets.ca,
                 secrets_checksum=security.server_secrets.checksum,
+                kubernetes_auth=auth,
+                reviewer_secret=auth_objects.reviewer_secret if auth_objects else None,
                 cluster=settings.cluster,
             ),
-            opts=pulumi.ResourceOptions(depends_on=[servers]),
+            opts=pulumi.ResourceOptions(depends_on=[servers, *([auth_objects] if auth_objects else [])]),
         )
     if security.gossip_key is not None and security.server_secrets.gossip is not None:
         ConsulGossipRotation(

@@ -30,6 +30,7 @@ from .model import (
     ClientSpec,
     ClusterSpec,
     DnsSpec,
+    KubernetesAuthSpec,
     Placement,
     Resources,
     SecretText,
@@ -504,6 +505,7 @@ def _security(reader: _Reader) -> SecuritySpec:
     service_tokens = _service_tokens(reader, acls)
     return SecuritySpec(
         service_tokens=service_tokens,
+        kubernetes_auth=_kubernetes_auth(reader, acls),
         gossip_encryption=gossip,
         tls=tls,
         acls=acls,
@@ -543,6 +545,37 @@ def _service_tokens(reader: _Reader, acls: bool) -> tuple[str, ...]:
     if values and not acls:
         raise SettingsError("serviceTokens", values, "must be empty when consul:acls is false (without ACLs no token is needed)")
     return tuple(values)
+
+
+_GO_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# What Consul accepts as an auth method's MaxTokenTTL (acl.token_min_expiration_ttl and
+# token_max_expiration_ttl at their defaults).
+TOKEN_TTL_BOUNDS = (60, 24 * 3600)
+
+
+def _kubernetes_auth(reader: _Reader, acls: bool) -> KubernetesAuthSpec | None:
+    enabled = reader.boolean("kubernetesAuth")
+    ttl_text = reader.string("kubernetesAuthTokenTtl")
+    namespaces = reader.json("kubernetesAuthNamespaces", list, "a list of namespace names")
+    match = _GO_DURATION.fullmatch(ttl_text)
+    seconds = sum(int(n or 0) * unit for n, unit in zip(match.groups(), (3600, 60, 1), strict=True)) if match and ttl_text else 0
+    low, high = TOKEN_TTL_BOUNDS
+    if not low <= seconds <= high:
+        raise SettingsError(
+            "kubernetesAuthTokenTtl", ttl_text, 'must be a duration from 1m to 24h, such as "1h" or "15m" (Consul\'s bounds)'
+        )
+    for value in namespaces:
+        if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+            raise SettingsError("kubernetesAuthNamespaces", namespaces, f"each entry must be a namespace name (got {_show(value)})")
+    if not enabled:
+        if namespaces:
+            raise SettingsError("kubernetesAuthNamespaces", namespaces, "must be empty when consul:kubernetesAuth is false")
+        return None
+    if not acls:
+        raise SettingsError("kubernetesAuth", True, "needs consul:acls (the auth method hands out ACL tokens)")
+    hours, rest = divmod(seconds, 3600)
+    go_duration = f"{hours}h{rest // 60}m{rest % 60}s" if hours else f"{rest // 60}m{rest % 60}s"
+    return KubernetesAuthSpec(token_ttl=go_duration, namespaces=tuple(namespaces))
 
 
 def _is_uuid(text: str) -> bool:

@@ -8,6 +8,7 @@ service's token Secret, POD_IP from the downward API.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +30,9 @@ from testbed.cluster.addons import corefile
 from testbed.cluster.bed import UPSTREAM_HOSTS
 
 pytestmark = pytest.mark.e2e
+
+# Workloads may also log in with their service account, from this module's namespace only.
+STACK_SETTINGS = {"kubernetesAuth": True, "kubernetesAuthTokenTtl": "1m", "kubernetesAuthNamespaces": ["consul-registration"]}
 
 LOCAL_API = "http://127.0.0.1:8500"
 # Consul's default acl.token_ttl: an agent may hold the anonymous token's earlier (empty) policy set
@@ -168,3 +172,97 @@ def test_a_service_token_writes_only_its_own_service(module_deployment, web_intr
     deployment.cluster.wait("web in the catalog", lambda: "web" in catalog_services(deployment), CATALOG_SYNC)
     assert "billing" not in catalog_services(deployment)
     assert web_intruder.sh("consul services deregister -id web-2").returncode == 0
+
+
+# Workloads that log in with their service account (kubernetesAuth, STACK_SETTINGS): pods of the
+# toolbox image running as an account of the service's name, in the stack's namespace (the one
+# namespace allowed to log in) or in the bed's tools namespace (not allowed).
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+LOGIN = f"consul login -method=kubernetes -bearer-token-file={SA_TOKEN} -token-sink-file=/tmp/consul-token"
+WITH_TOKEN = "CONSUL_HTTP_TOKEN_FILE=/tmp/consul-token"
+
+
+def account_workload(deployment, name: str, node: str, account: str, namespace: str | None = None) -> Toolbox:
+    """A pod running as service account `account` (made here), wired to its node's agent."""
+    namespace = namespace or deployment.namespace
+    deployment.cluster.apply([{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": namespace}}])
+    env = [
+        {"name": "CONSUL_HTTP_ADDR", "value": deployment.stack.outputs()["agentAddress"].value},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    container = restricted_container("app", images.TOOLBOX_IMAGE, ["sleep", "2147483647"], env=env)
+    return Toolbox(deployment.cluster, name, node, namespace=namespace, serviceAccountName=account, containers=[container])
+
+
+def token_self(box: Toolbox) -> tuple[int, dict[str, Any]]:
+    """The pod's login token as the servers report it: (exit status, the token's JSON or {})."""
+    out = box.sh(f"{WITH_TOKEN} consul acl token read -self -format=json")
+    return out.returncode, json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr.strip()}
+
+
+@pytest.fixture
+def web_account(module_deployment) -> Iterator[Toolbox]:
+    box = account_workload(module_deployment, "web-account", REAL_NODES[0], "web")
+    yield box
+    box.delete()
+
+
+def test_a_pod_logs_in_with_its_service_account_writes_its_service_only_and_logs_out(module_deployment, web_account):
+    deployment = module_deployment
+    login = web_account.sh(LOGIN)
+    assert login.returncode == 0, login.stderr
+    status, token = token_self(web_account)
+    assert status == 0, token
+    assert (token["AuthMethod"], token["ServiceIdentities"], token.get("Policies")) == ("kubernetes", [{"ServiceName": "web"}], None)
+
+    registered = web_account.sh(f'{WITH_TOKEN} consul services register -name web -id web-login-1 -port 8080 -address "$POD_IP"')
+    assert registered.returncode == 0, registered.stderr
+    deployment.cluster.wait("web in the catalog", lambda: "web" in catalog_services(deployment), CATALOG_SYNC)
+    other = web_account.sh(f"{WITH_TOKEN} consul services register -name db -port 5432")
+    assert other.returncode != 0
+    assert "Permission denied" in other.stderr + other.stdout
+    deregistered = web_account.sh(f"{WITH_TOKEN} consul services deregister -id web-login-1")
+    assert deregistered.returncode == 0, deregistered.stderr
+    deployment.cluster.wait("web gone from the catalog", lambda: "web" not in catalog_services(deployment), CATALOG_SYNC)
+    assert "db" not in catalog_services(deployment)
+
+    logout = web_account.sh(f"{WITH_TOKEN} consul logout")
+    assert logout.returncode == 0, logout.stderr
+    status, token = token_self(web_account)
+    assert status != 0
+    assert "ACL not found" in token["error"]
+
+
+def test_another_account_cannot_write_web_and_another_namespace_cannot_log_in(module_deployment, toolbox):
+    deployment = module_deployment
+    billing = account_workload(deployment, "billing-account", REAL_NODES[1], "billing")
+    outsider = account_workload(deployment, "web-outsider", REAL_NODES[2], "web", namespace=toolbox.namespace)
+    try:
+        assert billing.sh(LOGIN).returncode == 0
+        assert token_self(billing)[1]["ServiceIdentities"] == [{"ServiceName": "billing"}]
+        intruding = billing.sh(f"{WITH_TOKEN} consul services register -name web -port 8080")
+        assert intruding.returncode != 0
+        assert "Permission denied" in intruding.stderr + intruding.stdout
+        assert billing.sh(f"{WITH_TOKEN} consul logout").returncode == 0
+
+        # An account named web, but in a namespace kubernetesAuthNamespaces does not list.
+        refused = outsider.sh(LOGIN)
+        assert refused.returncode != 0
+        assert "Permission denied" in refused.stderr + refused.stdout, refused.stderr
+    finally:
+        billing.delete()
+        outsider.delete()
+
+
+def test_a_login_token_expires_at_the_ttl_set(module_deployment, web_account):
+    """kubernetesAuthTokenTtl is 1m here: the token's expiry is its creation plus 60 s, and after
+    it the servers no longer know the token."""
+    assert web_account.sh(LOGIN).returncode == 0
+    status, token = token_self(web_account)
+    assert status == 0, token
+    created = datetime.datetime.fromisoformat(token["CreateTime"][:26].rstrip("Z"))
+    expires = datetime.datetime.fromisoformat(token["ExpirationTime"][:26].rstrip("Z"))
+    assert (expires - created).total_seconds() == pytest.approx(60, abs=1)
+    took = module_deployment.cluster.wait("the token expired", lambda: token_self(web_account)[0] != 0, 60 + 30)
+    print(f"\nbed: registration: the login token was refused {took:.1f} s after the login (TTL 60 s)")
+    assert "ACL not found" in token_self(web_account)[1]["error"]

@@ -33,12 +33,33 @@ TOKENS = {
     "service-web": ("5e1c0a11-0000-4000-8000-000000000020", "5e1c0a11-0000-4000-8000-0000000000f5"),
 }
 MARKER = token_marker("consul", "dc1")
+# The reviewer's token Secret as the cluster's token controller fills it: a test CA (certificate
+# only) and a token of the JWT form, which Consul takes as they are when the method is configured.
+CLUSTER_CA = """-----BEGIN CERTIFICATE-----
+MIIBNTCB3KADAgECAgEBMAoGCCqGSM49BAMCMBoxGDAWBgNVBAMMD3Rlc3QgY2x1
+c3RlciBDQTAeFw0yNjAxMDEwMDAwMDBaFw0zNTEyMzAwMDAwMDBaMBoxGDAWBgNV
+BAMMD3Rlc3QgY2x1c3RlciBDQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABJSC
+5kCEF2N76fvHyJtn7E0sY38qH6tU7LhgPPp19m0xcxvbgksblx4GnQGTbLZjU75Q
+QL6ac7/mIVSEUo66wkWjEzARMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwID
+SAAwRQIhANHxrjNmHBBwl7XECnS8mIbmwMt1fssVAU/m14ai29rpAiBGKvyWCYyt
+YiN1e89+vgsz9RBOKBxcBkXOChcbrHts8w==
+-----END CERTIFICATE-----
+"""
+REVIEWER_JWT = (
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6Y29uc3VsOmNvbnN1bC1hdXRoLW1ldGhvZCJ9.c2lnbmF0dXJl"
+)
+AUTH_TTL = "15m0s"
+AUTH_SELECTOR = 'serviceaccount.namespace == "apps"'
 
 
-def job_environment(address: str, tokens_dir: Path, retry_seconds: int = 5) -> dict[str, str]:
-    """The ACL Job's environment for a 3-server stack with serviceTokens [web], and its Secret's
-    files written to `tokens_dir`."""
+def job_environment(address: str, tokens_dir: Path, retry_seconds: int = 5, auth: bool = False) -> dict[str, str]:
+    """The ACL Job's environment for a 3-server stack with serviceTokens [web] (and with
+    kubernetesAuth, when `auth`: TTL 15m, namespace apps), its Secrets' files written under `tokens_dir`."""
     tokens_dir.mkdir(parents=True, exist_ok=True)
+    auth_dir = tokens_dir / "auth-method"
+    auth_dir.mkdir(exist_ok=True)
+    (auth_dir / "token").write_text(REVIEWER_JWT)
+    (auth_dir / "ca.crt").write_text(CLUSTER_CA)
     (tokens_dir / "management").write_text(MANAGEMENT_SECRET)
     for key, (_, secret) in TOKENS.items():
         (tokens_dir / key).write_text(secret)
@@ -67,13 +88,21 @@ def job_environment(address: str, tokens_dir: Path, retry_seconds: int = 5) -> d
         "SNAPSHOT_RULES": "",
         "MIN_QUORUM": "2",
         "ACL_RETRY_SECONDS": str(retry_seconds),
+        "AUTH_METHOD": "kubernetes" if auth else "",
+        "AUTH_TTL": AUTH_TTL if auth else "",
+        "AUTH_SELECTOR": AUTH_SELECTOR if auth else "",
+        "KUBERNETES_HOST": "https://kubernetes.default.svc",
+        "AUTH_DIR": str(auth_dir),
+        "AUTH_SECRET": "consul-auth-method",
     }
 
 
-def run_job(address: str, tokens_dir: Path, retry_seconds: int = 5, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_job(
+    address: str, tokens_dir: Path, retry_seconds: int = 5, timeout: float = 60, auth: bool = False
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["sh", "-ec", BOOTSTRAP_SCRIPT],
-        env=job_environment(address, tokens_dir, retry_seconds),
+        env=job_environment(address, tokens_dir, retry_seconds, auth),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -82,7 +111,8 @@ def run_job(address: str, tokens_dir: Path, retry_seconds: int = 5, timeout: flo
 
 
 def recorded(state: str) -> dict[str, Any]:
-    """What Consul answered in `state` ("fresh" or "reconciled"): GET path -> parsed JSON."""
+    """What Consul answered in `state` ("fresh", "reconciled", or "with-auth-method": reconciled
+    with kubernetesAuth on): GET path -> parsed JSON."""
     answers: dict[str, Any] = json.loads((RECORDED / f"{state}.json").read_text())
     return answers
 

@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from acl_job import MANAGEMENT_SECRET, MARKER, TOKENS, RecordedConsul, recorded, run_job
+from acl_job import AUTH_SELECTOR, AUTH_TTL, CLUSTER_CA, MANAGEMENT_SECRET, MARKER, REVIEWER_JWT, TOKENS, RecordedConsul, recorded, run_job
 
 from consul.acl_bootstrap import ANONYMOUS_TOKEN_ID
 
@@ -115,3 +115,64 @@ def test_a_refused_write_stops_the_job_with_consul_s_own_message(tmp_path):
     assert consul.writes() == [("PUT", "/v1/acl/policy"), ("PUT", "/v1/acl/token")]
     assert "ERROR: PUT /v1/acl/token: Invalid Token: AccessorID is already in use" in job.stderr
     assert all(secret not in job.stdout + job.stderr for _, secret in TOKENS.values())
+
+
+AUTH_METHOD = "/v1/acl/auth-method/kubernetes"
+BINDING_RULES = "/v1/acl/binding-rules?authmethod=kubernetes"
+
+
+def test_kubernetes_auth_makes_the_method_with_the_reviewer_s_token_and_one_binding_rule(tmp_path):
+    with RecordedConsul(recorded("reconciled")) as consul:
+        job = run_job(consul.address, tmp_path, auth=True)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == [("PUT", "/v1/acl/auth-method"), ("PUT", "/v1/acl/binding-rule")]
+    method, rule = (json.loads(r.body) for r in consul.requests if r.method == "PUT")
+    assert method == {
+        "Name": "kubernetes",
+        "Type": "kubernetes",
+        "Description": f"{MARKER}Kubernetes service accounts",
+        "MaxTokenTTL": AUTH_TTL,
+        "Config": {"Host": "https://kubernetes.default.svc", "CACert": CLUSTER_CA, "ServiceAccountJWT": REVIEWER_JWT},
+    }
+    assert rule == {
+        "AuthMethod": "kubernetes",
+        "Description": f"{MARKER}a service account gets the service identity of its name",
+        "BindType": "service",
+        "BindName": "${serviceaccount.name}",
+        "Selector": AUTH_SELECTOR,
+    }
+    assert REVIEWER_JWT not in job.stdout + job.stderr
+
+
+def test_kubernetes_auth_as_declared_is_left_as_it_is(tmp_path):
+    with RecordedConsul(recorded("with-auth-method")) as consul:
+        job = run_job(consul.address, tmp_path, auth=True)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == []
+
+
+def test_a_changed_namespace_list_updates_the_binding_rule_in_place(tmp_path):
+    answers = recorded("with-auth-method")
+    rule = answers[BINDING_RULES][0]
+    rule["Selector"] = 'serviceaccount.namespace == "old"'
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path, auth=True)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == [("PUT", f"/v1/acl/binding-rule/{rule['ID']}")]
+    assert json.loads(next(r.body for r in consul.requests if r.method == "PUT"))["Selector"] == AUTH_SELECTOR
+
+
+def test_a_new_reviewer_token_updates_the_method(tmp_path):
+    answers = recorded("with-auth-method")
+    answers[AUTH_METHOD]["Config"]["ServiceAccountJWT"] = "eyJvbGQifQ.eyJvbGQifQ.b2xk"
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path, auth=True)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == [("PUT", AUTH_METHOD)]
+
+
+def test_kubernetes_auth_turned_off_deletes_the_method_it_made(tmp_path):
+    with RecordedConsul(recorded("with-auth-method")) as consul:
+        job = run_job(consul.address, tmp_path)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == [("DELETE", AUTH_METHOD)]

@@ -297,7 +297,8 @@ def test_acls_bootstrap_job(secure):
     servers = secure.one("StatefulSet", "consul-server")["spec"]["template"]["metadata"]["annotations"]
     checksum = "consul.hashicorp.com/secrets-checksum"
     assert job["spec"]["template"]["metadata"]["annotations"] == {checksum: servers[checksum]}
-    assert "consul acl" not in script and "consul operator" not in script
+    assert "consul acl" not in script
+    assert "consul operator" not in script
 
 
 def test_acls_off(insecure):
