@@ -34,6 +34,8 @@ service_prefix "" { policy = "read" }
 # `consul snapshot save` and `restore` need acl write (the docs' "management"): nothing narrower
 # exists, so the snapshot token holds this and nothing else.
 SNAPSHOT_POLICY_RULES = 'acl = "write"\n'
+# /v1/agent/metrics asks for agent:read on the agent's own node; nothing else.
+METRICS_POLICY_RULES = 'agent_prefix "" { policy = "read" }\n'
 ANONYMOUS_TOKEN_ID = "00000000-0000-0000-0000-000000000002"
 
 
@@ -144,6 +146,10 @@ done
 for pair in $SERVICE_TOKENS; do
   token "${pair#*=}" "service-${pair%%=*}" "service token of ${pair%%=*}" "{\"ServiceIdentities\": [{\"ServiceName\": \"${pair%%=*}\"}]}"
 done
+if [ -n "$METRICS_ACCESSOR" ]; then
+  policy consul-metrics "Metrics scrapers: /v1/agent/metrics of every agent" "$METRICS_RULES"
+  token "$METRICS_ACCESSOR" metrics "metrics token" '{"Policies": [{"Name": "consul-metrics"}]}'
+fi
 if [ -n "$SNAPSHOT_ACCESSOR" ]; then
   policy consul-snapshot "Consul snapshots: save and restore need acl write" "$SNAPSHOT_RULES"
   token "$SNAPSHOT_ACCESSOR" snapshot "snapshot token" '{"Policies": [{"Name": "consul-snapshot"}]}'
@@ -298,6 +304,8 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             SERVICE_TOKENS=pairs(args.tokens.services),
             SNAPSHOT_ACCESSOR=args.tokens.snapshot_accessor or "",
             SNAPSHOT_RULES=SNAPSHOT_POLICY_RULES,
+            METRICS_ACCESSOR=args.tokens.metrics_accessor or "",
+            METRICS_RULES=METRICS_POLICY_RULES,
             MIN_QUORUM=str(cfg.min_quorum(len(args.tokens.server_agents))),
         )
         pod.mount_secret("tokens", args.tokens.secret_name, TOKENS_DIR)

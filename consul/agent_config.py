@@ -45,6 +45,13 @@ SERF_WAN_PORT = 8302
 DNS_PORT = 8600
 
 
+# Every agent serves its metrics in Prometheus format at /v1/agent/metrics?format=prometheus (ACLs:
+# agent:read, the metrics token). The Prometheus sink drops a metric not updated within the
+# retention time (a leader's autopilot gauges stop with its leadership), except the gauges Consul
+# declares up front, such as the hourly certificate-expiry ones; 1 m is the official chart's.
+TELEMETRY = {"prometheus_retention_time": "1m", "disable_hostname": True}
+
+
 def quorum(servers: int) -> int:
     """A majority of `servers`: how many voters a cluster of that size needs to elect and commit."""
     return servers // 2 + 1
@@ -165,6 +172,7 @@ def _agent(cluster: ClusterSpec, *, server: bool) -> dict[str, Any]:
         "client_addr": "0.0.0.0",
         "leave_on_terminate": True,
         "disable_update_check": True,
+        "telemetry": TELEMETRY,
     }
 
 

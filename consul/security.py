@@ -59,6 +59,8 @@ class AclTokenIds:
     services: (service name, accessor ID): one token per ``serviceTokens`` entry, with that
         service's identity.
     snapshot_accessor: the snapshot CronJob's token (key ``snapshot``), when snapshots are on.
+    metrics_accessor: the metrics scrapers' token (key ``metrics``; policy ``consul-metrics``:
+        agent:read, what /v1/agent/metrics asks).
     """
 
     secret_name: pulumi.Input[str]
@@ -66,6 +68,7 @@ class AclTokenIds:
     client_agent_accessor: pulumi.Input[str]
     services: tuple[tuple[str, pulumi.Input[str]], ...] = ()
     snapshot_accessor: pulumi.Input[str] | None = None
+    metrics_accessor: pulumi.Input[str] | None = None
 
     @staticmethod
     def server_key(node: str) -> str:
@@ -78,7 +81,13 @@ class AclTokenIds:
 
 CLIENT_AGENT_KEY = "agent-client"
 SNAPSHOT_TOKEN_KEY = "snapshot"
+METRICS_TOKEN_KEY = "metrics"
 SERVICE_TOKEN_KEY = "token"
+
+
+def metrics_token_secret(instance: str) -> str:
+    """The Secret a metrics scraper reads its token from (key ``token``)."""
+    return f"{instance}-metrics-token"
 
 
 def service_token_secret(instance: str, service: str) -> str:
@@ -121,6 +130,7 @@ def acl_token_names(instance: str, spec: SecuritySpec, server_replicas: int) -> 
         *[AclTokenIds.server_key(node) for node in server_node_names(instance, server_replicas)],
         CLIENT_AGENT_KEY,
         *[AclTokenIds.service_key(service) for service in spec.service_tokens],
+        METRICS_TOKEN_KEY,
         *([SNAPSHOT_TOKEN_KEY] if spec.snapshot_token else []),
     ]
 
@@ -285,12 +295,14 @@ class ConsulSecurity(pulumi.ComponentResource):
             client_acl = secret(f"{name}-client-acl-config", {cfg.ACL_TOKENS_FILE_NAME: client_file}).metadata.name
             for service in spec.service_tokens:
                 secret(service_token_secret(name, service), {SERVICE_TOKEN_KEY: secret_id(AclTokenIds.service_key(service))})
+            secret(metrics_token_secret(name), {SERVICE_TOKEN_KEY: secret_id(METRICS_TOKEN_KEY)})
             self.acl_tokens = AclTokenIds(
                 secret_name=tokens.metadata.name,
                 server_agents=tuple((node, accessor_id(AclTokenIds.server_key(node))) for node in server_nodes),
                 client_agent_accessor=accessor_id(CLIENT_AGENT_KEY),
                 services=tuple((service, accessor_id(AclTokenIds.service_key(service))) for service in spec.service_tokens),
                 snapshot_accessor=accessor_id(SNAPSHOT_TOKEN_KEY) if spec.snapshot_token else None,
+                metrics_accessor=accessor_id(METRICS_TOKEN_KEY),
             )
             self.management_token = pulumi.Output.secret(management)
 

@@ -8,7 +8,9 @@ from the cluster's API (pods, claims, Jobs, events).
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -174,6 +176,55 @@ def follow_job_log(deployment, job: str) -> tuple[threading.Thread, list[str]]:
     thread = threading.Thread(target=follow, daemon=True, name=f"logs-{job}")
     thread.start()
     return thread, out
+
+
+METRICS = "/v1/agent/metrics?format=prometheus"
+
+
+def samples(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition: name (with its labels, if any) -> value."""
+    found = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-z_:]+(?:\{[^}]*\})?) (\S+)", line.strip())
+        if match:
+            found[match.group(1)] = float(match.group(2))
+    return found
+
+
+def sample(values: dict[str, float], name: str) -> float:
+    """The one sample of metric `name`, whatever its labels."""
+    found = [v for k, v in values.items() if k == name or k.startswith(name + "{")]
+    assert len(found) == 1, f"{name}: {found}"
+    return found[0]
+
+
+def test_every_agent_serves_prometheus_metrics_to_the_metrics_token_only(module_deployment, toolbox):
+    """The README's scrape: /v1/agent/metrics in Prometheus format with the token of Secret
+    consul-metrics-token; refused without it. The servers export their certificate's expiry (the
+    generated one lives 825 days; Consul sets it hourly, and it reads NaN until the first time),
+    the leader its autopilot health, Raft's indexes and the mesh CA's expiry."""
+    deployment = module_deployment
+    token = deployment.secret("consul-metrics-token")["token"]
+    leader = leader_seen(in_pod(deployment, "consul-server-0")).removesuffix(":8300")
+    for pod in deployment.pods("server"):
+        run = in_pod(deployment, pod["metadata"]["name"])
+        status, body = consul_http(run, "GET", f"{LOCAL_API}{METRICS}", token, bound=5)
+        assert status == 200, body[:200]
+        values = samples(body)
+        expiry = sample(values, "consul_agent_tls_cert_expiry")
+        print(f"\nbed: formation: {pod['metadata']['name']}: {len(values)} samples, consul_agent_tls_cert_expiry {expiry}")
+        assert math.isnan(expiry) or 820 < expiry / 86400 <= 825
+        assert sample(values, "consul_raft_last_index") > 0
+        if pod["status"]["podIP"] == leader:
+            assert sample(values, "consul_autopilot_healthy") == 1
+            root = sample(values, "consul_mesh_active_root_ca_expiry")
+            print(f"bed: formation: the leader: autopilot healthy, consul_mesh_active_root_ca_expiry {root}")
+        assert consul_http(run, "GET", f"{LOCAL_API}{METRICS}", bound=5)[0] == 403
+    agent = deployment.stack.outputs()["agentAddress"].value
+    status, body = consul_http(toolbox.sh, "GET", f"{agent}{METRICS}", token, bound=5)
+    assert status == 200, body[:200]
+    assert "consul_client_rpc" in body
+    assert consul_http(toolbox.sh, "GET", f"{agent}{METRICS}", bound=5)[0] == 403
 
 
 def test_the_acl_job_completes_and_a_second_run_changes_nothing(module_deployment):

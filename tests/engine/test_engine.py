@@ -38,7 +38,7 @@ EXPECTED = {
         "consul:index:ConsulGossipRotation": 1,
         "consul-keys:index:KeyMaterial": 1,
         "kubernetes:core/v1:Namespace": 1,
-        "kubernetes:core/v1:Secret": 6,
+        "kubernetes:core/v1:Secret": 7,
         "kubernetes:core/v1:ConfigMap": 3,
         "kubernetes:core/v1:ServiceAccount": 2,
         "kubernetes:core/v1:Service": 4,
@@ -85,7 +85,7 @@ def test_engine_second_run_changes_nothing(home):
     stack = run_stack.render_stack("dev", home / "twice", out)
     first = stack.up(color="never")
     assert first.summary.result == "succeeded"
-    assert len(list(out.rglob("*.yaml"))) == 23
+    assert len(list(out.rglob("*.yaml"))) == 24
     files = {p: p.read_text() for p in out.rglob("*.yaml")}
     again = run_stack.preview_json(stack)
     assert {step["op"] for step in again["steps"]} == {"same"}
@@ -126,7 +126,7 @@ def test_render_writes_each_stack_to_its_own_directory_and_removes_stale_files(h
     assert run_stack.tidy_rendered(run_stack.render_stack("dev", place, place / "rendered" / "dev"), place / "rendered" / "dev") == [stale]
     kustomization = yaml.safe_load((place / "rendered" / "dev" / "kustomization.yaml").read_text())
     assert kustomization["resources"][0] == "1-manifest/v1-namespace-default-consul-dev.yaml"
-    assert len(kustomization["resources"]) == 23
+    assert len(kustomization["resources"]) == 24
 
 
 def test_render_reads_the_stack_file_as_pulumi_does(home, tmp_path):

@@ -17,6 +17,7 @@ from consul.acl_bootstrap import (
     ANONYMOUS_TOKEN_ID,
     BOOTSTRAP_SCRIPT,
     DNS_POLICY_RULES,
+    METRICS_POLICY_RULES,
     RULES_VERSION,
     client_agent_rules,
     token_marker,
@@ -31,6 +32,7 @@ TOKENS = {
     "agent-consul-server-1": ("5e1c0a11-0000-4000-8000-000000000011", "5e1c0a11-0000-4000-8000-0000000000f3"),
     "agent-consul-server-2": ("5e1c0a11-0000-4000-8000-000000000012", "5e1c0a11-0000-4000-8000-0000000000f4"),
     "service-web": ("5e1c0a11-0000-4000-8000-000000000020", "5e1c0a11-0000-4000-8000-0000000000f5"),
+    "metrics": ("5e1c0a11-0000-4000-8000-000000000030", "5e1c0a11-0000-4000-8000-0000000000f6"),
 }
 MARKER = token_marker("consul", "dc1")
 # The reviewer's token Secret as the cluster's token controller fills it: a test CA (certificate
@@ -86,6 +88,8 @@ def job_environment(address: str, tokens_dir: Path, retry_seconds: int = 5, auth
         "SERVICE_TOKENS": f"web={TOKENS['service-web'][0]}",
         "SNAPSHOT_ACCESSOR": "",
         "SNAPSHOT_RULES": "",
+        "METRICS_ACCESSOR": TOKENS["metrics"][0],
+        "METRICS_RULES": METRICS_POLICY_RULES,
         "MIN_QUORUM": "2",
         "ACL_RETRY_SECONDS": str(retry_seconds),
         "AUTH_METHOD": "kubernetes" if auth else "",

@@ -35,6 +35,8 @@ def test_a_fresh_cluster_gets_every_policy_and_token(tmp_path):
         ("PUT", "/v1/acl/policy"),
         *[("PUT", "/v1/acl/token")] * 5,
         ("PUT", "/v1/acl/policy"),
+        ("PUT", "/v1/acl/token"),
+        ("PUT", "/v1/acl/policy"),
         ("PUT", f"/v1/acl/token/{ANONYMOUS_TOKEN_ID}"),
         ("PUT", "/v1/operator/autopilot/configuration"),
     ]
@@ -45,6 +47,7 @@ def test_a_fresh_cluster_gets_every_policy_and_token(tmp_path):
         f"{MARKER}agent token of the Consul clients",
         *[f"{MARKER}agent token of consul-server-{i}" for i in range(3)],
         f"{MARKER}service token of web",
+        f"{MARKER}metrics token",
     ]
     assert created[1]["NodeIdentities"] == [{"NodeName": "consul-server-0", "Datacenter": "dc1"}]
     assert created[4]["ServiceIdentities"] == [{"ServiceName": "web"}]

@@ -248,8 +248,8 @@ def test_acls_every_server_has_its_own_agent_token_and_no_agent_the_management_o
     nodes = [f"consul-server-{i}" for i in range(3)]
     assert servers == {f"{n}.json": {"initial_management": tokens["management"], "agent": tokens[f"agent-{n}"]} for n in nodes}
     assert client == {"agent": tokens["agent-client"]}
-    assert sorted(tokens) == ["agent-client", *[f"agent-{n}" for n in nodes], "management"]
-    assert len(set(tokens.values())) == 5
+    assert sorted(tokens) == ["agent-client", *[f"agent-{n}" for n in nodes], "management", "metrics"]
+    assert len(set(tokens.values())) == 6
     assert secure.outputs["aclManagementToken"] == tokens["management"]
 
 
@@ -374,7 +374,7 @@ def test_generated_material_is_one_resource_with_secret_outputs(secure):
     generated_ = {d.name: d.secret_outputs for d in secure.declared if d.typ == generated.RESOURCE_TYPE}
     assert generated_ == {"consul-key-material": ["gossip_key", "ca_key_pem", "server_key_pem", "token_secrets", "brought_ca"]}
     (material,) = [d for d in secure.declared if d.typ == generated.RESOURCE_TYPE]
-    assert material.inputs["tokens"] == ["management", *[f"agent-consul-server-{i}" for i in range(3)], "agent-client"]
+    assert material.inputs["tokens"] == ["management", *[f"agent-consul-server-{i}" for i in range(3)], "agent-client", "metrics"]
 
 
 def test_repo_holds_no_key_material():
@@ -475,7 +475,7 @@ def test_property_any_mix_of_switches_gives_valid_consistent_objects(gossip, tls
     assert {d.name for d in rendered.of_kind("Secret")} == {
         *(["consul-gossip"] if gossip else []),
         *(["consul-ca-cert", "consul-server-cert"] if tls else []),
-        *(["consul-acl-tokens", "consul-server-acl-config", "consul-client-acl-config"] if acls else []),
+        *(["consul-acl-tokens", "consul-server-acl-config", "consul-client-acl-config", "consul-metrics-token"] if acls else []),
     }
 
 
