@@ -117,6 +117,10 @@ policy() {
 }
 tokens=$(api GET /v1/acl/tokens)
 declared=""
+# What a token grants, as /v1/acl/tokens lists it and as a request body states it: the description,
+# and the names of its policies and identities (a listing gives policies their IDs too).
+GRANTS='{d: (.Description // ""), p: ([.Policies[]?.Name] | sort), s: ([.ServiceIdentities[]?.ServiceName] | sort),
+  n: ([.NodeIdentities[]? | .NodeName + "@" + .Datacenter] | sort), r: ([.Roles[]?.Name] | sort)}'
 # token ACCESSOR KEY DESCRIPTION GRANTS: creates the token, or brings its description and grants up
 # to date. A new token's SecretID goes from the Secret's file (jq --rawfile) into the request body
 # on curl's standard input (PUT /v1/acl/token); GRANTS is the rest of the body (policies or
@@ -124,16 +128,16 @@ declared=""
 token() {
   accessor=$1 key=$2 description="$MARKER$3" grants=$4
   declared="$declared $accessor"
-  current=$(printf '%s\n' "$tokens" | jq -r --arg accessor "$accessor" '.[] | select(.AccessorID == $accessor) | "found: " + .Description')
+  body=$(jq -n --arg accessor "$accessor" --arg description "$description" --argjson grants "$grants" \
+    '{AccessorID: $accessor, Description: $description} + $grants')
+  current=$(printf '%s\n' "$tokens" | jq -c --arg accessor "$accessor" ".[] | select(.AccessorID == \$accessor) | $GRANTS")
   if [ -z "$current" ]; then
     jq -n --arg accessor "$accessor" --rawfile secret "$TOKENS_DIR/$key" --arg description "$description" --argjson grants "$grants" \
       '{AccessorID: $accessor, SecretID: ($secret | rtrimstr("\n")), Description: $description} + $grants' |
       api PUT /v1/acl/token --data-binary @- >/dev/null
     echo "created $description ($accessor)"
-  elif [ "$current" != "found: $description" ]; then
-    jq -n --arg accessor "$accessor" --arg description "$description" --argjson grants "$grants" \
-      '{AccessorID: $accessor, Description: $description} + $grants' |
-      api PUT "/v1/acl/token/$accessor" --data-binary @- >/dev/null
+  elif [ "$current" != "$(printf '%s\n' "$body" | jq -c "$GRANTS")" ]; then
+    printf '%s\n' "$body" | api PUT "/v1/acl/token/$accessor" --data-binary @- >/dev/null
     echo "updated $description ($accessor)"
   fi
 }
@@ -154,30 +158,57 @@ if [ -n "$SNAPSHOT_ACCESSOR" ]; then
   policy consul-snapshot "Consul snapshots: save and restore need acl write" "$SNAPSHOT_RULES"
   token "$SNAPSHOT_ACCESSOR" snapshot "snapshot token" '{"Policies": [{"Name": "consul-snapshot"}]}'
 fi
-# Revocation: what this Job made (marked; unmarked in its versions before the mark, with these
-# exact descriptions) and the stack no longer declares.
-printf '%s\n' "$tokens" | jq -r --arg marker "$MARKER" --arg declared "$declared" '
+# Revocation of what this Job made and the stack no longer declares: tokens marked as its own, and
+# the unmarked ones of its versions before the mark, known by their exact description *and* grants
+# (a server's node identity in this datacenter, a service identity, the snapshot policy), so a
+# token someone made by hand is never taken for one of them. Each list is made first (a jq error
+# stops the Job), then acted on.
+revoke=$(printf '%s\n' "$tokens" | jq -r --arg marker "$MARKER" --arg declared "$declared" --arg dc "$DATACENTER" '
   ($declared | split(" ")) as $keep
   | .[]
-  | select((.Description | startswith($marker)) or (.Description | test("^(agent token of |service token of )|^snapshot token$")))
+  | (.Description // "") as $d
+  | {d: $d, p: [.Policies[]?.Name], s: [.ServiceIdentities[]?.ServiceName], n: [.NodeIdentities[]? | [.NodeName, .Datacenter]], r: [.Roles[]?]} as $g
+  | select(($d | startswith($marker))
+      or ($g.p == [] and $g.s == [] and $g.r == [] and $g.n == [[($d | ltrimstr("agent token of ")), $dc]] and ($d | startswith("agent token of ")))
+      or ($g.p == [] and $g.n == [] and $g.r == [] and $g.s == [($d | ltrimstr("service token of "))] and ($d | startswith("service token of ")))
+      or ($d == "snapshot token" and $g.p == ["consul-snapshot"] and $g.s == [] and $g.n == [] and $g.r == []))
   | select(.AccessorID as $id | $keep | index($id) | not)
-  | .AccessorID + " " + .Description' |
-  while read -r accessor description; do
+  | .AccessorID + " " + $d')
+if [ -n "$revoke" ]; then
+  printf '%s\n' "$revoke" | while read -r accessor description; do
     api DELETE "/v1/acl/token/$accessor" >/dev/null
     echo "revoked $description ($accessor): the stack no longer declares it"
   done
-printf '%s\n' "$tokens" | jq -r --arg self "$self" \
-  '.[] | select(.Description == "Initial Management Token" or .Description == "Master Token") | select(.AccessorID != $self) | .AccessorID' |
-  while read -r accessor; do
-    api DELETE "/v1/acl/token/$accessor" >/dev/null
-    echo "revoked an earlier management token ($accessor): the servers now carry this stack's"
-  done
+fi
+# Earlier management tokens: the servers make one from their initial_management at elections, so
+# an old one is revoked only once every server carries this stack's token, which a roll that has
+# not reached every server (serverUpdatePartition above 0) does not give.
+if [ "$ALL_SERVERS_UPDATED" = true ]; then
+  earlier=$(printf '%s\n' "$tokens" | jq -r --arg self "$self" \
+    '.[] | select(.Description == "Initial Management Token" or .Description == "Master Token") | select(.AccessorID != $self) | .AccessorID')
+  if [ -n "$earlier" ]; then
+    printf '%s\n' "$earlier" | while read -r accessor; do
+      api DELETE "/v1/acl/token/$accessor" >/dev/null
+      echo "revoked an earlier management token ($accessor): every server now carries this stack's"
+    done
+  fi
+else
+  echo "earlier management tokens are kept while serverUpdatePartition holds servers back: the last step revokes them"
+fi
 # The kubernetes auth method ($AUTH_METHOD, when on): Consul checks a login's service-account
 # token with the reviewer's (from its mounted Secret, into the body with jq --rawfile) and binds
 # the account to the service identity of its name. Turned off, the method it made is deleted, and
-# with it its binding rules and every token a login made.
+# with it its binding rules and every token a login made. A method of that name it did not make
+# is left alone, and the Job fails saying so.
 methods=$(api GET /v1/acl/auth-methods)
 if [ -n "$AUTH_METHOD" ]; then
+  theirs=$(printf '%s\n' "$methods" | jq -r --arg name "$AUTH_METHOD" --arg marker "$MARKER" \
+    '.[] | select(.Name == $name) | select((.Description // "") | startswith($marker) | not) | .Name')
+  if [ -n "$theirs" ]; then
+    echo "ERROR: Consul has an auth method named $AUTH_METHOD that this stack did not make; it is left as it is." >&2
+    echo "Fix: delete or rename it ('consul acl auth-method delete -name $AUTH_METHOD'), or turn consul:kubernetesAuth off, and run 'pulumi up'." >&2
+    exit 1
+  fi
   until [ -s "$AUTH_DIR/token" ] && [ -s "$AUTH_DIR/ca.crt" ]; do
     echo "waiting for the cluster's token controller to fill Secret $AUTH_SECRET"
     sleep "${ACL_RETRY_SECONDS:-5}"
@@ -188,33 +219,42 @@ if [ -n "$AUTH_METHOD" ]; then
   if ! printf '%s\n' "$methods" | jq -e --arg name "$AUTH_METHOD" 'any(.[]; .Name == $name)' >/dev/null; then
     printf '%s\n' "$wanted" | api PUT /v1/acl/auth-method --data-binary @- >/dev/null
     echo "created auth method $AUTH_METHOD"
-  elif ! { api GET "/v1/acl/auth-method/$AUTH_METHOD"; printf '%s\n' "$wanted"; } | jq -s -e \
-    '[.[] | [.Description, .MaxTokenTTL, .Config.Host, .Config.CACert, .Config.ServiceAccountJWT]] | length == 2 and .[0] == .[1]' >/dev/null; then
-    printf '%s\n' "$wanted" | api PUT "/v1/acl/auth-method/$AUTH_METHOD" --data-binary @- >/dev/null
-    echo "updated auth method $AUTH_METHOD"
+  else
+    have=$(api GET "/v1/acl/auth-method/$AUTH_METHOD")
+    if ! printf '%s\n%s\n' "$have" "$wanted" | jq -s -e \
+      '[.[] | [.Description, .MaxTokenTTL, .Config.Host, .Config.CACert, .Config.ServiceAccountJWT]] | .[0] == .[1]' >/dev/null; then
+      printf '%s\n' "$wanted" | api PUT "/v1/acl/auth-method/$AUTH_METHOD" --data-binary @- >/dev/null
+      echo "updated auth method $AUTH_METHOD"
+    fi
   fi
   rule=$(jq -n --arg method "$AUTH_METHOD" --arg description "${MARKER}a service account gets the service identity of its name" --arg selector "$AUTH_SELECTOR" \
     '{AuthMethod: $method, Description: $description, BindType: "service", BindName: "${serviceaccount.name}", Selector: $selector}')
-  marked=$(api GET "/v1/acl/binding-rules?authmethod=$AUTH_METHOD" | jq -c --arg marker "$MARKER" '[.[] | select(.Description | startswith($marker))]')
+  rules=$(api GET "/v1/acl/binding-rules?authmethod=$AUTH_METHOD")
+  marked=$(printf '%s\n' "$rules" | jq -c --arg marker "$MARKER" '[.[] | select((.Description // "") | startswith($marker))]')
   id=$(printf '%s\n' "$marked" | jq -r '.[0].ID // ""')
   if [ -z "$id" ]; then
     printf '%s\n' "$rule" | api PUT /v1/acl/binding-rule --data-binary @- >/dev/null
-    echo "created binding rule of $AUTH_METHOD: ${AUTH_SELECTOR:-any namespace}"
+    echo "created binding rule of $AUTH_METHOD: $AUTH_SELECTOR"
   elif ! printf '%s\n%s\n' "$marked" "$rule" | jq -s -e \
     '(.[0][0] | [.Description, .BindType, .BindName, (.Selector // "")]) == (.[1] | [.Description, .BindType, .BindName, .Selector])' >/dev/null; then
     printf '%s\n' "$rule" | jq --arg id "$id" '. + {ID: $id}' | api PUT "/v1/acl/binding-rule/$id" --data-binary @- >/dev/null
-    echo "updated binding rule of $AUTH_METHOD: ${AUTH_SELECTOR:-any namespace}"
+    echo "updated binding rule of $AUTH_METHOD: $AUTH_SELECTOR"
   fi
-  printf '%s\n' "$marked" | jq -r '.[1:][] | .ID' | while read -r extra; do
-    api DELETE "/v1/acl/binding-rule/$extra" >/dev/null
-    echo "deleted a second binding rule of $AUTH_METHOD ($extra)"
-  done
+  extra=$(printf '%s\n' "$marked" | jq -r '.[1:][] | .ID')
+  if [ -n "$extra" ]; then
+    printf '%s\n' "$extra" | while read -r rule_id; do
+      api DELETE "/v1/acl/binding-rule/$rule_id" >/dev/null
+      echo "deleted a second binding rule of $AUTH_METHOD ($rule_id)"
+    done
+  fi
 else
-  printf '%s\n' "$methods" | jq -r --arg marker "$MARKER" '.[] | select(.Description | startswith($marker)) | .Name' |
-    while read -r name; do
+  ours=$(printf '%s\n' "$methods" | jq -r --arg marker "$MARKER" '.[] | select((.Description // "") | startswith($marker)) | .Name')
+  if [ -n "$ours" ]; then
+    printf '%s\n' "$ours" | while read -r name; do
       api DELETE "/v1/acl/auth-method/$name" >/dev/null
       echo "deleted auth method $name, its binding rules and its logins' tokens: consul:kubernetesAuth is off"
     done
+  fi
 fi
 policy consul-dns "Consul DNS for the anonymous token: read nodes and services" "$DNS_RULES"
 anonymous=$(api GET "/v1/acl/token/$ANONYMOUS_TOKEN")
@@ -255,6 +295,9 @@ class ConsulAclBootstrapArgs:
         (default: None).
     reviewer_secret: the reviewer's token Secret (``ConsulKubernetesAuth.reviewer_secret``),
         required with ``kubernetes_auth``.
+    all_servers_updated: False while ``serverUpdatePartition`` holds servers back on their old pod
+        template (and their old management token): earlier management tokens are kept until the
+        last step (default: True).
     cluster: the image to run the consul CLI from (default: see :class:`~consul.model.ClusterSpec`).
     """
 
@@ -265,6 +308,7 @@ class ConsulAclBootstrapArgs:
     secrets_checksum: pulumi.Input[str] | None = None
     kubernetes_auth: KubernetesAuthSpec | None = None
     reviewer_secret: pulumi.Input[str] | None = None
+    all_servers_updated: bool = True
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
 
 
@@ -296,6 +340,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             MANAGEMENT_KEY=MANAGEMENT_TOKEN_KEY,
             RULES_VERSION=RULES_VERSION,
             MARKER=token_marker(name, args.cluster.datacenter),
+            ALL_SERVERS_UPDATED="true" if args.all_servers_updated else "false",
             CLIENT_AGENT_RULES=client_agent_rules(f"{name}-server-"),
             DNS_RULES=DNS_POLICY_RULES,
             ANONYMOUS_TOKEN=ANONYMOUS_TOKEN_ID,

@@ -54,7 +54,9 @@ AUTH_TTL = "15m0s"
 AUTH_SELECTOR = 'serviceaccount.namespace == "apps"'
 
 
-def job_environment(address: str, tokens_dir: Path, retry_seconds: int = 5, auth: bool = False) -> dict[str, str]:
+def job_environment(
+    address: str, tokens_dir: Path, retry_seconds: int = 5, auth: bool = False, all_servers_updated: bool = True
+) -> dict[str, str]:
     """The ACL Job's environment for a 3-server stack with serviceTokens [web] (and with
     kubernetesAuth, when `auth`: TTL 15m, namespace apps), its Secrets' files written under `tokens_dir`."""
     tokens_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,7 @@ def job_environment(address: str, tokens_dir: Path, retry_seconds: int = 5, auth
         "MANAGEMENT_KEY": "management",
         "RULES_VERSION": RULES_VERSION,
         "MARKER": MARKER,
+        "ALL_SERVERS_UPDATED": "true" if all_servers_updated else "false",
         "CLIENT_AGENT_RULES": client_agent_rules("consul-server-"),
         "DNS_RULES": DNS_POLICY_RULES,
         "ANONYMOUS_TOKEN": ANONYMOUS_TOKEN_ID,
@@ -102,11 +105,11 @@ def job_environment(address: str, tokens_dir: Path, retry_seconds: int = 5, auth
 
 
 def run_job(
-    address: str, tokens_dir: Path, retry_seconds: int = 5, timeout: float = 60, auth: bool = False
+    address: str, tokens_dir: Path, retry_seconds: int = 5, timeout: float = 60, auth: bool = False, all_servers_updated: bool = True
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["sh", "-ec", BOOTSTRAP_SCRIPT],
-        env=job_environment(address, tokens_dir, retry_seconds, auth),
+        env=job_environment(address, tokens_dir, retry_seconds, auth, all_servers_updated),
         capture_output=True,
         text=True,
         timeout=timeout,

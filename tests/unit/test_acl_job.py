@@ -20,10 +20,12 @@ pytestmark = pytest.mark.skipif(
 TOKENS_LIST = "/v1/acl/tokens"
 
 
-def stub_token(accessor: str, description: str) -> dict[str, object]:
-    """A token as /v1/acl/tokens lists it, in the shape of the recorded ones."""
+def stub_token(accessor: str, description: str, **grants: object) -> dict[str, object]:
+    """A token as /v1/acl/tokens lists it, in the shape of the recorded ones, with only `grants`."""
     token = copy.deepcopy(recorded("reconciled")[TOKENS_LIST][0])
-    token.update(AccessorID=accessor, Description=description)
+    for key in ("Policies", "ServiceIdentities", "NodeIdentities", "Roles"):
+        token.pop(key, None)
+    token.update(AccessorID=accessor, Description=description, **grants)
     return token
 
 
@@ -64,21 +66,85 @@ def test_a_cluster_in_the_declared_state_is_left_as_it_is(tmp_path):
 
 
 def test_tokens_the_stack_no_longer_declares_are_revoked_and_no_other(tmp_path):
+    """Revoked: a marked token no longer declared, the unmarked ones of earlier versions with their
+    exact description and grants, an earlier management token. Kept: the Job's own management
+    token, another datacenter's marked token, and tokens made by hand, whatever their description."""
     answers = recorded("reconciled")
     self_accessor = answers["/v1/acl/token/self"]["AccessorID"]
-    answers[TOKENS_LIST] += [
-        stub_token("0b5e0e7e-0000-4000-8000-000000000001", f"{MARKER}service token of billing"),
-        stub_token("0b5e0e7e-0000-4000-8000-000000000002", "agent token of consul-server-3"),
-        stub_token("0b5e0e7e-0000-4000-8000-000000000003", "Initial Management Token"),
-        stub_token("0b5e0e7e-0000-4000-8000-000000000004", "[consul dc2] service token of billing"),
-        stub_token("0b5e0e7e-0000-4000-8000-000000000005", "a token of the deploy pipeline"),
+    management = [{"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}]
+    gone = [
+        stub_token(
+            "0b5e0e7e-0000-4000-8000-000000000001", f"{MARKER}service token of billing", ServiceIdentities=[{"ServiceName": "billing"}]
+        ),
+        stub_token(
+            "0b5e0e7e-0000-4000-8000-000000000002",
+            "agent token of consul-server-3",
+            NodeIdentities=[{"NodeName": "consul-server-3", "Datacenter": "dc1"}],
+        ),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000003", "service token of billing", ServiceIdentities=[{"ServiceName": "billing"}]),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000004", "Initial Management Token", Policies=management),
     ]
+    kept = [
+        stub_token(
+            "0b5e0e7e-0000-4000-8000-000000000011", "[consul dc2] service token of billing", ServiceIdentities=[{"ServiceName": "billing"}]
+        ),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000012", "a token of the deploy pipeline", Policies=management),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000013", "snapshot token", Policies=management),
+        stub_token(
+            "0b5e0e7e-0000-4000-8000-000000000014",
+            "agent token of consul-server-3",
+            NodeIdentities=[{"NodeName": "consul-server-3", "Datacenter": "dc2"}],
+        ),
+        stub_token("0b5e0e7e-0000-4000-8000-000000000015", "service token of billing", ServiceIdentities=[{"ServiceName": "web"}]),
+    ]
+    answers[TOKENS_LIST] += gone + kept
     with RecordedConsul(answers) as consul:
         job = run_job(consul.address, tmp_path)
     assert job.returncode == 0, job.stderr
-    assert consul.writes() == [("DELETE", f"/v1/acl/token/0b5e0e7e-0000-4000-8000-00000000000{i}") for i in (1, 2, 3)]
+    assert consul.writes() == [("DELETE", f"/v1/acl/token/{t['AccessorID']}") for t in gone]
     assert self_accessor not in {path.rsplit("/", 1)[-1] for _, path in consul.writes()}
     assert "revoked [consul dc1] service token of billing (0b5e0e7e-0000-4000-8000-000000000001)" in job.stdout
+
+
+def test_earlier_management_tokens_are_kept_while_a_partition_holds_servers_back(tmp_path):
+    answers = recorded("reconciled")
+    management = [{"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}]
+    answers[TOKENS_LIST] += [stub_token("0b5e0e7e-0000-4000-8000-000000000004", "Initial Management Token", Policies=management)]
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path, all_servers_updated=False)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == []
+    assert "earlier management tokens are kept while serverUpdatePartition holds servers back" in job.stdout
+
+
+def test_grants_changed_by_hand_are_put_back(tmp_path):
+    answers = recorded("reconciled")
+    web = TOKENS["service-web"][0]
+    for token in answers[TOKENS_LIST]:
+        if token["AccessorID"] == web:
+            token["Policies"] = [{"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}]
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path)
+    assert job.returncode == 0, job.stderr
+    assert consul.writes() == [("PUT", f"/v1/acl/token/{web}")]
+    assert json.loads(next(r.body for r in consul.requests if r.method == "PUT")) == {
+        "AccessorID": web,
+        "Description": f"{MARKER}service token of web",
+        "ServiceIdentities": [{"ServiceName": "web"}],
+    }
+
+
+def test_an_auth_method_of_the_same_name_made_by_someone_else_is_left_alone(tmp_path):
+    answers = recorded("with-auth-method")
+    answers["/v1/acl/auth-methods"][0]["Description"] = "the platform team's"
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path, auth=True)
+    assert job.returncode == 1
+    assert consul.writes() == []
+    assert "Consul has an auth method named kubernetes that this stack did not make" in job.stderr
+    with RecordedConsul(answers) as consul:
+        assert run_job(consul.address, tmp_path).returncode == 0
+    assert consul.writes() == []
 
 
 def test_a_token_of_an_earlier_version_gets_its_mark_and_keeps_its_secret(tmp_path):
