@@ -172,7 +172,7 @@ class KubernetesAuthSpec:
     Consul token with the service identity of the account's name.
 
     token_ttl: how long a login's token lives, as Go prints a duration ("1h0m0s"; 1m to 24h).
-    namespaces: the namespaces whose service accounts may log in (empty: any).
+    namespaces: the namespaces whose service accounts may log in (empty: any, set as ``["*"]``).
     """
 
     token_ttl: str = "1h0m0s"

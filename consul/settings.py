@@ -547,6 +547,7 @@ def _service_tokens(reader: _Reader, acls: bool) -> tuple[str, ...]:
     return tuple(values)
 
 
+ANY_NAMESPACE = "*"
 _GO_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 # What Consul accepts as an auth method's MaxTokenTTL (acl.token_min_expiration_ttl and
 # token_max_expiration_ttl at their defaults).
@@ -564,18 +565,28 @@ def _kubernetes_auth(reader: _Reader, acls: bool) -> KubernetesAuthSpec | None:
         raise SettingsError(
             "kubernetesAuthTokenTtl", ttl_text, 'must be a duration from 1m to 24h, such as "1h" or "15m" (Consul\'s bounds)'
         )
-    for value in namespaces:
+    any_namespace = namespaces == [ANY_NAMESPACE]
+    for value in [] if any_namespace else namespaces:
         if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.fullmatch(value):
-            raise SettingsError("kubernetesAuthNamespaces", namespaces, f"each entry must be a namespace name (got {_show(value)})")
+            raise SettingsError(
+                "kubernetesAuthNamespaces", namespaces, f'each entry must be a namespace name, or the list just ["*"] (got {_show(value)})'
+            )
     if not enabled:
         if namespaces:
             raise SettingsError("kubernetesAuthNamespaces", namespaces, "must be empty when consul:kubernetesAuth is false")
         return None
     if not acls:
         raise SettingsError("kubernetesAuth", True, "needs consul:acls (the auth method hands out ACL tokens)")
+    if not namespaces:
+        raise SettingsError(
+            "kubernetesAuthNamespaces",
+            namespaces,
+            'must list the namespaces whose service accounts may log in with consul:kubernetesAuth (or be ["*"] for every '
+            "namespace: then whoever may create a ServiceAccount named like a service anywhere may write that service)",
+        )
     hours, rest = divmod(seconds, 3600)
     go_duration = f"{hours}h{rest // 60}m{rest % 60}s" if hours else f"{rest // 60}m{rest % 60}s"
-    return KubernetesAuthSpec(token_ttl=go_duration, namespaces=tuple(namespaces))
+    return KubernetesAuthSpec(token_ttl=go_duration, namespaces=() if any_namespace else tuple(namespaces))
 
 
 def _is_uuid(text: str) -> bool:

@@ -44,7 +44,19 @@ def test_on_a_reviewer_account_its_token_secret_and_its_roles():
 
 @pytest.mark.parametrize(("ttl", "go"), [("1h", "1h0m0s"), ("90s", "1m30s"), ("24h", "24h0m0s"), ("2h30m", "2h30m0s")])
 def test_the_token_ttl_reaches_consul_as_go_prints_it(ttl, go):
-    assert job_env(render("dev", kubernetesAuth=True, kubernetesAuthTokenTtl=ttl))["AUTH_TTL"] == go
+    rendered = render("dev", kubernetesAuth=True, kubernetesAuthTokenTtl=ttl, kubernetesAuthNamespaces=["apps"])
+    assert job_env(rendered)["AUTH_TTL"] == go
+
+
+def test_every_namespace_only_when_asked_for_with_a_star():
+    assert job_env(render("dev", kubernetesAuth=True, kubernetesAuthNamespaces=["*"]))["AUTH_SELECTOR"] == ""
+    rendered, error = run_main("ci-defaults", kubernetesAuth=True)
+    assert str(error) == (
+        "invalid consul:kubernetesAuthNamespaces []: must list the namespaces whose service accounts may log in with "
+        'consul:kubernetesAuth (or be ["*"] for every namespace: then whoever may create a ServiceAccount named like a '
+        "service anywhere may write that service)"
+    )
+    assert rendered.declared == []
 
 
 BOUNDS = 'must be a duration from 1m to 24h, such as "1h" or "15m" (Consul\'s bounds)'
@@ -59,13 +71,13 @@ BOUNDS = 'must be a duration from 1m to 24h, such as "1h" or "15m" (Consul\'s bo
         ({"kubernetesAuthTokenTtl": ""}, f'invalid consul:kubernetesAuthTokenTtl "": {BOUNDS}'),
         (
             {"kubernetesAuthNamespaces": ["Apps"]},
-            'invalid consul:kubernetesAuthNamespaces ["Apps"]: each entry must be a namespace name (got "Apps")',
+            'invalid consul:kubernetesAuthNamespaces ["Apps"]: each entry must be a namespace name, or the list just ["*"] (got "Apps")',
         ),
         ({"acls": False}, "invalid consul:kubernetesAuth true: needs consul:acls (the auth method hands out ACL tokens)"),
     ],
 )
 def test_bad_values_are_refused_before_anything_is_declared(overrides, message):
-    rendered, error = run_main("ci-defaults", kubernetesAuth=True, **overrides)
+    rendered, error = run_main("ci-defaults", kubernetesAuth=True, **{"kubernetesAuthNamespaces": ["apps"], **overrides})
     assert str(error) == message
     assert rendered.declared == []
 
