@@ -30,17 +30,43 @@ ROTATION_SCRIPT = (
     API_PRELUDE
     + r"""
 # Every key goes to Consul in a request body on curl's standard input (a here-document), never on
-# a command line; the keyring is read as JSON.
+# a command line; the keyring is read as JSON. A keyring call asks every member, and fails while
+# one does not answer (a member just restarted, gossip still settling): each call is idempotent,
+# so it is tried again, every 5 s for a minute, before the Job gives up (its message then names the
+# call and the HTTP status; Consul's own text is not printed, as it may quote a key).
 keyring() {
-  curl -sSf $curl_tls -X "$1" -H @"$headers" --data-binary @- "$CONSUL_HTTP_ADDR/v1/operator/keyring" >/dev/null <<EOF
+  attempt=1
+  until failure=$(curl -sS --fail-with-body $curl_tls -X "$1" -H @"$headers" --data-binary @- "$CONSUL_HTTP_ADDR/v1/operator/keyring" 2>&1 >/dev/null <<EOF
 {"Key": "$2"}
 EOF
+  ); do
+    if [ "$attempt" -ge 12 ]; then
+      echo "ERROR: $1 /v1/operator/keyring failed 12 times, the last: $failure" >&2
+      return 1
+    fi
+    echo "$1 /v1/operator/keyring: not every member answered ($failure); again in 5 s"
+    attempt=$((attempt + 1))
+    sleep 5
+  done
 }
-installed() { curl -sSf $curl_tls -H @"$headers" "$CONSUL_HTTP_ADDR/v1/operator/keyring" | jq -r '.[].Keys | keys[]' | sort -u; }
+installed() {
+  attempt=1
+  until listing=$(curl -sS --fail-with-body $curl_tls -H @"$headers" "$CONSUL_HTTP_ADDR/v1/operator/keyring" 2>/dev/null); do
+    if [ "$attempt" -ge 12 ]; then
+      echo "ERROR: GET /v1/operator/keyring failed 12 times" >&2
+      return 1
+    fi
+    echo "GET /v1/operator/keyring: not every member answered; again in 5 s" >&2
+    attempt=$((attempt + 1))
+    sleep 5
+  done
+  printf '%s\n' "$listing" | jq -r '.[].Keys | keys[]' | sort -u
+}
 new=$(cat "$KEY_FILE")
 keyring POST "$new"
 keyring PUT "$new"
-for key in $(installed); do
+keys=$(installed)
+for key in $keys; do
   if [ "$key" != "$new" ]; then keyring DELETE "$key"; fi
 done
 left=$(installed)
