@@ -8,8 +8,8 @@ with `$(POD_NAME)` as its first pod), from the ConfigMaps and Secrets the tier m
 `consul validate` on them in one short-lived pod of `IMAGE` (default: the image the stack runs),
 with `kubectl run` in the current context. Values from Secrets never leave this machine: each is
 replaced by a placeholder of the same form (a gossip key by a key of the same length, a token by a
-UUID), which is all `consul validate` checks of them. Exits non-zero, with Consul's message, when
-the image rejects a file.
+UUID), which is all `consul validate` checks of them. Exits 1, with Consul's message, when the
+image rejects a file; 3 when the check could not run (the image not pulled, the pod not admitted).
 """
 
 from __future__ import annotations
@@ -106,13 +106,26 @@ def tiers(rendered: Path) -> list[Tier]:
             volume = mounts.get(directory)
             if volume is None:
                 raise ValidationError(f"{workload['metadata']['name']}: nothing is mounted at {directory}")
-            kind, name = ("ConfigMap", volume["configMap"]["name"]) if "configMap" in volume else ("Secret", volume["secret"]["secretName"])
+            if "configMap" in volume:
+                kind, name, items = "ConfigMap", volume["configMap"]["name"], volume["configMap"].get("items")
+            elif "secret" in volume:
+                kind, name, items = "Secret", volume["secret"]["secretName"], volume["secret"].get("items")
+            else:
+                raise ValidationError(f"{workload['metadata']['name']}: {directory} is neither a ConfigMap nor a Secret volume")
+            if items:
+                raise ValidationError(
+                    f"{workload['metadata']['name']}: {kind} {name} is mounted with items, which this check does not follow"
+                )
             source = sources.get((kind, name))
             if source is None:
                 raise ValidationError(f"{workload['metadata']['name']}: {kind} {name} is not in {rendered}")
             for key, text in source_files(source).items():
-                wanted = key.endswith(".json") if flag == "-config-dir" else f"{directory}/{key}" == path
+                wanted = key.endswith((".json", ".hcl")) if flag == "-config-dir" else f"{directory}/{key}" == path
                 if wanted:
+                    if kind == "Secret" and not key.endswith(".json"):
+                        raise ValidationError(
+                            f"{workload['metadata']['name']}: {key} of Secret {name} is not JSON: its values can't be replaced"
+                        )
                     files[f"{directory}/{key}"] = json.dumps(placeholder(json.loads(text))) if kind == "Secret" else text
             paths.append(path)
         found.append(Tier(workload["metadata"]["name"], workload["metadata"].get("namespace", "default"), container["image"], files, paths))
@@ -160,16 +173,44 @@ def validation_pod(name: str, image: str, script: str) -> dict[str, Any]:
     }
 
 
-def validate(tier: Tier, image: str, namespace: str, kubectl: str) -> tuple[bool, str]:
-    """`consul validate` on the tier's files in a pod of `image`: (valid, what it printed)."""
+# The check pod may have to pull the image first: it gets this long to start, and the whole check
+# a little longer.
+POD_START_TIMEOUT = "5m"
+CHECK_TIMEOUT = 420
+
+
+def validate(tier: Tier, image: str, namespace: str, kubectl: str) -> tuple[str, str]:
+    """`consul validate` on the tier's files in a pod of `image`: ("valid", "rejected" or "not run"),
+    and what it printed. "not run": the pod never ran Consul (a pull, admission or timeout)."""
     name = f"consul-validate-{uuid.uuid4().hex[:8]}"
     paths = " ".join(shlex.quote(f"/tmp/{tier.name}{p}") for p in tier.paths)
     script = f"tar -xf - -C /tmp && consul version | head -n 1 && consul validate {paths}"
     overrides = json.dumps(validation_pod(name, image, script))
-    argv = [kubectl, "-n", namespace, "run", name, "--rm", "-i", "-q", "--restart=Never", f"--image={image}", f"--overrides={overrides}"]
-    proc = subprocess.run(argv, input=bundle(tier), capture_output=True, timeout=300, check=False)
+    argv = [
+        kubectl,
+        "-n",
+        namespace,
+        "run",
+        name,
+        "--rm",
+        "-i",
+        "-q",
+        "--restart=Never",
+        f"--pod-running-timeout={POD_START_TIMEOUT}",
+        f"--image={image}",
+        f"--overrides={overrides}",
+    ]
+    try:
+        proc = subprocess.run(argv, input=bundle(tier), capture_output=True, timeout=CHECK_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        subprocess.run(
+            [kubectl, "-n", namespace, "delete", "pod", name, "--ignore-not-found", "--wait=false"], capture_output=True, check=False
+        )
+        return "not run", f"no answer within {CHECK_TIMEOUT} s; pod {name} deleted"
     output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
-    return proc.returncode == 0 and VALID in output, output
+    if proc.returncode == 0 and VALID in output:
+        return "valid", output
+    return ("rejected" if "Consul v" in output else "not run"), output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,16 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
-    failed = []
+    outcomes = {}
     for tier in found:
         image = args.image or tier.image
-        valid, output = validate(tier, image, args.namespace or tier.namespace, kubectl)
-        print(f"== {tier.name} ({len(tier.files)} files) in {image}: {'valid' if valid else 'REJECTED'}")
+        outcome, output = validate(tier, image, args.namespace or tier.namespace, kubectl)
+        print(f"== {tier.name} ({len(tier.files)} files) in {image}: {outcome.upper() if outcome != 'valid' else outcome}")
         print("   " + output.replace("\n", "\n   "))
-        if not valid:
-            failed.append(tier.name)
-    if failed:
-        print(f"ERROR: {', '.join(failed)}: the image rejects the config; see Consul's message above", file=sys.stderr)
+        outcomes[tier.name] = outcome
+    if "not run" in outcomes.values():
+        print(f"ERROR: {', '.join(t for t, o in outcomes.items() if o == 'not run')}: the check did not run; see above", file=sys.stderr)
+        return 3
+    if "rejected" in outcomes.values():
+        print(
+            f"ERROR: {', '.join(t for t, o in outcomes.items() if o == 'rejected')}: the image rejects the config; see Consul's message above",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
