@@ -47,8 +47,8 @@ DNS_PORT = 8600
 
 # Every agent serves its metrics in Prometheus format at /v1/agent/metrics?format=prometheus (ACLs:
 # agent:read, the metrics token). The Prometheus sink drops a metric not updated within the
-# retention time (a leader's autopilot gauges stop with its leadership), except the gauges Consul
-# declares up front, such as the hourly certificate-expiry ones; 1 m is the official chart's.
+# retention time, except the gauges Consul declares up front, such as the hourly
+# certificate-expiry ones; 1 m is the official chart's, and twice a common scrape interval.
 TELEMETRY = {"prometheus_retention_time": "1m", "disable_hostname": True}
 
 

@@ -294,7 +294,10 @@ def test_make_validate_config_runs_consul_validate_in_the_image_and_names_a_reje
     assert rejected.returncode == 1
     assert "== consul-server (5 files) in hashicorp/consul:1.16.1: REJECTED" in rejected.stdout
     assert "invalid config key performance.no_such_option" in rejected.stdout
-    assert deployment.api.items(f"/api/v1/namespaces/{deployment.namespace}/pods?labelSelector=run") == []
+    # kubectl run --rm deletes each check pod; it may still be terminating when kubectl returns.
+    deployment.cluster.wait(
+        "the check pods gone", lambda: deployment.api.items(f"/api/v1/namespaces/{deployment.namespace}/pods?labelSelector=run") == [], 60
+    )
 
 
 def test_the_disruption_budget_refuses_a_second_eviction(module_deployment):

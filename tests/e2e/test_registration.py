@@ -32,7 +32,8 @@ from testbed.cluster.bed import UPSTREAM_HOSTS
 pytestmark = pytest.mark.e2e
 
 # Workloads may also log in with their service account, from this module's namespace only.
-STACK_SETTINGS = {"kubernetesAuth": True, "kubernetesAuthTokenTtl": "1m", "kubernetesAuthNamespaces": ["consul-registration"]}
+STACK_SETTINGS = {"kubernetesAuth": True, "kubernetesAuthTokenTtl": "2m", "kubernetesAuthNamespaces": ["consul-registration"]}
+LOGIN_TTL = 120
 
 LOCAL_API = "http://127.0.0.1:8500"
 # Consul's default acl.token_ttl: an agent may hold the anonymous token's earlier (empty) policy set
@@ -58,6 +59,14 @@ def catalog_services(deployment) -> dict[str, list[str]]:
         in_pod(deployment, "consul-server-0"), f"{LOCAL_API}/v1/catalog/services", deployment.management_token()
     )
     return services
+
+
+def catalog_instances(deployment, service: str) -> list[str]:
+    """The IDs of a service's instances in the catalog, as a server reports them."""
+    instances = consul_json(
+        in_pod(deployment, "consul-server-0"), f"{LOCAL_API}/v1/catalog/service/{service}", deployment.management_token()
+    )
+    return [i["ServiceID"] for i in instances]
 
 
 def client_on(deployment, node: str) -> dict[str, Any]:
@@ -217,13 +226,15 @@ def test_a_pod_logs_in_with_its_service_account_writes_its_service_only_and_logs
 
     registered = web_account.sh(f'{WITH_TOKEN} consul services register -name web -id web-login-1 -port 8080 -address "$POD_IP"')
     assert registered.returncode == 0, registered.stderr
-    deployment.cluster.wait("web in the catalog", lambda: "web" in catalog_services(deployment), CATALOG_SYNC)
+    deployment.cluster.wait("web-login-1 in the catalog", lambda: "web-login-1" in catalog_instances(deployment, "web"), CATALOG_SYNC)
     other = web_account.sh(f"{WITH_TOKEN} consul services register -name db -port 5432")
     assert other.returncode != 0
     assert "Permission denied" in other.stderr + other.stdout
     deregistered = web_account.sh(f"{WITH_TOKEN} consul services deregister -id web-login-1")
     assert deregistered.returncode == 0, deregistered.stderr
-    deployment.cluster.wait("web gone from the catalog", lambda: "web" not in catalog_services(deployment), CATALOG_SYNC)
+    deployment.cluster.wait(
+        "web-login-1 gone from the catalog", lambda: "web-login-1" not in catalog_instances(deployment, "web"), CATALOG_SYNC
+    )
     assert "db" not in catalog_services(deployment)
 
     logout = web_account.sh(f"{WITH_TOKEN} consul logout")
@@ -255,14 +266,14 @@ def test_another_account_cannot_write_web_and_another_namespace_cannot_log_in(mo
 
 
 def test_a_login_token_expires_at_the_ttl_set(module_deployment, web_account):
-    """kubernetesAuthTokenTtl is 1m here: the token's expiry is its creation plus 60 s, and after
+    """kubernetesAuthTokenTtl is 2m here: the token's expiry is its creation plus 120 s, and after
     it the servers no longer know the token."""
     assert web_account.sh(LOGIN).returncode == 0
     status, token = token_self(web_account)
     assert status == 0, token
     created = datetime.datetime.fromisoformat(token["CreateTime"][:26].rstrip("Z"))
     expires = datetime.datetime.fromisoformat(token["ExpirationTime"][:26].rstrip("Z"))
-    assert (expires - created).total_seconds() == pytest.approx(60, abs=1)
-    took = module_deployment.cluster.wait("the token expired", lambda: token_self(web_account)[0] != 0, 60 + 30)
-    print(f"\nbed: registration: the login token was refused {took:.1f} s after the login (TTL 60 s)")
+    assert (expires - created).total_seconds() == pytest.approx(LOGIN_TTL, abs=1)
+    took = module_deployment.cluster.wait("the token expired", lambda: token_self(web_account)[0] != 0, LOGIN_TTL + 30)
+    print(f"\nbed: registration: the login token was refused {took:.1f} s after the login (TTL {LOGIN_TTL} s)")
     assert "ACL not found" in token_self(web_account)[1]["error"]
