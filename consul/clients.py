@@ -22,6 +22,8 @@ LIVENESS_PERIOD_SECONDS = 30
 LIVENESS_FAILURE_THRESHOLD = 10
 # Kubernetes' maximum ClientIP affinity: a workload keeps talking to one agent all day.
 STICKY_SECONDS = 86400
+# The Kubernetes provider's annotation for an object whose rollout it must not await.
+SKIP_AWAIT = "pulumi.com/skipAwait"
 DNS_PORT = 53
 # A node's agent restarts in seconds; 10% of the nodes at a time (at least one) keeps a rollout of
 # a few hundred nodes well inside ROLLOUT_TIMEOUTS, while 90% of the nodes keep their agent.
@@ -42,6 +44,10 @@ class ConsulClientsArgs:
     secrets: the Secrets that switch on gossip encryption, TLS (auto_encrypt) and ACLs
         (default: none, all off; pass ``ConsulSecurity.client_secrets``).
     network_policy: admit only the traffic client agents need (default: False).
+    hold_roll: a staged server upgrade is under way (``serverUpdatePartition`` above 0): the agents'
+        pods are not replaced (update strategy ``OnDelete``, nothing to await) until its last step
+        returns the strategy to ``RollingUpdate``, when the clients roll after the servers, in
+        Consul's upgrade order (default: False).
     """
 
     namespace: pulumi.Input[str]
@@ -51,6 +57,7 @@ class ConsulClientsArgs:
     dns: DnsSpec = field(default_factory=DnsSpec)
     secrets: TierSecrets = field(default_factory=TierSecrets)
     network_policy: bool = False
+    hold_roll: bool = False
 
 
 def client_ports(spec: ClientSpec) -> list[core.ContainerPortArgs]:
@@ -117,13 +124,18 @@ class ConsulClients(pulumi.ComponentResource):
             core.ServicePortArgs(name="dns-tcp", port=cfg.DNS_PORT, target_port="dns-tcp", protocol="TCP"),
             core.ServicePortArgs(name="dns-udp", port=cfg.DNS_PORT, target_port="dns-udp", protocol="UDP"),
         ]
+        # While a staged server upgrade holds servers back, nothing replaces a client agent (and
+        # nothing is awaited): OnDelete. Its last step rolls the clients.
+        held = {SKIP_AWAIT: "true"} if args.hold_roll else None
         if spec.mode is ClientMode.DAEMONSET:
             apps.DaemonSet(
                 full_name,
-                metadata=labels.metadata(full_name, namespace),
+                metadata=labels.metadata(full_name, namespace, held),
                 spec=apps.DaemonSetSpecArgs(
                     selector=selector,
-                    update_strategy=apps.DaemonSetUpdateStrategyArgs(
+                    update_strategy=apps.DaemonSetUpdateStrategyArgs(type="OnDelete")
+                    if args.hold_roll
+                    else apps.DaemonSetUpdateStrategyArgs(
                         type="RollingUpdate", rolling_update=apps.RollingUpdateDaemonSetArgs(max_unavailable=DAEMONSET_MAX_UNAVAILABLE)
                     ),
                     template=template,
@@ -147,13 +159,13 @@ class ConsulClients(pulumi.ComponentResource):
             )
             apps.StatefulSet(
                 full_name,
-                metadata=labels.metadata(full_name, namespace),
+                metadata=labels.metadata(full_name, namespace, held),
                 spec=apps.StatefulSetSpecArgs(
                     service_name=pods_service.metadata.name,
                     replicas=spec.replicas,
                     pod_management_policy="Parallel",
                     selector=selector,
-                    update_strategy=apps.StatefulSetUpdateStrategyArgs(type="RollingUpdate"),
+                    update_strategy=apps.StatefulSetUpdateStrategyArgs(type="OnDelete" if args.hold_roll else "RollingUpdate"),
                     template=template,
                 ),
                 opts=workload_opts,

@@ -107,6 +107,7 @@ def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, 
             dns=settings.dns,
             secrets=security.client_secrets,
             network_policy=network_policy,
+            hold_roll=settings.servers.update_partition > 0,
         ),
         # Consul's upgrade order, servers then clients: a change that rolls both tiers (an image,
         # the CA) rolls the clients once the servers' rollout is done. An up that changes only

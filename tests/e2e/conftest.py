@@ -166,7 +166,9 @@ class Deployment:
             wanted = status.get("desiredNumberScheduled", 0)
             if status.get("observedGeneration", 0) < ds["metadata"]["generation"]:
                 return False
-            if status.get("updatedNumberScheduled", 0) != wanted or status.get("numberReady", 0) != wanted:
+            # OnDelete (a staged server upgrade under way): the clients are not replaced, only Ready.
+            held = ds["spec"].get("updateStrategy", {}).get("type") == "OnDelete"
+            if (not held and status.get("updatedNumberScheduled", 0) != wanted) or status.get("numberReady", 0) != wanted:
                 return False
         return True
 

@@ -286,11 +286,19 @@ def test_scaling_five_to_three_keeps_the_claims_and_ends_with_three_voters(modul
     assert_bounds(watch, 5, open_defect=LEADER_LOST)
 
 
+def client_images(deployment) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["spec"]["containers"][0]["image"] for p in deployment.pods("client")}
+
+
 def test_a_staged_upgrade_walks_the_partition_down_one_server_per_up(module_deployment, toolbox):
     """The README's procedure: the new image with the partition at serverReplicas - 1, then one step
-    lower per `pulumi up`. Each up returns once its servers are updated, and only those move."""
+    lower per `pulumi up`. Each up returns once its servers are updated, and only those move. The
+    client agents stay on the old image, their pods untouched, until the last step, which rolls them
+    once every server runs the new one (Consul's upgrade order)."""
     deployment = module_deployment
     target = CONSUL_IMAGE if servers(deployment)["consul-server-0"]["image"] != CONSUL_IMAGE else UPGRADE_IMAGE
+    clients_before = client_images(deployment)
+    assert target not in clients_before.values()
     deployment.set(image=target)
     watches = []
     for partition in (2, 1, 0):
@@ -300,7 +308,12 @@ def test_a_staged_upgrade_walks_the_partition_down_one_server_per_up(module_depl
         print(f"bed: staged upgrade: partition {partition} up and formed in {time.monotonic() - started:.1f} s")
         moved = {n for n, s in servers(deployment).items() if s["image"] == target}
         assert moved == {f"consul-server-{i}" for i in range(partition, 3)}
+        if partition > 0:
+            assert client_images(deployment) == clients_before, "a client moved while servers were held back"
         watches.append(watch)
+    assert set(client_images(deployment).values()) == {target}
+    newest_server = max(s["created"] for s in servers(deployment).values())
+    assert all(p["metadata"]["creationTimestamp"] >= newest_server for p in deployment.pods("client"))
     assert_bounds(watches, 3, open_defect=LEADER_LOST + CLIENTS_ROLLED)
 
 

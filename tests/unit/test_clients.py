@@ -343,3 +343,18 @@ def test_property_tiers_never_share_a_selector_and_clients_join_every_server(rep
     assert client_config(rendered)["retry_join"] == expected
     dns = rendered.one("Service", "consul-dns")["spec"]
     assert {p["protocol"] for p in dns["ports"]} == {"UDP", "TCP"}
+
+
+def test_clients_are_not_replaced_while_a_staged_server_upgrade_holds_servers_back():
+    """Consul's upgrade order in a staged upgrade: with serverUpdatePartition above 0 the clients'
+    pods are left as they are (OnDelete, nothing awaited); the last step (partition 0) returns the
+    strategy to RollingUpdate, and the clients roll then, after the servers (ConsulClients depends
+    on ConsulServers)."""
+    for mode, kind in (("daemonset", "DaemonSet"), ("statefulset", "StatefulSet")):
+        held = render("ci-defaults", serverReplicas=5, serverUpdatePartition=3, clientMode=mode).one(kind, "consul-client")
+        assert held["spec"]["updateStrategy"]["type"] == "OnDelete"
+        assert held["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
+        last_step = render("ci-defaults", serverReplicas=5, serverUpdatePartition=0, clientMode=mode).one(kind, "consul-client")
+        assert last_step["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+        assert "pulumi.com/skipAwait" not in (last_step["metadata"].get("annotations") or {})
+        assert held["spec"]["template"]["spec"]["containers"] == last_step["spec"]["template"]["spec"]["containers"]
