@@ -160,6 +160,7 @@ def validation_pod(name: str, image: str, script: str) -> dict[str, Any]:
                     "command": ["/bin/sh", "-ec", script],
                     "stdin": True,
                     "stdinOnce": True,
+                    "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
                     "securityContext": {
                         "allowPrivilegeEscalation": False,
@@ -184,7 +185,13 @@ def validate(tier: Tier, image: str, namespace: str, kubectl: str) -> tuple[str,
     and what it printed. "not run": the pod never ran Consul (a pull, admission or timeout)."""
     name = f"consul-validate-{uuid.uuid4().hex[:8]}"
     paths = " ".join(shlex.quote(f"/tmp/{tier.name}{p}") for p in tier.paths)
-    script = f"tar -xf - -C /tmp && consul version | head -n 1 && consul validate {paths}"
+    # What the agent gets as a flag rather than in a file: its address (-advertise=$(POD_IP)), which
+    # Consul must have where it finds no private IPv4 address of its own: the check pod's.
+    flags = f"/tmp/{tier.name}/flags.json"
+    script = (
+        f'tar -xf - -C /tmp && printf \'{{"advertise_addr": "%s"}}\' "$POD_IP" > {flags} && '
+        f"consul version | head -n 1 && consul validate {paths} {flags}"
+    )
     overrides = json.dumps(validation_pod(name, image, script))
     argv = [
         kubectl,
