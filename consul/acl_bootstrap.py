@@ -72,16 +72,30 @@ JOB_TIMEOUTS = pulumi.CustomTimeouts(create="20m", update="20m")
 BOOTSTRAP_SCRIPT = (
     API_PRELUDE
     + r"""
-# api METHOD PATH [curl options]: Consul's answer on stdout; on an HTTP error, the call and
-# Consul's own message on stderr, and status 1.
+# api METHOD PATH: Consul's answer on stdout; a PUT's or POST's body comes on standard input. Every
+# call is idempotent, so one that no server answered, or that Consul answered with a 5xx (a leader
+# election, a server restarting), is tried again every 3 s, 10 times. On a 4xx, or when the tries
+# are used up: the call, the HTTP status and Consul's own message on stderr, and status 1.
 api() {
-  api_method=$1 api_path=$2
-  shift 2
-  if ! api_answer=$(curl -sS --fail-with-body $curl_tls -X "$api_method" -H @"$headers" "$@" "$CONSUL_HTTP_ADDR$api_path"); then
-    echo "ERROR: $api_method $api_path: ${api_answer:-no answer}" >&2
-    return 1
-  fi
-  printf '%s\n' "$api_answer"
+  api_method=$1 api_path=$2 api_body="" api_try=1
+  case "$api_method" in PUT | POST) api_body=$(cat) ;; esac
+  while :; do
+    api_answer=$(printf '%s' "$api_body" |
+      curl -sS $curl_tls -X "$api_method" -H @"$headers" ${api_body:+--data-binary @-} -w '\n%{http_code}' "$CONSUL_HTTP_ADDR$api_path" 2>&1) || true
+    api_status=$(printf '%s\n' "$api_answer" | tail -n 1)
+    api_answer=$(printf '%s\n' "$api_answer" | sed '$d')
+    case "$api_status" in
+      2??) printf '%s\n' "$api_answer"; return 0 ;;
+      4??) echo "ERROR: $api_method $api_path: HTTP $api_status: $api_answer" >&2; return 1 ;;
+    esac
+    if [ "$api_try" -ge 10 ]; then
+      echo "ERROR: $api_method $api_path: HTTP $api_status after $api_try tries: $api_answer" >&2
+      return 1
+    fi
+    echo "$api_method $api_path: HTTP $api_status ($(printf '%s' "$api_answer" | head -c 120)); again in 3 s" >&2
+    api_try=$((api_try + 1))
+    sleep "${API_RETRY_SECONDS:-3}"
+  done
 }
 attempt=0
 while :; do
@@ -108,10 +122,10 @@ policy() {
   found=$(printf '%s\n' "$policies" | jq -c --arg name "$name" '.[] | select(.Name == $name) | {ID, Description}')
   body=$(jq -n --arg name "$name" --arg description "$description" --arg rules "$rules" '{Name: $name, Description: $description, Rules: $rules}')
   if [ -z "$found" ]; then
-    printf '%s\n' "$body" | api PUT /v1/acl/policy --data-binary @- >/dev/null
+    printf '%s\n' "$body" | api PUT /v1/acl/policy >/dev/null
     echo "created policy $name"
   elif [ "$(printf '%s\n' "$found" | jq -r .Description)" != "$description" ]; then
-    printf '%s\n' "$body" | api PUT "/v1/acl/policy/$(printf '%s\n' "$found" | jq -r .ID)" --data-binary @- >/dev/null
+    printf '%s\n' "$body" | api PUT "/v1/acl/policy/$(printf '%s\n' "$found" | jq -r .ID)" >/dev/null
     echo "updated policy $name to rules v$RULES_VERSION"
   fi
 }
@@ -134,10 +148,10 @@ token() {
   if [ -z "$current" ]; then
     jq -n --arg accessor "$accessor" --rawfile secret "$TOKENS_DIR/$key" --arg description "$description" --argjson grants "$grants" \
       '{AccessorID: $accessor, SecretID: ($secret | rtrimstr("\n")), Description: $description} + $grants' |
-      api PUT /v1/acl/token --data-binary @- >/dev/null
+      api PUT /v1/acl/token >/dev/null
     echo "created $description ($accessor)"
   elif [ "$current" != "$(printf '%s\n' "$body" | jq -c "$GRANTS")" ]; then
-    printf '%s\n' "$body" | api PUT "/v1/acl/token/$accessor" --data-binary @- >/dev/null
+    printf '%s\n' "$body" | api PUT "/v1/acl/token/$accessor" >/dev/null
     echo "updated $description ($accessor)"
   fi
 }
@@ -217,13 +231,13 @@ if [ -n "$AUTH_METHOD" ]; then
     --arg host "$KUBERNETES_HOST" --rawfile ca "$AUTH_DIR/ca.crt" --rawfile jwt "$AUTH_DIR/token" \
     '{Name: $name, Type: "kubernetes", Description: $description, MaxTokenTTL: $ttl, Config: {Host: $host, CACert: $ca, ServiceAccountJWT: $jwt}}')
   if ! printf '%s\n' "$methods" | jq -e --arg name "$AUTH_METHOD" 'any(.[]; .Name == $name)' >/dev/null; then
-    printf '%s\n' "$wanted" | api PUT /v1/acl/auth-method --data-binary @- >/dev/null
+    printf '%s\n' "$wanted" | api PUT /v1/acl/auth-method >/dev/null
     echo "created auth method $AUTH_METHOD"
   else
     have=$(api GET "/v1/acl/auth-method/$AUTH_METHOD")
     if ! printf '%s\n%s\n' "$have" "$wanted" | jq -s -e \
       '[.[] | [.Description, .MaxTokenTTL, .Config.Host, .Config.CACert, .Config.ServiceAccountJWT]] | .[0] == .[1]' >/dev/null; then
-      printf '%s\n' "$wanted" | api PUT "/v1/acl/auth-method/$AUTH_METHOD" --data-binary @- >/dev/null
+      printf '%s\n' "$wanted" | api PUT "/v1/acl/auth-method/$AUTH_METHOD" >/dev/null
       echo "updated auth method $AUTH_METHOD"
     fi
   fi
@@ -233,11 +247,11 @@ if [ -n "$AUTH_METHOD" ]; then
   marked=$(printf '%s\n' "$rules" | jq -c --arg marker "$MARKER" '[.[] | select((.Description // "") | startswith($marker))]')
   id=$(printf '%s\n' "$marked" | jq -r '.[0].ID // ""')
   if [ -z "$id" ]; then
-    printf '%s\n' "$rule" | api PUT /v1/acl/binding-rule --data-binary @- >/dev/null
+    printf '%s\n' "$rule" | api PUT /v1/acl/binding-rule >/dev/null
     echo "created binding rule of $AUTH_METHOD: $AUTH_SELECTOR"
   elif ! printf '%s\n%s\n' "$marked" "$rule" | jq -s -e \
     '(.[0][0] | [.Description, .BindType, .BindName, (.Selector // "")]) == (.[1] | [.Description, .BindType, .BindName, .Selector])' >/dev/null; then
-    printf '%s\n' "$rule" | jq --arg id "$id" '. + {ID: $id}' | api PUT "/v1/acl/binding-rule/$id" --data-binary @- >/dev/null
+    printf '%s\n' "$rule" | jq --arg id "$id" '. + {ID: $id}' | api PUT "/v1/acl/binding-rule/$id" >/dev/null
     echo "updated binding rule of $AUTH_METHOD: $AUTH_SELECTOR"
   fi
   extra=$(printf '%s\n' "$marked" | jq -r '.[1:][] | .ID')
@@ -261,7 +275,7 @@ anonymous=$(api GET "/v1/acl/token/$ANONYMOUS_TOKEN")
 if ! printf '%s\n' "$anonymous" | jq -e '[.Policies[]?.Name] | index("consul-dns")' >/dev/null; then
   printf '%s\n' "$anonymous" |
     jq '{Description: "Anonymous Token: Consul DNS", Policies: ([.Policies[]? | {ID}] + [{Name: "consul-dns"}])}' |
-    api PUT "/v1/acl/token/$ANONYMOUS_TOKEN" --data-binary @- >/dev/null
+    api PUT "/v1/acl/token/$ANONYMOUS_TOKEN" >/dev/null
   echo "created DNS read access for the anonymous token"
 fi
 # Autopilot reads min_quorum from the agents' config only when it first starts: after a scale the
@@ -271,7 +285,7 @@ autopilot=$(api GET /v1/operator/autopilot/configuration)
 quorum=$(printf '%s\n' "$autopilot" | jq -r .MinQuorum)
 if [ "$quorum" != "$MIN_QUORUM" ]; then
   printf '%s\n' "$autopilot" | jq --argjson quorum "$MIN_QUORUM" '.MinQuorum = $quorum' |
-    api PUT /v1/operator/autopilot/configuration --data-binary @- >/dev/null
+    api PUT /v1/operator/autopilot/configuration >/dev/null
   echo "set autopilot min_quorum from $quorum to $MIN_QUORUM"
 fi
 echo "ACL policies and tokens are in place"
@@ -372,7 +386,9 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             full_name,
             metadata=labels.metadata(full_name, namespace, RERUN_WHEN_FAILED),
             spec=batch.JobSpecArgs(
-                backoff_limit=6,
+                # The script waits out what is transient (no leader yet, a 5xx): a failure is
+                # one to fix, and `pulumi up` learns of it within a minute.
+                backoff_limit=2,
                 active_deadline_seconds=JOB_DEADLINE_SECONDS,
                 template=pod.template(
                     labels,

@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import KUBE_BIN, REAL_NODES, consul_http, consul_json, in_pod, leader_seen, ready
+from conftest import KUBE_BIN, REAL_NODES, consul_http, consul_json, in_pod, leader_seen, ready, run_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -400,3 +400,42 @@ def test_a_new_management_token_revokes_the_old_one_for_good(module_deployment):
     assert status == 200, f"transfer-leader: HTTP {status} {body[:200]}"
     deployment.cluster.wait("a new leader", lambda: leader_seen(run) not in ("", before), 60)
     assert (token_status(deployment, old), token_status(deployment, new)) == (403, 200)
+
+
+def test_a_failed_acl_job_runs_again_at_the_next_up_once_its_cause_is_fixed(module_deployment):
+    """The Job fails with its own message (an auth method named `kubernetes` that the stack did
+    not make is in the way of kubernetesAuth), `pulumi up` fails with it; the operator removes the
+    cause, and the next `pulumi up`, with nothing changed in the stack, runs the Job again and
+    succeeds (pulumi.com/replaceUnready)."""
+    deployment = module_deployment
+    run = in_pod(deployment, "consul-server-0")
+    token = deployment.management_token()
+    ca = deployment.kubectl("get", "configmap", "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}").stdout
+    theirs = {
+        "Name": "kubernetes",
+        "Type": "kubernetes",
+        "Description": "the platform team's",
+        "Config": {"Host": "https://kubernetes.default.svc", "CACert": ca, "ServiceAccountJWT": "e30.e30.c2ln"},
+    }
+    status, body = consul_http(run, "PUT", f"{LOCAL_API}/v1/acl/auth-method", token, json.dumps(theirs), bound=5)
+    assert status == 200, body
+    deployment.set(kubernetesAuth=True, kubernetesAuthNamespaces=[deployment.namespace])
+    started = time.monotonic()
+    with pytest.raises(run_stack.auto.CommandError) as failed:
+        deployment.stack.up(color="never", on_output=lambda line: None)
+    print(f"\nbed: refusals: pulumi up failed {time.monotonic() - started:.1f} s after it started, on the ACL Job")
+    assert ACL_JOB in str(failed.value)
+    assert "that this stack did not make" in deployment.logs(f"job/{ACL_JOB}")
+    assert consul_json(run, f"{LOCAL_API}/v1/acl/auth-method/kubernetes", token)["Description"] == "the platform team's"
+
+    status, body = consul_http(run, "DELETE", f"{LOCAL_API}/v1/acl/auth-method/kubernetes", token, bound=5)
+    assert status == 200, body
+    started = time.monotonic()
+    result = deployment.up("refusals: the cause removed, the same stack")
+    assert result.summary.result == "succeeded"
+    print(f"bed: refusals: the Job ran again and succeeded, pulumi up {time.monotonic() - started:.1f} s")
+    assert (
+        consul_json(run, f"{LOCAL_API}/v1/acl/auth-method/kubernetes", token)["Description"] == "[consul dc1] Kubernetes service accounts"
+    )
+    job = deployment.api.get(f"/apis/batch/v1/namespaces/{deployment.namespace}/jobs/{ACL_JOB}")
+    assert job["status"].get("succeeded") == 1

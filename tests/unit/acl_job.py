@@ -55,7 +55,12 @@ AUTH_SELECTOR = 'serviceaccount.namespace == "apps"'
 
 
 def job_environment(
-    address: str, tokens_dir: Path, retry_seconds: int = 5, auth: bool = False, all_servers_updated: bool = True
+    address: str,
+    tokens_dir: Path,
+    retry_seconds: int = 5,
+    auth: bool = False,
+    all_servers_updated: bool = True,
+    api_retry_seconds: int = 3,
 ) -> dict[str, str]:
     """The ACL Job's environment for a 3-server stack with serviceTokens [web] (and with
     kubernetesAuth, when `auth`: TTL 15m, namespace apps), its Secrets' files written under `tokens_dir`."""
@@ -95,6 +100,7 @@ def job_environment(
         "METRICS_RULES": METRICS_POLICY_RULES,
         "MIN_QUORUM": "2",
         "ACL_RETRY_SECONDS": str(retry_seconds),
+        "API_RETRY_SECONDS": str(api_retry_seconds),
         "AUTH_METHOD": "kubernetes" if auth else "",
         "AUTH_TTL": AUTH_TTL if auth else "",
         "AUTH_SELECTOR": AUTH_SELECTOR if auth else "",
@@ -105,11 +111,17 @@ def job_environment(
 
 
 def run_job(
-    address: str, tokens_dir: Path, retry_seconds: int = 5, timeout: float = 60, auth: bool = False, all_servers_updated: bool = True
+    address: str,
+    tokens_dir: Path,
+    retry_seconds: int = 5,
+    timeout: float = 60,
+    auth: bool = False,
+    all_servers_updated: bool = True,
+    api_retry_seconds: int = 3,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["sh", "-ec", BOOTSTRAP_SCRIPT],
-        env=job_environment(address, tokens_dir, retry_seconds, auth, all_servers_updated),
+        env=job_environment(address, tokens_dir, retry_seconds, auth, all_servers_updated, api_retry_seconds),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -124,6 +136,10 @@ def recorded(state: str) -> dict[str, Any]:
     return answers
 
 
+class Turns(list[tuple[int, str]]):
+    """Answers given in turn to one call, then the usual one."""
+
+
 @dataclass
 class Request:
     method: str
@@ -135,7 +151,8 @@ class Request:
 @dataclass
 class RecordedConsul:
     """An HTTP server on loopback that answers GETs from `answers` (path -> JSON, or (status, text))
-    and every write with 200 `true` (or what `answers` says for "METHOD path"), keeping each request."""
+    and every write with 200 `true` (or what `answers` says for "METHOD path"; Turns are answered
+    in turn, then as usual), keeping each request."""
 
     answers: Mapping[str, Any]
     requests: list[Request] = field(default_factory=list)
@@ -153,6 +170,8 @@ class RecordedConsul:
                 outer.requests.append(Request(self.command, self.path, self.headers.get("X-Consul-Token"), body))
                 key = self.path if self.command == "GET" else f"{self.command} {self.path}"
                 answer = outer.answers.get(key, None if self.command == "GET" else (200, "true"))
+                if isinstance(answer, Turns):
+                    answer = answer.pop(0) if answer else (None if self.command == "GET" else (200, "true"))
                 status, text = (
                     (404, "not recorded") if answer is None else answer if isinstance(answer, tuple) else (200, json.dumps(answer))
                 )

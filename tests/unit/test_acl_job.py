@@ -9,7 +9,19 @@ import json
 import shutil
 
 import pytest
-from acl_job import AUTH_SELECTOR, AUTH_TTL, CLUSTER_CA, MANAGEMENT_SECRET, MARKER, REVIEWER_JWT, TOKENS, RecordedConsul, recorded, run_job
+from acl_job import (
+    AUTH_SELECTOR,
+    AUTH_TTL,
+    CLUSTER_CA,
+    MANAGEMENT_SECRET,
+    MARKER,
+    REVIEWER_JWT,
+    TOKENS,
+    RecordedConsul,
+    Turns,
+    recorded,
+    run_job,
+)
 
 from consul.acl_bootstrap import ANONYMOUS_TOKEN_ID
 
@@ -182,8 +194,28 @@ def test_a_refused_write_stops_the_job_with_consul_s_own_message(tmp_path):
         job = run_job(consul.address, tmp_path)
     assert job.returncode != 0
     assert consul.writes() == [("PUT", "/v1/acl/policy"), ("PUT", "/v1/acl/token")]
-    assert "ERROR: PUT /v1/acl/token: Invalid Token: AccessorID is already in use" in job.stderr
+    assert "ERROR: PUT /v1/acl/token: HTTP 400: Invalid Token: AccessorID is already in use" in job.stderr
     assert all(secret not in job.stdout + job.stderr for _, secret in TOKENS.values())
+
+
+def test_a_write_answered_with_a_5xx_is_sent_again_with_the_same_body(tmp_path):
+    """No leader for a moment (Consul answers 500): the call is tried again, body and all, and the
+    Job goes on; a 5xx that never ends fails it after 10 tries, naming the call."""
+    answers = {**recorded("fresh"), "PUT /v1/acl/token": Turns([(500, "No cluster leader"), (500, "No cluster leader")])}
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path, api_retry_seconds=0)
+    assert job.returncode == 0, job.stderr
+    creates = [r.body for r in consul.requests if (r.method, r.path) == ("PUT", "/v1/acl/token")]
+    assert len(creates) == 6 + 2
+    assert creates[0] == creates[1] == creates[2]
+    assert json.loads(creates[0])["SecretID"] == TOKENS["agent-client"][1]
+    assert job.stderr.count("PUT /v1/acl/token: HTTP 500 (No cluster leader); again in 3 s") == 2
+
+    answers = {**recorded("fresh"), "PUT /v1/acl/token": (500, "No cluster leader")}
+    with RecordedConsul(answers) as consul:
+        job = run_job(consul.address, tmp_path, api_retry_seconds=0)
+    assert job.returncode != 0
+    assert "ERROR: PUT /v1/acl/token: HTTP 500 after 10 tries: No cluster leader" in job.stderr
 
 
 AUTH_METHOD = "/v1/acl/auth-method/kubernetes"
