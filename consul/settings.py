@@ -226,6 +226,14 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
         security=replace(security, snapshot_token=snapshots.enabled and security.acls),
         snapshots=snapshots,
     )
+    if settings.clients.host_network and security.network_policy:
+        raise SettingsError(
+            "clientHostNetwork",
+            True,
+            "must be false while consul:networkPolicy is true: an agent on the host network sends from its node's address, "
+            "which the servers' NetworkPolicy (admitting client agents by pod label) does not match on common CNIs, so the "
+            "agents could not reach the servers; use consul:clientHostPorts, which keeps pod addresses, or turn networkPolicy off",
+        )
     unknown = sorted(set(raw) - reader.read)
     if unknown:
         raise SettingsError(

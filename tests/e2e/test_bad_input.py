@@ -31,6 +31,8 @@ def inventory(plane) -> dict[str, list[str]]:
     [
         ("serverReplicas", "4", "invalid consul:serverReplicas 4: must be 1, 3, 5 or 7"),
         ("image", "consul:1.4.2", "invalid consul:image"),
+        # With the bed's enforcing NetworkPolicy agent, host-network agents would be cut off from the servers.
+        ("clientHostNetwork", "true", "invalid consul:clientHostNetwork true: must be false while consul:networkPolicy is true"),
     ],
 )
 def test_bad_input_fails_before_any_object_reaches_the_cluster(cluster, tmp_path, key, value, message):

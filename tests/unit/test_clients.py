@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from harness import merged_agent_config, render
+from harness import merged_agent_config, render, run_main
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -145,11 +145,22 @@ def test_clients_host_ports_on():
 
 
 def test_clients_host_network_on():
-    rendered = render("ci-defaults", clientHostNetwork=True)
+    rendered = render("ci-defaults", clientHostNetwork=True, networkPolicy=False)
     assert pod(rendered)["hostNetwork"] is True
     assert pod(rendered)["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert rendered.one("Namespace", "consul")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     assert rendered.outputs["agentAddress"] == "http://$(HOST_IP):8500"
+
+
+def test_clients_host_network_is_refused_with_network_policies():
+    rendered, error = run_main("ci-defaults", clientHostNetwork=True)
+    assert str(error) == (
+        "invalid consul:clientHostNetwork true: must be false while consul:networkPolicy is true: an agent on the host "
+        "network sends from its node's address, which the servers' NetworkPolicy (admitting client agents by pod label) "
+        "does not match on common CNIs, so the agents could not reach the servers; use consul:clientHostPorts, which "
+        "keeps pod addresses, or turn networkPolicy off"
+    )
+    assert rendered.declared == []
 
 
 # --- resources, tolerations, node selector, extra config -------------------------------------------

@@ -54,7 +54,7 @@ CASES: dict[str, tuple[str, dict[str, object]]] = {
     ),
     "no-ui-no-dns": ("ci-defaults", {"uiServiceType": "None", "dnsService": False}),
     "host-ports": ("ci-defaults", {"clientHostPorts": True}),
-    "host-network": ("ci-defaults", {"clientHostNetwork": True, "uiServiceType": "NodePort"}),
+    "host-network": ("ci-defaults", {"clientHostNetwork": True, "networkPolicy": False, "uiServiceType": "NodePort"}),
 }
 # Host ports and the host network are what "restricted" forbids; those stacks opt out of it.
 HOST_ACCESS = {"host-ports": {"consul: hostPort"}, "host-network": {"host namespaces"}}
