@@ -97,6 +97,15 @@ api() {
     sleep "${API_RETRY_SECONDS:-3}"
   done
 }
+# delete_each PATH VERB WHY: DELETE PATH/<id> for each line "<id> <what>" on standard input (blank
+# lines skipped), each said as "VERB <what> (<id>): WHY".
+delete_each() {
+  while read -r each_id each_what; do
+    [ -n "$each_id" ] || continue
+    api DELETE "$1/$each_id" >/dev/null
+    echo "$2 $each_what ($each_id): $3"
+  done
+}
 attempt=0
 while :; do
   answer=$(curl -sS $curl_tls -H @"$headers" -w '\n%{http_code}' "$CONSUL_HTTP_ADDR/v1/acl/token/self" 2>&1) || true
@@ -188,24 +197,15 @@ revoke=$(printf '%s\n' "$tokens" | jq -r --arg marker "$MARKER" --arg declared "
       or ($d == "snapshot token" and $g.p == ["consul-snapshot"] and $g.s == [] and $g.n == [] and $g.r == []))
   | select(.AccessorID as $id | $keep | index($id) | not)
   | .AccessorID + " " + $d')
-if [ -n "$revoke" ]; then
-  printf '%s\n' "$revoke" | while read -r accessor description; do
-    api DELETE "/v1/acl/token/$accessor" >/dev/null
-    echo "revoked $description ($accessor): the stack no longer declares it"
-  done
-fi
+printf '%s\n' "$revoke" | delete_each /v1/acl/token revoked "the stack no longer declares it"
 # Earlier management tokens: the servers make one from their initial_management at elections, so
 # an old one is revoked only once every server carries this stack's token, which a roll that has
 # not reached every server (serverUpdatePartition above 0) does not give.
 if [ "$ALL_SERVERS_UPDATED" = true ]; then
   earlier=$(printf '%s\n' "$tokens" | jq -r --arg self "$self" \
-    '.[] | select(.Description == "Initial Management Token" or .Description == "Master Token") | select(.AccessorID != $self) | .AccessorID')
-  if [ -n "$earlier" ]; then
-    printf '%s\n' "$earlier" | while read -r accessor; do
-      api DELETE "/v1/acl/token/$accessor" >/dev/null
-      echo "revoked an earlier management token ($accessor): every server now carries this stack's"
-    done
-  fi
+    '.[] | select(.Description == "Initial Management Token" or .Description == "Master Token") | select(.AccessorID != $self)
+    | .AccessorID + " an earlier management token"')
+  printf '%s\n' "$earlier" | delete_each /v1/acl/token revoked "every server now carries this stack's"
 else
   echo "earlier management tokens are kept while serverUpdatePartition holds servers back: the last step revokes them"
 fi
@@ -254,21 +254,12 @@ if [ -n "$AUTH_METHOD" ]; then
     printf '%s\n' "$rule" | jq --arg id "$id" '. + {ID: $id}' | api PUT "/v1/acl/binding-rule/$id" >/dev/null
     echo "updated binding rule of $AUTH_METHOD: $AUTH_SELECTOR"
   fi
-  extra=$(printf '%s\n' "$marked" | jq -r '.[1:][] | .ID')
-  if [ -n "$extra" ]; then
-    printf '%s\n' "$extra" | while read -r rule_id; do
-      api DELETE "/v1/acl/binding-rule/$rule_id" >/dev/null
-      echo "deleted a second binding rule of $AUTH_METHOD ($rule_id)"
-    done
-  fi
+  extra=$(printf '%s\n' "$marked" | jq -r --arg method "$AUTH_METHOD" '.[1:][] | .ID + " a second binding rule of " + $method')
+  printf '%s\n' "$extra" | delete_each /v1/acl/binding-rule deleted "one is enough"
 else
-  ours=$(printf '%s\n' "$methods" | jq -r --arg marker "$MARKER" '.[] | select((.Description // "") | startswith($marker)) | .Name')
-  if [ -n "$ours" ]; then
-    printf '%s\n' "$ours" | while read -r name; do
-      api DELETE "/v1/acl/auth-method/$name" >/dev/null
-      echo "deleted auth method $name, its binding rules and its logins' tokens: consul:kubernetesAuth is off"
-    done
-  fi
+  ours=$(printf '%s\n' "$methods" | jq -r --arg marker "$MARKER" \
+    '.[] | select((.Description // "") | startswith($marker)) | .Name + " auth method " + .Name + ", its binding rules and the tokens of its logins"')
+  printf '%s\n' "$ours" | delete_each /v1/acl/auth-method deleted "consul:kubernetesAuth is off"
 fi
 policy consul-dns "Consul DNS for the anonymous token: read nodes and services" "$DNS_RULES"
 anonymous=$(api GET "/v1/acl/token/$ANONYMOUS_TOKEN")
