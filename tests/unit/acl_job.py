@@ -196,6 +196,10 @@ class RecordedConsul:
     def writes(self) -> list[tuple[str, str]]:
         return [(r.method, r.path) for r in self.requests if r.method != "GET"]
 
+    def sent(self, method: str, path: str | None = None) -> list[Any]:
+        """The parsed bodies of the `method` requests (to `path`, when given), in order."""
+        return [json.loads(r.body) for r in self.requests if r.method == method and path in (None, r.path)]
+
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()

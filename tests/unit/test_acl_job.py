@@ -5,7 +5,6 @@ bed runs it in its pod against real servers (tests/e2e/test_refusals.py)."""
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 
 import pytest
@@ -55,7 +54,7 @@ def test_a_fresh_cluster_gets_every_policy_and_token(tmp_path):
         ("PUT", "/v1/operator/autopilot/configuration"),
     ]
     assert {r.token for r in consul.requests if r.path != "/v1/status/leader"} == {MANAGEMENT_SECRET}
-    created = [json.loads(r.body) for r in consul.requests if (r.method, r.path) == ("PUT", "/v1/acl/token")]
+    created = consul.sent("PUT", "/v1/acl/token")
     assert [(t["AccessorID"], t["SecretID"]) for t in created] == list(TOKENS.values())
     assert [t["Description"] for t in created] == [
         f"{MARKER}agent token of the Consul clients",
@@ -65,7 +64,7 @@ def test_a_fresh_cluster_gets_every_policy_and_token(tmp_path):
     ]
     assert created[1]["NodeIdentities"] == [{"NodeName": "consul-server-0", "Datacenter": "dc1"}]
     assert created[4]["ServiceIdentities"] == [{"ServiceName": "web"}]
-    autopilot = json.loads(next(r.body for r in consul.requests if r.path == "/v1/operator/autopilot/configuration" and r.method == "PUT"))
+    [autopilot] = consul.sent("PUT", "/v1/operator/autopilot/configuration")
     assert autopilot == {**recorded("fresh")["/v1/operator/autopilot/configuration"], "MinQuorum": 2}
     assert job.stdout.splitlines()[-1] == "ACL policies and tokens are in place"
 
@@ -129,21 +128,30 @@ def test_earlier_management_tokens_are_kept_while_a_partition_holds_servers_back
     assert "earlier management tokens are kept while serverUpdatePartition holds servers back" in job.stdout
 
 
-def test_grants_changed_by_hand_are_put_back(tmp_path):
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # Grants changed by hand are put back.
+        ("Policies", [{"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}]),
+        # A token of an earlier version gets its mark.
+        ("Description", "service token of web"),
+    ],
+    ids=["grants-changed-by-hand", "earlier-version"],
+)
+def test_a_declared_token_out_of_date_is_updated_in_place_and_keeps_its_secret(tmp_path, field, value):
     answers = recorded("reconciled")
     web = TOKENS["service-web"][0]
     for token in answers[TOKENS_LIST]:
         if token["AccessorID"] == web:
-            token["Policies"] = [{"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}]
+            token[field] = value
     with RecordedConsul(answers) as consul:
         job = run_job(consul.address, tmp_path)
     assert job.returncode == 0, job.stderr
     assert consul.writes() == [("PUT", f"/v1/acl/token/{web}")]
-    assert json.loads(next(r.body for r in consul.requests if r.method == "PUT")) == {
-        "AccessorID": web,
-        "Description": f"{MARKER}service token of web",
-        "ServiceIdentities": [{"ServiceName": "web"}],
-    }
+    # No SecretID in the body: Consul keeps the token's own.
+    assert consul.sent("PUT") == [
+        {"AccessorID": web, "Description": f"{MARKER}service token of web", "ServiceIdentities": [{"ServiceName": "web"}]}
+    ]
 
 
 def test_an_auth_method_of_the_same_name_made_by_someone_else_is_left_alone(tmp_path):
@@ -157,23 +165,6 @@ def test_an_auth_method_of_the_same_name_made_by_someone_else_is_left_alone(tmp_
     with RecordedConsul(answers) as consul:
         assert run_job(consul.address, tmp_path).returncode == 0
     assert consul.writes() == []
-
-
-def test_a_token_of_an_earlier_version_gets_its_mark_and_keeps_its_secret(tmp_path):
-    answers = recorded("reconciled")
-    web = TOKENS["service-web"][0]
-    for token in answers[TOKENS_LIST]:
-        if token["AccessorID"] == web:
-            token["Description"] = "service token of web"
-    with RecordedConsul(answers) as consul:
-        job = run_job(consul.address, tmp_path)
-    assert job.returncode == 0, job.stderr
-    assert consul.writes() == [("PUT", f"/v1/acl/token/{web}")]
-    assert json.loads(next(r.body for r in consul.requests if r.method == "PUT")) == {
-        "AccessorID": web,
-        "Description": f"{MARKER}service token of web",
-        "ServiceIdentities": [{"ServiceName": "web"}],
-    }
 
 
 def test_a_management_token_the_servers_do_not_know_fails_with_the_fix(tmp_path):
@@ -205,10 +196,10 @@ def test_a_write_answered_with_a_5xx_is_sent_again_with_the_same_body(tmp_path):
     with RecordedConsul(answers) as consul:
         job = run_job(consul.address, tmp_path, api_retry_seconds=0)
     assert job.returncode == 0, job.stderr
-    creates = [r.body for r in consul.requests if (r.method, r.path) == ("PUT", "/v1/acl/token")]
+    creates = consul.sent("PUT", "/v1/acl/token")
     assert len(creates) == 6 + 2
     assert creates[0] == creates[1] == creates[2]
-    assert json.loads(creates[0])["SecretID"] == TOKENS["agent-client"][1]
+    assert creates[0]["SecretID"] == TOKENS["agent-client"][1]
     assert job.stderr.count("PUT /v1/acl/token: HTTP 500 (No cluster leader); again in 3 s") == 2
 
     answers = {**recorded("fresh"), "PUT /v1/acl/token": (500, "No cluster leader")}
@@ -227,7 +218,7 @@ def test_kubernetes_auth_makes_the_method_with_the_reviewer_s_token_and_one_bind
         job = run_job(consul.address, tmp_path, auth=True)
     assert job.returncode == 0, job.stderr
     assert consul.writes() == [("PUT", "/v1/acl/auth-method"), ("PUT", "/v1/acl/binding-rule")]
-    method, rule = (json.loads(r.body) for r in consul.requests if r.method == "PUT")
+    method, rule = consul.sent("PUT")
     assert method == {
         "Name": "kubernetes",
         "Type": "kubernetes",
@@ -260,7 +251,7 @@ def test_a_changed_namespace_list_updates_the_binding_rule_in_place(tmp_path):
         job = run_job(consul.address, tmp_path, auth=True)
     assert job.returncode == 0, job.stderr
     assert consul.writes() == [("PUT", f"/v1/acl/binding-rule/{rule['ID']}")]
-    assert json.loads(next(r.body for r in consul.requests if r.method == "PUT"))["Selector"] == AUTH_SELECTOR
+    assert [rule["Selector"] for rule in consul.sent("PUT")] == [AUTH_SELECTOR]
 
 
 def test_a_new_reviewer_token_updates_the_method(tmp_path):
