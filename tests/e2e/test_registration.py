@@ -73,15 +73,22 @@ def client_on(deployment, node: str) -> dict[str, Any]:
     return next(p for p in deployment.pods("client") if p["spec"]["nodeName"] == node)
 
 
-def workload(deployment, name: str, node: str, service: str) -> Toolbox:
-    """An application pod wired to its agent and its service token the README's way."""
-    env = [
+def app_pod(deployment, name: str, node: str, *env: dict[str, Any], namespace: str | None = None, **spec: Any) -> Toolbox:
+    """An application pod of the toolbox image wired to its node's agent the README's way
+    (CONSUL_HTTP_ADDR from the agentAddress output, then `env`, then POD_IP from the downward API)."""
+    wiring = [
         {"name": "CONSUL_HTTP_ADDR", "value": deployment.stack.outputs()["agentAddress"].value},
-        {"name": "CONSUL_HTTP_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"consul-service-token-{service}", "key": "token"}}},
+        *env,
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
-    container = restricted_container("app", images.TOOLBOX_IMAGE, ["sleep", "2147483647"], env=env)
-    return Toolbox(deployment.cluster, name, node, namespace=deployment.namespace, containers=[container])
+    container = restricted_container("app", images.TOOLBOX_IMAGE, ["sleep", "2147483647"], env=wiring)
+    return Toolbox(deployment.cluster, name, node, namespace=namespace or deployment.namespace, containers=[container], **spec)
+
+
+def workload(deployment, name: str, node: str, service: str) -> Toolbox:
+    """An application pod with its service token the README's way."""
+    token = {"name": "CONSUL_HTTP_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"consul-service-token-{service}", "key": "token"}}}
+    return app_pod(deployment, name, node, token)
 
 
 def run_in(box: Toolbox):
@@ -195,12 +202,7 @@ def account_workload(deployment, name: str, node: str, account: str, namespace: 
     """A pod running as service account `account` (made here), wired to its node's agent."""
     namespace = namespace or deployment.namespace
     deployment.cluster.apply([{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": namespace}}])
-    env = [
-        {"name": "CONSUL_HTTP_ADDR", "value": deployment.stack.outputs()["agentAddress"].value},
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-    ]
-    container = restricted_container("app", images.TOOLBOX_IMAGE, ["sleep", "2147483647"], env=env)
-    return Toolbox(deployment.cluster, name, node, namespace=namespace, serviceAccountName=account, containers=[container])
+    return app_pod(deployment, name, node, namespace=namespace, serviceAccountName=account)
 
 
 def token_self(box: Toolbox) -> tuple[int, dict[str, Any]]:
