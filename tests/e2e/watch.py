@@ -24,6 +24,8 @@ from typing import Any
 LEADER = re.compile(r'^"\d{1,3}(?:\.\d{1,3}){3}:8300"$')
 INTERVAL = 0.25
 WRITE_BOUND = 1
+# How long the read of the written keys after an action may wait for the cluster to answer it.
+KEYS_READ_SECONDS = 60
 
 # Each sampler prints one line per sample; the token is read from standard input into a header file.
 _PRELUDE = 'read -r T; h=$(mktemp); printf "X-Consul-Token: %s\\n" "$T" > "$h"; trap \'rm -f "$h"\' EXIT; '
@@ -204,12 +206,27 @@ class Watch:
         return restarted
 
     def _acknowledged_keys_lost(self) -> int:
+        """Acknowledged writes the store no longer holds. The read comes after the action, from a
+        cluster that may still be settling (a client just back, a 500 "No cluster leader"): it is
+        tried until an answer is a 200 with the key list, for up to KEYS_READ_SECONDS; a store
+        that never answers so fails the test, naming its last answer."""
         acknowledged = {index for _, index, ok in self.record.writes if ok}
-        out = self.toolbox.sh(
-            _PRELUDE + f'curl -s -m 10 -H @"$h" "{self.agent}/v1/kv/{self.prefix}/?keys"', input=self.deployment.management_token() + "\n"
-        )
-        stored = {key.rsplit("/", 1)[-1] for key in json.loads(out.stdout or "[]")} if out.returncode == 0 else set()
-        return len(acknowledged - stored)
+        deadline = time.monotonic() + KEYS_READ_SECONDS
+        while True:
+            out = self.toolbox.sh(
+                _PRELUDE + f'curl -sS -m 10 -H @"$h" -w "\\n%{{http_code}}" "{self.agent}/v1/kv/{self.prefix}/?keys"',
+                input=self.deployment.management_token() + "\n",
+            )
+            body, _, status = out.stdout.rpartition("\n")
+            # 404: no key under the prefix at all.
+            if out.returncode == 0 and status in ("200", "404"):
+                stored = {key.rsplit("/", 1)[-1] for key in json.loads(body)} if status == "200" else set()
+                return len(acknowledged - stored)
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the written keys could not be read back for {KEYS_READ_SECONDS} s: {out.stdout[-300:]} {out.stderr[-300:]}"
+                )
+            time.sleep(1)
 
     def _summarise(self, seconds: float) -> Summary:
         longest, since = 0.0, None
