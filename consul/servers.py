@@ -24,17 +24,24 @@ UI_HTTPS_PORT = 443
 ROLLOUT_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m")
 
 
-def staged_upgrade_await(spec: ServerSpec) -> dict[str, str] | None:
-    """With a partition, the provider's StatefulSet await (every pod at the new revision) can never
-    be met: wait instead for the pods at and above the partition to be updated, and all Ready."""
-    if spec.update_partition == 0:
-        return None
-    updated = spec.replicas - spec.update_partition
-    return {
-        "pulumi.com/waitFor": json.dumps(
-            [f"jsonpath={{.status.updatedReplicas}}={updated}", f"jsonpath={{.status.readyReplicas}}={spec.replicas}"]
-        )
-    }
+def rollout_await(spec: ServerSpec) -> dict[str, str]:
+    """What `pulumi up` waits for after a change to the StatefulSet: the pods at and above the
+    partition run the current template, and every pod is Ready.
+
+    Written as a `pulumi.com/waitFor` condition, which the provider checks only once the
+    StatefulSet's `.status.observedGeneration` has caught up with the change. Its built-in await does
+    not (provider 4.25, pulumi-kubernetes#4094): it could read the status of the previous roll and
+    return while the servers were still rolling, and the clients, which wait for this await, rolled
+    early. "At least" the pods above the partition (a filter, `> count - 1`) so that raising the
+    partition without a template change, where every pod already runs it, completes too; with the
+    partition at `serverReplicas` nothing is to be updated, and the status omits a zero count.
+    """
+    ready = f"jsonpath={{.status.readyReplicas}}={spec.replicas}"
+    to_update = spec.replicas - spec.update_partition
+    if to_update == 0:
+        return {"pulumi.com/waitFor": json.dumps([ready])}
+    updated_and_ready = f"jsonpath={{$[?@.updatedReplicas > {to_update - 1}].readyReplicas}}={spec.replicas}"
+    return {"pulumi.com/waitFor": json.dumps([updated_and_ready])}
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,7 @@ class ConsulServers(pulumi.ComponentResource):
         core_opts = pulumi.ResourceOptions(parent=self, depends_on=[config_map, join_map], custom_timeouts=ROLLOUT_TIMEOUTS)
         apps.StatefulSet(
             full_name,
-            metadata=labels.metadata(full_name, namespace, staged_upgrade_await(spec)),
+            metadata=labels.metadata(full_name, namespace, rollout_await(spec)),
             spec=apps.StatefulSetSpecArgs(
                 service_name=service.metadata.name,
                 replicas=spec.replicas,

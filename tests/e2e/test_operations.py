@@ -469,19 +469,10 @@ def interrupt_pulumi() -> list[int]:
     return interrupted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #19: the staged upgrade with serverUpdatePartition equal to serverReplicas hangs (the bed, two runs: every "
-    "rollout done 22.4 and 25.1 s after up started, up still waiting 60 s later, interrupted)",
-)
-def test_a_partition_equal_to_the_server_count_moves_no_server_and_the_up_returns(module_deployment):
-    """Pulumi.yaml's start of a staged upgrade: the partition at serverReplicas, the new image. No
-    server moves (the clients roll); once every rollout is done, `pulumi up` has nothing left to
-    wait for and must return within a minute."""
-    deployment = module_deployment
-    before = servers(deployment)
-    target = UPGRADE_IMAGE if before["consul-server-0"]["image"] != UPGRADE_IMAGE else CONSUL_IMAGE
-    deployment.set(image=target, serverUpdatePartition=3)
+def up_that_must_return(deployment, label: str, applied) -> dict[str, Any]:
+    """`pulumi up` in a thread while the bed waits for `applied` (the change reached the cluster)
+    and every rollout to finish; the up must then return within a minute, or it is interrupted
+    and the outcome says it hung."""
     outcome: dict[str, Any] = {}
 
     def up() -> None:
@@ -493,25 +484,60 @@ def test_a_partition_equal_to_the_server_count_moves_no_server_and_the_up_return
     started = time.monotonic()
     thread = threading.Thread(target=up, daemon=True)
     thread.start()
-
-    def applied_and_rolled_out() -> bool:
-        templates = [deployment.get(f"{kind}/{name}")["spec"]["template"] for kind, name in WORKLOADS]
-        return all(t["spec"]["containers"][0]["image"] == target for t in templates) and deployment.rolled_out()
-
-    deployment.cluster.wait("both workloads updated, the clients rolled, the servers Ready", applied_and_rolled_out, 300)
+    deployment.cluster.wait(f"{label}: applied and rolled out", lambda: applied() and deployment.rolled_out(), 300)
     settled = time.monotonic() - started
     thread.join(timeout=60)
-    hung = thread.is_alive()
-    if hung:
-        print(f"\nbed: partition 3: rollouts done {settled:.1f} s after up started; up still running 60 s later, interrupted")
+    outcome["hung"] = thread.is_alive()
+    if outcome["hung"]:
+        print(f"\nbed: {label}: rollouts done {settled:.1f} s after up started; up still running 60 s later, interrupted")
         interrupt_pulumi()
         thread.join(timeout=180)
     else:
-        print(f"\nbed: partition 3: up returned {time.monotonic() - started:.1f} s after it started")
-    assert {n: s["uid"] for n, s in servers(deployment).items()} == {n: s["uid"] for n, s in before.items()}
-    assert not hung, "pulumi up still waiting 60 s after every rollout had finished"
+        print(f"\nbed: {label}: up returned {time.monotonic() - started:.1f} s after it started")
+    return outcome
+
+
+def assert_returned(outcome: dict[str, Any]) -> None:
+    assert not outcome["hung"], "pulumi up still waiting 60 s after every rollout had finished"
     assert "error" not in outcome, outcome
     assert outcome["result"].summary.result == "succeeded"
+
+
+def test_raising_the_partition_with_no_template_change_moves_no_server_and_returns(module_deployment):
+    """Setting the partition before the image: every server already runs the template, so none is
+    to move, and `pulumi up` must return once the StatefulSet's status has caught up."""
+    deployment = module_deployment
+    before = servers(deployment)
+
+    def partition_applied() -> bool:
+        strategy = deployment.get("statefulsets/consul-server")["spec"]["updateStrategy"]
+        return bool(strategy.get("rollingUpdate", {}).get("partition") == 2)
+
+    deployment.set(serverUpdatePartition=2)
+    outcome = up_that_must_return(deployment, "partition raised to 2", partition_applied)
+    assert {n: s["uid"] for n, s in servers(deployment).items()} == {n: s["uid"] for n, s in before.items()}
+    assert_returned(outcome)
+    deployment.set(serverUpdatePartition=0)
+    deployment.up("partition back to 0")
+    assert {n: s["uid"] for n, s in servers(deployment).items()} == {n: s["uid"] for n, s in before.items()}
+
+
+def test_a_partition_equal_to_the_server_count_moves_no_server_and_the_up_returns(module_deployment):
+    """A staged upgrade started with the partition at serverReplicas and the new image: no server
+    moves, the clients are held; once the change is applied, `pulumi up` has nothing left to wait
+    for and must return within a minute."""
+    deployment = module_deployment
+    before = servers(deployment)
+    target = UPGRADE_IMAGE if before["consul-server-0"]["image"] != UPGRADE_IMAGE else CONSUL_IMAGE
+    deployment.set(image=target, serverUpdatePartition=3)
+
+    def applied() -> bool:
+        templates = [deployment.get(f"{kind}/{name}")["spec"]["template"] for kind, name in WORKLOADS]
+        return all(t["spec"]["containers"][0]["image"] == target for t in templates)
+
+    outcome = up_that_must_return(deployment, "partition 3", applied)
+    assert {n: s["uid"] for n, s in servers(deployment).items()} == {n: s["uid"] for n, s in before.items()}
+    assert_returned(outcome)
 
 
 def test_destroy_removes_everything_but_the_server_data_claims(module_deployment):

@@ -63,7 +63,7 @@ def test_servers_namespace_override():
     assert {d.inputs["metadata"]["namespace"] for d in rendered.kubernetes() if d.kind != "Namespace"} == {"platform-consul"}
     assert rendered.one("Namespace")["metadata"]["name"] == "platform-consul"
     assert join_lists(rendered)["consul-server-0"] == [f"consul-server-{i}.consul-server.platform-consul.svc:8301" for i in (1, 2)]
-    assert rendered.outputs["httpAddress"] == "https://consul-server.platform-consul.svc:8501"
+    assert rendered.outputs["serverApiAddress"] == "https://consul-server.platform-consul.svc:8501"
 
 
 def test_servers_create_namespace_default_enforces_restricted(default):
@@ -476,7 +476,7 @@ def test_servers_outputs(default):
         "namespace": "consul",
         "datacenter": "dc1",
         "serverServiceName": "consul-server",
-        "httpAddress": "https://consul-server.consul.svc:8501",
+        "serverApiAddress": "https://consul-server.consul.svc:8501",
         "uiServiceName": "consul-ui",
         "clientMode": "daemonset",
         "clientServiceName": "consul-client",
@@ -521,14 +521,25 @@ def test_servers_volume_claim_labels_never_carry_the_version(default):
     assert upgraded["spec"]["volumeClaimTemplates"] == [claim]
 
 
-def test_servers_staged_upgrade_await_default_none(default):
-    assert "annotations" not in default.one("StatefulSet", "consul-server")["metadata"]
-
-
-def test_servers_staged_upgrade_await_with_a_partition():
-    rendered = render("ci-defaults", serverReplicas=5, serverUpdatePartition=3)
+def wait_for(rendered) -> list[str]:
     annotations = rendered.one("StatefulSet", "consul-server")["metadata"]["annotations"]
-    assert json.loads(annotations["pulumi.com/waitFor"]) == ["jsonpath={.status.updatedReplicas}=2", "jsonpath={.status.readyReplicas}=5"]
+    return json.loads(annotations["pulumi.com/waitFor"])
+
+
+def test_servers_rollout_await_every_pod_updated_and_ready(default):
+    # The provider checks a waitFor condition only once .status.observedGeneration is current.
+    assert wait_for(default) == ["jsonpath={$[?@.updatedReplicas > 2].readyReplicas}=3"]
+
+
+def test_servers_rollout_await_with_a_partition_at_least_the_pods_above_it():
+    rendered = render("ci-defaults", serverReplicas=5, serverUpdatePartition=3)
+    assert wait_for(rendered) == ["jsonpath={$[?@.updatedReplicas > 1].readyReplicas}=5"]
+
+
+def test_servers_rollout_await_with_the_partition_at_the_server_count_only_ready():
+    # Nothing is to be updated, and the status omits updatedReplicas when it is 0.
+    rendered = render("ci-defaults", serverReplicas=5, serverUpdatePartition=5)
+    assert wait_for(rendered) == ["jsonpath={.status.readyReplicas}=5"]
 
 
 def test_servers_pod_template_carries_digests_of_config_and_secrets(default):
