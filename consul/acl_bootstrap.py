@@ -10,7 +10,7 @@ import pulumi_kubernetes.batch.v1 as batch
 from . import agent_config as cfg
 from .cli_pods import API_PRELUDE, RERUN_WHEN_FAILED, server_api_pod
 from .kubernetes_auth import AUTH_METHOD_NAME, KUBERNETES_HOST
-from .labels import Labels
+from .labels import ACL_BOOTSTRAP, Labels
 from .model import ClusterSpec, KubernetesAuthSpec
 from .security import MANAGEMENT_TOKEN_KEY, AclTokenIds
 
@@ -325,7 +325,7 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
     def __init__(self, name: str, args: ConsulAclBootstrapArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("consul:index:ConsulAclBootstrap", name, None, opts)
         full_name = f"{name}-acl-bootstrap"
-        labels = Labels(instance=name, component="acl-bootstrap", version=args.cluster.version)
+        labels = Labels(instance=name, component=ACL_BOOTSTRAP, version=args.cluster.version)
         namespace = pulumi.Output.from_input(args.namespace)
 
         def pairs(items: tuple[tuple[str, pulumi.Input[str]], ...]) -> pulumi.Output[str]:

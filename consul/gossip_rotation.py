@@ -15,7 +15,7 @@ import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
 from .cli_pods import API_PRELUDE, RERUN_WHEN_FAILED, server_api_pod
-from .labels import Labels
+from .labels import GOSSIP_ROTATION, Labels
 from .model import ClusterSpec
 from .security import GOSSIP_SECRET_KEY, MANAGEMENT_TOKEN_KEY
 
@@ -114,7 +114,7 @@ class ConsulGossipRotation(pulumi.ComponentResource):
     def __init__(self, name: str, args: ConsulGossipRotationArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("consul:index:ConsulGossipRotation", name, None, opts)
         full_name = f"{name}-gossip-rotation"
-        labels = Labels(instance=name, component="gossip-rotation", version=args.cluster.version)
+        labels = Labels(instance=name, component=GOSSIP_ROTATION, version=args.cluster.version)
         namespace = pulumi.Output.from_input(args.namespace)
         pod = server_api_pod(args.server_service, namespace, args.ca_secret)
         pod.set_env(KEY_FILE=f"{KEY_DIR}/{GOSSIP_SECRET_KEY}", KEY_SECRET=args.gossip_secret)

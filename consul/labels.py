@@ -9,6 +9,12 @@ import pulumi
 import pulumi_kubernetes.meta.v1 as meta
 
 APP_NAME = "consul"
+# The components of the Jobs, the pods that call the servers' HTTP API (a restore runs as a Job
+# made from the snapshot CronJob, with its labels).
+ACL_BOOTSTRAP = "acl-bootstrap"
+GOSSIP_ROTATION = "gossip-rotation"
+SNAPSHOT = "snapshot"
+JOB_COMPONENTS = (ACL_BOOTSTRAP, GOSSIP_ROTATION, SNAPSHOT)
 
 
 @dataclass(frozen=True)

@@ -107,10 +107,18 @@ class SnapshotSpec:
 
 @dataclass(frozen=True)
 class UiSpec:
-    """The UI Service in front of the servers. Defaults: ClusterIP, no annotations."""
+    """The UI Service in front of the servers, and who may reach the servers' API (the UI's too).
+
+    Defaults: ClusterIP, no annotations; under the NetworkPolicy, only this instance's Jobs reach
+    the servers' API from other pods (operators use `kubectl port-forward`). `api_namespaces` adds
+    every pod of those namespaces (a Prometheus, an ingress controller), `api_cidrs` those networks
+    (a load balancer's, the nodes' for a NodePort).
+    """
 
     service_type: UiServiceType = UiServiceType.CLUSTER_IP
     annotations: Mapping[str, str] = field(default_factory=dict)
+    api_namespaces: tuple[str, ...] = ()
+    api_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

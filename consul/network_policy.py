@@ -9,9 +9,11 @@ import pulumi_kubernetes.meta.v1 as meta
 import pulumi_kubernetes.networking.v1 as networking
 
 from . import agent_config as cfg
-from .labels import Labels
+from .labels import JOB_COMPONENTS, Labels
+from .model import UiSpec
 
 Port = tuple[int, str]
+COMPONENT = "app.kubernetes.io/component"
 
 RPC: list[Port] = [(cfg.SERVER_RPC_PORT, "TCP")]
 SERF_LAN: list[Port] = [(cfg.SERF_LAN_PORT, "TCP"), (cfg.SERF_LAN_PORT, "UDP")]
@@ -29,7 +31,7 @@ def _rule(ports: Sequence[Port], *peers: Labels) -> networking.NetworkPolicyIngr
     """Admit `ports` from pods with `peers`' labels in the policy's namespace, or from anywhere when none."""
     return networking.NetworkPolicyIngressRuleArgs(
         from_=[networking.NetworkPolicyPeerArgs(pod_selector=meta.LabelSelectorArgs(match_labels=p.selector)) for p in peers] or None,
-        ports=[networking.NetworkPolicyPortArgs(port=port, protocol=protocol) for port, protocol in ports],
+        ports=_ports(ports),
     )
 
 
@@ -52,14 +54,36 @@ def ingress_policy(
     )
 
 
-def server_rules(servers: Labels, clients: Labels, tls: bool) -> list[networking.NetworkPolicyIngressRuleArgs]:
-    """Servers: RPC and gossip among themselves, RPC and LAN gossip from clients, the API from anywhere
-    (the UI Service, the ACL bootstrap Job, operators)."""
+def server_rules(servers: Labels, clients: Labels, tls: bool, ui: UiSpec) -> list[networking.NetworkPolicyIngressRuleArgs]:
+    """Servers: RPC and gossip among themselves, RPC and LAN gossip from clients. The API (and the
+    UI on it) only from this instance's Jobs, the pods of `ui.api_namespaces` and the networks of
+    `ui.api_cidrs`: workloads register through their node's client agent, never on a server, and
+    operators reach the UI through `kubectl port-forward`, which no NetworkPolicy filters."""
+    jobs = networking.NetworkPolicyPeerArgs(
+        pod_selector=meta.LabelSelectorArgs(
+            match_labels={k: v for k, v in servers.selector.items() if k != COMPONENT},
+            match_expressions=[meta.LabelSelectorRequirementArgs(key=COMPONENT, operator="In", values=list(JOB_COMPONENTS))],
+        )
+    )
+    api_peers = [jobs]
+    if ui.api_namespaces:
+        api_peers.append(networking.NetworkPolicyPeerArgs(namespace_selector=_namespaces(ui.api_namespaces)))
+    api_peers += [networking.NetworkPolicyPeerArgs(ip_block=networking.IPBlockArgs(cidr=cidr)) for cidr in ui.api_cidrs]
     return [
         _rule(RPC + SERF_LAN + SERF_WAN, servers),
         _rule(RPC + SERF_LAN, clients),
-        _rule(server_api_ports(tls)),
+        networking.NetworkPolicyIngressRuleArgs(from_=api_peers, ports=_ports(server_api_ports(tls))),
     ]
+
+
+def _namespaces(names: Sequence[str]) -> meta.LabelSelectorArgs:
+    return meta.LabelSelectorArgs(
+        match_expressions=[meta.LabelSelectorRequirementArgs(key="kubernetes.io/metadata.name", operator="In", values=list(names))]
+    )
+
+
+def _ports(ports: Sequence[Port]) -> list[networking.NetworkPolicyPortArgs]:
+    return [networking.NetworkPolicyPortArgs(port=port, protocol=protocol) for port, protocol in ports]
 
 
 def client_rules(servers: Labels, clients: Labels, api_namespaces: Sequence[str] = ()) -> list[networking.NetworkPolicyIngressRuleArgs]:
@@ -69,17 +93,9 @@ def client_rules(servers: Labels, clients: Labels, api_namespaces: Sequence[str]
     namespaces' paths."""
     if not api_namespaces:
         return [_rule(SERF_LAN, servers, clients), _rule([(cfg.HTTP_PORT, "TCP"), *DNS])]
-    from_namespaces = networking.NetworkPolicyPeerArgs(
-        namespace_selector=meta.LabelSelectorArgs(
-            match_expressions=[
-                meta.LabelSelectorRequirementArgs(key="kubernetes.io/metadata.name", operator="In", values=list(api_namespaces))
-            ]
-        )
-    )
+    from_namespaces = networking.NetworkPolicyPeerArgs(namespace_selector=_namespaces(api_namespaces))
     return [
         _rule(SERF_LAN, servers, clients),
-        networking.NetworkPolicyIngressRuleArgs(
-            from_=[from_namespaces], ports=[networking.NetworkPolicyPortArgs(port=cfg.HTTP_PORT, protocol="TCP")]
-        ),
+        networking.NetworkPolicyIngressRuleArgs(from_=[from_namespaces], ports=_ports([(cfg.HTTP_PORT, "TCP")])),
         _rule(DNS),
     ]

@@ -91,7 +91,7 @@ class ConsulServers(pulumi.ComponentResource):
     Outputs:
         namespace: the namespace the servers run in.
         service_name: the headless governing Service (also the per-pod DNS subdomain).
-        http_address: the in-cluster HTTP API address (``http://<service>.<namespace>.svc:8500``).
+        api_address: the servers' in-cluster API address (``https://<service>.<namespace>.svc:8501``), for operators and the Jobs; workloads use the client agents.
         datacenter: the Consul datacenter name.
         retry_join: the stable per-pod join addresses (``<pod>.<service>.<namespace>.svc:8301``).
         ui_service_name: the UI Service, or None when ``ui.service_type`` is NONE.
@@ -99,7 +99,7 @@ class ConsulServers(pulumi.ComponentResource):
 
     namespace: pulumi.Output[str]
     service_name: pulumi.Output[str]
-    http_address: pulumi.Output[str]
+    api_address: pulumi.Output[str]
     datacenter: pulumi.Output[str]
     retry_join: pulumi.Output[list[str]]
     ui_service_name: pulumi.Output[str | None]
@@ -223,9 +223,11 @@ class ConsulServers(pulumi.ComponentResource):
         self.service_name = service.metadata.name
         if args.network_policy:
             clients = Labels(instance=name, component="client", version=cluster.version)
-            network_policy.ingress_policy(full_name, namespace, labels, network_policy.server_rules(labels, clients, features.tls), child)
+            network_policy.ingress_policy(
+                full_name, namespace, labels, network_policy.server_rules(labels, clients, features.tls, args.ui), child
+            )
         scheme, api_port = ("https", cfg.HTTPS_PORT) if features.tls else ("http", cfg.HTTP_PORT)
-        self.http_address = pulumi.Output.concat(f"{scheme}://", service.metadata.name, ".", namespace, f".svc:{api_port}")
+        self.api_address = pulumi.Output.concat(f"{scheme}://", service.metadata.name, ".", namespace, f".svc:{api_port}")
         self.datacenter = pulumi.Output.from_input(cluster.datacenter)
         self.retry_join = retry_join
         self.ui_service_name = ui_name
@@ -233,7 +235,7 @@ class ConsulServers(pulumi.ComponentResource):
             {
                 "namespace": self.namespace,
                 "service_name": self.service_name,
-                "http_address": self.http_address,
+                "api_address": self.api_address,
                 "datacenter": self.datacenter,
                 "retry_join": self.retry_join,
                 "ui_service_name": self.ui_service_name,

@@ -234,6 +234,15 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
             "which the servers' NetworkPolicy (admitting client agents by pod label) does not match on common CNIs, so the "
             "agents could not reach the servers; use consul:clientHostPorts, which keeps pod addresses, or turn networkPolicy off",
         )
+    exposed = settings.ui.service_type in (UiServiceType.NODE_PORT, UiServiceType.LOAD_BALANCER)
+    if exposed and security.network_policy and not settings.ui.api_cidrs:
+        raise SettingsError(
+            "serverApiCidrs",
+            [],
+            f"must name the networks the {settings.ui.service_type.value} UI Service is reached from while "
+            "consul:networkPolicy is true (the servers' API admits only this instance's Jobs and consul:serverApiNamespaces): "
+            "the load balancer's or the nodes' addresses, or [\"0.0.0.0/0\"] for anywhere",
+        )
     unknown = sorted(set(raw) - reader.read)
     if unknown:
         raise SettingsError(
@@ -407,6 +416,8 @@ def _ui(reader: _Reader) -> UiSpec:
     return UiSpec(
         service_type=reader.choice("uiServiceType", tuple(UiServiceType)),
         annotations=_annotations(reader, "uiServiceAnnotations"),
+        api_namespaces=tuple(_namespace_names(reader, "serverApiNamespaces")),
+        api_cidrs=_cidrs(reader, "serverApiCidrs"),
     )
 
 
@@ -443,17 +454,28 @@ def _clients(reader: _Reader) -> ClientSpec:
         tolerations=_tolerations(reader, "clientTolerations"),
         node_selector=_node_selector(reader, "clientNodeSelector"),
         extra_config=_extra_config(reader, "clientExtraConfig", MANAGED_CLIENT_KEYS),
-        api_namespaces=_api_namespaces(reader),
+        api_namespaces=tuple(_namespace_names(reader, "clientApiNamespaces")),
     )
 
 
-def _api_namespaces(reader: _Reader) -> tuple[str, ...]:
-    values = reader.json("clientApiNamespaces", list, "a list of namespace names")
+def _namespace_names(reader: _Reader, key: str, allowed_extra: str = "") -> list[str]:
+    """A list of namespace names (DNS-1123 labels); `allowed_extra` names what else the key allows."""
+    values = reader.json(key, list, "a list of namespace names")
     for value in values:
         if not isinstance(value, str) or len(value) > MAX_LABEL or not _DNS_LABEL.fullmatch(value):
+            raise SettingsError(key, values, f"each entry must be a namespace name (a DNS-1123 label{allowed_extra}; got {_show(value)})")
+    return values
+
+
+def _cidrs(reader: _Reader, key: str) -> tuple[str, ...]:
+    values = reader.json(key, list, "a list of CIDRs")
+    for value in values:
+        try:
+            ipaddress.ip_network(value if isinstance(value, str) and "/" in value else "not a CIDR")
+        except ValueError:
             raise SettingsError(
-                "clientApiNamespaces", values, f"each entry must be a namespace name (a DNS-1123 label; got {_show(value)})"
-            )
+                key, values, f'each entry must be a network in CIDR notation, such as "10.0.0.0/8" (got {_show(value)})'
+            ) from None
     return tuple(values)
 
 
@@ -566,6 +588,8 @@ def _kubernetes_auth(reader: _Reader, acls: bool) -> KubernetesAuthSpec | None:
     enabled = reader.boolean("kubernetesAuth")
     ttl_text = reader.string("kubernetesAuthTokenTtl")
     namespaces = reader.json("kubernetesAuthNamespaces", list, "a list of namespace names")
+    if namespaces != [ANY_NAMESPACE]:
+        _namespace_names(reader, "kubernetesAuthNamespaces", ', or the list just ["*"]')
     match = _GO_DURATION.fullmatch(ttl_text)
     seconds = sum(int(n or 0) * unit for n, unit in zip(match.groups(), (3600, 60, 1), strict=True)) if match and ttl_text else 0
     low, high = TOKEN_TTL_BOUNDS
@@ -574,11 +598,6 @@ def _kubernetes_auth(reader: _Reader, acls: bool) -> KubernetesAuthSpec | None:
             "kubernetesAuthTokenTtl", ttl_text, 'must be a duration from 1m to 24h, such as "1h" or "15m" (Consul\'s bounds)'
         )
     any_namespace = namespaces == [ANY_NAMESPACE]
-    for value in [] if any_namespace else namespaces:
-        if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.fullmatch(value):
-            raise SettingsError(
-                "kubernetesAuthNamespaces", namespaces, f'each entry must be a namespace name, or the list just ["*"] (got {_show(value)})'
-            )
     if not enabled:
         if namespaces:
             raise SettingsError("kubernetesAuthNamespaces", namespaces, "must be empty when consul:kubernetesAuth is false")

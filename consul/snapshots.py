@@ -15,7 +15,7 @@ import pulumi_kubernetes.batch.v1 as batch
 import pulumi_kubernetes.core.v1 as core
 
 from .cli_pods import server_api_pod
-from .labels import Labels
+from .labels import SNAPSHOT, Labels
 from .model import ClusterSpec, Resources, SnapshotSpec
 from .security import SNAPSHOT_TOKEN_KEY
 
@@ -102,7 +102,7 @@ class ConsulSnapshots(pulumi.ComponentResource):
     def __init__(self, name: str, args: ConsulSnapshotsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("consul:index:ConsulSnapshots", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        labels = Labels(instance=name, component="snapshot", version=args.cluster.version)
+        labels = Labels(instance=name, component=SNAPSHOT, version=args.cluster.version)
         namespace = pulumi.Output.from_input(args.namespace)
         spec = args.spec
         claim = core.PersistentVolumeClaim(

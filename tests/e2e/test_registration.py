@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import (
+    KUBE_BIN,
     REAL_NODES,
+    TOOLS_NAMESPACE,
     Toolbox,
     consul_dns_ip,
     consul_http,
@@ -32,7 +36,14 @@ from testbed.cluster.bed import UPSTREAM_HOSTS
 pytestmark = pytest.mark.e2e
 
 # Workloads may also log in with their service account, from this module's namespace only.
-STACK_SETTINGS = {"kubernetesAuth": True, "kubernetesAuthTokenTtl": "2m", "kubernetesAuthNamespaces": ["consul-registration"]}
+# The bed's tools namespace may reach the servers' API (serverApiNamespaces): the allowed side of
+# the servers' NetworkPolicy, next to a workload of the stack's own namespace, refused.
+STACK_SETTINGS = {
+    "kubernetesAuth": True,
+    "kubernetesAuthTokenTtl": "2m",
+    "kubernetesAuthNamespaces": ["consul-registration"],
+    "serverApiNamespaces": [TOOLS_NAMESPACE],
+}
 LOGIN_TTL = 120
 
 LOCAL_API = "http://127.0.0.1:8500"
@@ -175,6 +186,84 @@ def test_a_workload_registers_is_found_by_dns_through_coredns_and_deregisters(mo
     own_agent = client_on(deployment, REAL_NODES[0])["status"]["podIP"]
     # DNS reads may be served by a follower (allow_stale), a moment behind the leader.
     deployment.cluster.wait("web gone from DNS", lambda: dig(app, "web.service.consul", own_agent, 8600) == [], 5)
+
+
+# curl's exit status when its connection got no answer within -m (a NetworkPolicy drops the SYN).
+CURL_TIMED_OUT = 28
+# The README's UI access (a free local port), and curl's status code printed on a last line.
+PORT_FORWARD_UI = ("port-forward", "svc/consul-ui", ":443")
+STATUS_LAST = ("-w", "\n%{http_code}")
+
+
+def curl_exit(run, url: str) -> int:
+    """curl's exit status for a GET of `url` with 5 s to answer: 28 when nothing answered. The
+    server's certificate is not checked (-k): this asks only whether the port answers."""
+    out = run(f'curl -sk -m 5 -o /dev/null {url}; echo "exit $?"', "")
+    return int(out.stdout.strip().rsplit("exit ", 1)[1])
+
+
+def test_no_workload_reaches_a_server_s_api_and_the_ui_answers_through_port_forward(module_deployment, web_app, toolbox, tmp_path):
+    """No registration on a server: a workload pod of the stack's namespace gets no answer from a
+    server's API, through the serverApiAddress Service or a pod's own address, while its node's
+    agent registers it. A namespace in serverApiNamespaces (the bed's tools) is answered, and an
+    operator reaches the UI and the API through `kubectl port-forward`, as the README shows."""
+    deployment = module_deployment
+    app = run_in(web_app)
+    address = deployment.stack.outputs()["serverApiAddress"].value
+    pod_address = f"https://{deployment.pods('server')[0]['status']['podIP']}:8501"
+    for url in (f"{address}/v1/status/leader", f"{pod_address}/v1/status/leader"):
+        assert curl_exit(app, url) == CURL_TIMED_OUT, f"a workload reached {url}"
+        assert curl_exit(toolbox.sh, url) == 0, f"the tools namespace did not reach {url}"
+    registered = web_app.sh('consul services register -name web -id web-3 -port 8080 -address "$POD_IP"')
+    assert registered.returncode == 0, registered.stderr
+    assert web_app.sh("consul services deregister -id web-3").returncode == 0
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text(deployment.stack.outputs()["caCertificate"].value)
+    forward = subprocess.Popen(
+        [str(KUBE_BIN), "kubectl", f"--kubeconfig={deployment.cluster.kubeconfig}", "-n", deployment.namespace, *PORT_FORWARD_UI],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert forward.stdout is not None
+        line = forward.stdout.readline()
+        match = re.search(r"127\.0\.0\.1:(\d+) ->", line)
+        assert match, line
+        port = match.group(1)
+
+        def get(path: str) -> tuple[str, str]:
+            out = subprocess.run(
+                [
+                    "curl",
+                    "-s",
+                    "-m",
+                    "5",
+                    "--cacert",
+                    str(ca),
+                    "--resolve",
+                    f"consul-ui:{port}:127.0.0.1",
+                    *STATUS_LAST,
+                    f"https://consul-ui:{port}{path}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            body, _, code = out.stdout.rpartition("\n")
+            return code, body
+
+        code, leader = get("/v1/status/leader")
+        assert code == "200", (code, leader)
+        assert re.fullmatch(r'"[0-9.]+:8300"', leader), leader
+        code, page = get("/ui/")
+        assert code == "200", (code, page[:200])
+        assert "<html" in page.lower(), page[:200]
+        print(f"\nbed: registration: through kubectl port-forward, the UI answers and the leader is {leader}")
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
 
 
 def test_a_service_token_writes_only_its_own_service(module_deployment, web_intruder):

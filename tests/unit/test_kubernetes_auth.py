@@ -71,7 +71,7 @@ BOUNDS = 'must be a duration from 1m to 24h, such as "1h" or "15m" (Consul\'s bo
         ({"kubernetesAuthTokenTtl": ""}, f'invalid consul:kubernetesAuthTokenTtl "": {BOUNDS}'),
         (
             {"kubernetesAuthNamespaces": ["Apps"]},
-            'invalid consul:kubernetesAuthNamespaces ["Apps"]: each entry must be a namespace name, or the list just ["*"] (got "Apps")',
+            'invalid consul:kubernetesAuthNamespaces ["Apps"]: each entry must be a namespace name (a DNS-1123 label, or the list just ["*"]; got "Apps")',
         ),
         ({"acls": False}, "invalid consul:kubernetesAuth true: needs consul:acls (the auth method hands out ACL tokens)"),
     ],

@@ -42,6 +42,8 @@ CASES: dict[str, tuple[str, dict[str, object]]] = {
             "serverPriorityClassName": "consul-critical",
             "serverExtraConfig": {"log_level": "debug", "telemetry": {"prometheus_retention_time": "60s"}},
             "uiServiceType": "LoadBalancer",
+            "serverApiCidrs": ["10.20.0.0/16"],
+            "serverApiNamespaces": ["monitoring"],
             "uiServiceAnnotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
             "clientMode": "statefulset",
             "clientReplicas": 12,

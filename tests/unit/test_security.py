@@ -175,7 +175,7 @@ def test_tls_off(insecure):
     assert "tls" not in agent(insecure, "client")
     assert insecure.one("Service", "consul-ui")["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     assert container(insecure, "StatefulSet", "consul-server")["livenessProbe"]["httpGet"] == {"path": "/v1/status/leader", "port": 8500}
-    assert insecure.outputs["httpAddress"] == "http://consul-server.consul.svc:8500"
+    assert insecure.outputs["serverApiAddress"] == "http://consul-server.consul.svc:8500"
     assert insecure.outputs["caCertificate"] is None
     assert not {"consul-ca-cert", "consul-server-cert"} & {d.name for d in insecure.of_kind("Secret")}
 
@@ -329,7 +329,7 @@ def test_network_policy_default(secure):
     ] == [
         ([server_sel], [(8300, "TCP"), (8301, "TCP"), (8301, "UDP"), (8302, "TCP"), (8302, "UDP")]),
         ([client_sel], [(8300, "TCP"), (8301, "TCP"), (8301, "UDP")]),
-        ([], [(8501, "TCP")]),
+        ([JOBS], [(8501, "TCP")]),
     ]
     clients = secure.one("NetworkPolicy", "consul-client")["spec"]
     assert [
@@ -338,6 +338,79 @@ def test_network_policy_default(secure):
         ([server_sel, client_sel], [(8301, "TCP"), (8301, "UDP")]),
         ([], [(8500, "TCP"), (8600, "TCP"), (8600, "UDP")]),
     ]
+
+
+JOBS = {
+    "matchLabels": {"app.kubernetes.io/name": "consul", "app.kubernetes.io/instance": "consul"},
+    "matchExpressions": [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["acl-bootstrap", "gossip-rotation", "snapshot"]}
+    ],
+}
+
+
+def test_network_policy_every_job_pod_reaches_the_servers_api_and_nothing_else_of_consul():
+    rendered = render("ci-defaults", snapshots=True)
+    components = {
+        t["metadata"]["labels"]["app.kubernetes.io/component"]
+        for kind in ("Job", "CronJob")
+        for m in rendered.of_kind(kind)
+        for t in [m.manifest()["spec"]["jobTemplate"]["spec"]["template"] if kind == "CronJob" else m.manifest()["spec"]["template"]]
+    }
+    assert components == {"acl-bootstrap", "gossip-rotation", "snapshot"}
+    api_rule = rendered.one("NetworkPolicy", "consul-server")["spec"]["ingress"][2]
+    assert api_rule["from"] == [{"podSelector": JOBS}]
+
+
+def test_network_policy_server_api_from_listed_namespaces_and_networks():
+    rendered = render("ci-defaults", serverApiNamespaces=["monitoring", "ingress"], serverApiCidrs=["10.0.0.0/8", "fd00::/8"])
+    api_rule = rendered.one("NetworkPolicy", "consul-server")["spec"]["ingress"][2]
+    assert api_rule == {
+        "from": [
+            {"podSelector": JOBS},
+            {
+                "namespaceSelector": {
+                    "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring", "ingress"]}]
+                }
+            },
+            {"ipBlock": {"cidr": "10.0.0.0/8"}},
+            {"ipBlock": {"cidr": "fd00::/8"}},
+        ],
+        "ports": [{"port": 8501, "protocol": "TCP"}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"serverApiCidrs": ["10.0.0.0"]},
+            'invalid consul:serverApiCidrs ["10.0.0.0"]: each entry must be a network in CIDR notation, such as "10.0.0.0/8" (got "10.0.0.0")',
+        ),
+        (
+            {"serverApiCidrs": ["10.0.0.1/8"]},
+            'invalid consul:serverApiCidrs ["10.0.0.1/8"]: each entry must be a network in CIDR notation, such as "10.0.0.0/8" (got "10.0.0.1/8")',
+        ),
+        (
+            {"serverApiNamespaces": ["Monitoring"]},
+            'invalid consul:serverApiNamespaces ["Monitoring"]: each entry must be a namespace name (a DNS-1123 label; got "Monitoring")',
+        ),
+        (
+            {"uiServiceType": "LoadBalancer"},
+            "invalid consul:serverApiCidrs []: must name the networks the LoadBalancer UI Service is reached from while "
+            "consul:networkPolicy is true (the servers' API admits only this instance's Jobs and consul:serverApiNamespaces): "
+            "the load balancer's or the nodes' addresses, or [\"0.0.0.0/0\"] for anywhere",
+        ),
+    ],
+)
+def test_network_policy_server_api_bad_values_refused(overrides, message):
+    rendered, error = run_main("ci-defaults", **overrides)
+    assert str(error) == message
+    assert rendered.declared == []
+
+
+def test_network_policy_exposed_ui_without_network_policy_needs_no_cidrs():
+    rendered = render("ci-defaults", uiServiceType="NodePort", networkPolicy=False)
+    assert rendered.one("Service", "consul-ui")["spec"]["type"] == "NodePort"
 
 
 def test_network_policy_off(insecure):
