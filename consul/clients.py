@@ -25,6 +25,21 @@ STICKY_SECONDS = 86400
 # The Kubernetes provider's annotation for an object whose rollout it must not await.
 SKIP_AWAIT = "pulumi.com/skipAwait"
 DNS_PORT = 53
+# The agent's node ID, derived from the datacenter and its node name (the -node argument) and
+# written where Consul looks for it (data_dir/node-id) before the agent starts: a replaced agent
+# (a roll, an eviction, a restart after a restore) comes back under the same name with the same ID.
+# With a random ID on its emptyDir it came back as a rename, which Consul refuses while the old
+# entry is healthy in the catalog ("Error while renaming Node ID"), as it is after a restore.
+STABLE_NODE_ID_SCRIPT = r"""for arg in "$@"; do case "$arg" in -node=*) node=${arg#-node=};; esac; done
+printf '%s/%s' "$DATACENTER" "$node" | sha256sum \
+  | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/' | tr -d '\n' > DATA_DIR/node-id
+exec consul "$@"
+""".replace("DATA_DIR", cfg.DATA_DIR)
+
+
+def stable_node_id_command(datacenter: str) -> list[str]:
+    """The agent container's command: the node ID written, then ``consul`` with the arguments."""
+    return ["/bin/sh", "-ec", STABLE_NODE_ID_SCRIPT.replace("$DATACENTER", datacenter), "consul-agent"]
 # A node's agent restarts in seconds; 10% of the nodes at a time (at least one) keeps a rollout of
 # a few hundred nodes well inside ROLLOUT_TIMEOUTS, while 90% of the nodes keep their agent.
 DAEMONSET_MAX_UNAVAILABLE = "10%"
@@ -259,6 +274,7 @@ def _pod_spec(
                 ),
                 resources=spec.resources,
                 wiring=wiring,
+                command=stable_node_id_command(cluster.datacenter),
             )
         ],
     )

@@ -182,12 +182,14 @@ def agent_container(
     args: Sequence[str] = (),
     lifecycle: core.LifecycleArgs | None = None,
     mounts: Sequence[core.VolumeMountArgs] = (),
+    command: Sequence[str] = ("consul",),
 ) -> core.ContainerArgs:
-    """The consul agent container: config from the config dir, advertising the pod IP, non-root."""
+    """The consul agent container: config from the config dir, advertising the pod IP, non-root.
+    `command` runs the agent with the arguments that follow it (``agent …``)."""
     return core.ContainerArgs(
         name="consul",
         image=image,
-        command=["consul"],
+        command=list(command),
         args=["agent", f"-config-dir={CONFIG_DIR}", *wiring.args, "-advertise=$(POD_IP)", f"-node={node_name}", *args],
         env=[
             field_env("POD_IP", "status.podIP"),

@@ -438,11 +438,18 @@ def test_a_snapshot_restores_a_wiped_cluster_with_make_restore_and_a_damaged_one
     status, body = api("GET", "/v1/catalog/service/legacy-db")
     assert (status, [s["Address"] for s in json.loads(body)]) == (200, ["10.9.9.9"])
 
-    # The README's step after a restore onto new servers: restart the clients, which then rejoin.
+    # The README's step after a restore onto new servers: restart the clients, which then rejoin
+    # under the node IDs the restored catalog holds for their names (no rename for Consul to refuse).
+    def client_node_ids() -> dict[str, str]:
+        return {n["Node"]: n["ID"] for n in from_server(deployment, "/v1/catalog/nodes") if n["Node"] in REAL_NODES}
+
+    restored_ids = client_node_ids()
+    assert sorted(restored_ids) == sorted(REAL_NODES)
     deployment.kubectl("rollout", "restart", "daemonset/consul-client")
     deployment.kubectl("rollout", "status", "daemonset/consul-client", "--timeout=300s", timeout=330)
     members = lambda: {(m["Name"], m["Status"]) for m in from_server(deployment, "/v1/agent/members")}  # noqa: E731
     cluster.wait("every client a live member", lambda: {(n, 1) for n in REAL_NODES} <= members(), 120)
+    assert client_node_ids() == restored_ids
     assert consul_http(toolbox.sh, "GET", f"http://consul-client.{ns}.svc:8500/v1/kv/snap/key-4?raw", token, bound=5) == (200, "value-4")
 
     # A damaged file is refused before the servers see it; the data stays.

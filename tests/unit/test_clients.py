@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 
 import pytest
 from harness import merged_agent_config, render, run_main
@@ -58,6 +60,43 @@ def test_clients_mode_default_is_one_agent_per_node(default):
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in container(default)["env"]
     assert {"name": "data", "emptyDir": {}} in pod(default)["volumes"]
     assert default.outputs["clientMode"] == "daemonset"
+
+
+def started_agent(rendered, tmp_path, node: str) -> tuple[str, str]:
+    """Run the client container's command as its pod would, with the container's arguments and
+    `node` for $(NODE_NAME)/$(POD_NAME), a stand-in `consul` that prints what it got, and the data
+    dir in tmp_path: (the node-id file written, what `consul` was started with)."""
+    c = container(rendered)
+    data = tmp_path / node
+    data.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "consul").write_text('#!/bin/sh\necho "$@"\n')
+    (bin_dir / "consul").chmod(0o755)
+    command = [part.replace("/consul/data", str(data)) for part in c["command"]]
+    args = [a.replace("$(NODE_NAME)", node).replace("$(POD_NAME)", node) for a in c["args"]]
+    out = subprocess.run([*command, *args], capture_output=True, text=True, check=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    return (data / "node-id").read_text(), out.stdout.strip()
+
+
+def uuid_of(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def test_clients_node_id_comes_from_the_datacenter_and_the_node_name(default, tmp_path):
+    """A replaced agent keeps its node ID: no rename for Consul to refuse after a restore."""
+    node_id, started = started_agent(default, tmp_path, "node-1")
+    assert node_id == uuid_of("dc1/node-1")
+    assert started == " ".join(a.replace("$(NODE_NAME)", "node-1") for a in container(default)["args"])
+    assert started_agent(default, tmp_path, "node-2")[0] == uuid_of("dc1/node-2")
+    other_dc = tmp_path / "eu-west"
+    other_dc.mkdir()
+    assert started_agent(render("ci-defaults", datacenter="eu-west"), other_dc, "node-1")[0] == uuid_of("eu-west/node-1")
+
+
+def test_clients_node_id_in_statefulset_mode_comes_from_the_pod_name(statefulset_mode, tmp_path):
+    assert started_agent(statefulset_mode, tmp_path, "consul-client-0")[0] == uuid_of("dc1/consul-client-0")
 
 
 def test_clients_mode_default_service_is_node_local(default):
