@@ -40,6 +40,8 @@ exec consul "$@"
 def stable_node_id_command(datacenter: str) -> list[str]:
     """The agent container's command: the node ID written, then ``consul`` with the arguments."""
     return ["/bin/sh", "-ec", STABLE_NODE_ID_SCRIPT.replace("$DATACENTER", datacenter), "consul-agent"]
+
+
 # A node's agent restarts in seconds; 10% of the nodes at a time (at least one) keeps a rollout of
 # a few hundred nodes well inside ROLLOUT_TIMEOUTS, while 90% of the nodes keep their agent.
 DAEMONSET_MAX_UNAVAILABLE = "10%"

@@ -26,22 +26,29 @@ ROLLOUT_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m")
 
 def rollout_await(spec: ServerSpec) -> dict[str, str]:
     """What `pulumi up` waits for after a change to the StatefulSet: the pods at and above the
-    partition run the current template, and every pod is Ready.
+    partition run the update revision, and every pod is Ready.
 
     Written as a `pulumi.com/waitFor` condition, which the provider checks only once the
     StatefulSet's `.status.observedGeneration` has caught up with the change. Its built-in await does
     not (provider 4.25, pulumi-kubernetes#4094): it could read the status of the previous roll and
     return while the servers were still rolling, and the clients, which wait for this await, rolled
-    early. "At least" the pods above the partition (a filter, `> count - 1`) so that raising the
-    partition without a template change, where every pod already runs it, completes too; with the
-    partition at `serverReplicas` nothing is to be updated, and the status omits a zero count.
+    early. While the pods below a partition keep an older revision (`currentRevision` is not the
+    `updateRevision`), the pods above it must be updated; otherwise every pod must be, which also
+    covers a partition raised with no template change (all already updated) and a staged upgrade
+    reverted (the old revision is the update revision again, and the reverted pods must roll back).
+    With the partition at `serverReplicas` nothing is to be updated, and the status omits a zero
+    count. (`>` rather than `>=`: the provider splits the condition at a single "=".)
     """
-    ready = f"jsonpath={{.status.readyReplicas}}={spec.replicas}"
-    to_update = spec.replicas - spec.update_partition
+    replicas = spec.replicas
+    to_update = replicas - spec.update_partition
     if to_update == 0:
-        return {"pulumi.com/waitFor": json.dumps([ready])}
-    updated_and_ready = f"jsonpath={{$[?@.updatedReplicas > {to_update - 1}].readyReplicas}}={spec.replicas}"
-    return {"pulumi.com/waitFor": json.dumps([updated_and_ready])}
+        return {"pulumi.com/waitFor": json.dumps([f"jsonpath={{.status.readyReplicas}}={replicas}"])}
+    same = "@.currentRevision == @.updateRevision"
+    if spec.update_partition == 0:
+        status = f"$[?@.updatedReplicas > {replicas - 1}]"
+    else:
+        status = f"$[?({same} && @.updatedReplicas > {replicas - 1}) || (!({same}) && @.updatedReplicas > {to_update - 1})]"
+    return {"pulumi.com/waitFor": json.dumps([f"jsonpath={{{status}.readyReplicas}}={replicas}"])}
 
 
 @dataclass(frozen=True)
@@ -203,11 +210,15 @@ class ConsulServers(pulumi.ComponentResource):
 
         ui_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
         if args.ui.service_type is not UiServiceType.NONE:
+            exposed = args.ui.service_type in (UiServiceType.NODE_PORT, UiServiceType.LOAD_BALANCER)
             ui = core.Service(
                 f"{name}-ui",
                 metadata=Labels(name, "ui", cluster.version).metadata(f"{name}-ui", namespace, args.ui.annotations),
                 spec=core.ServiceSpecArgs(
                     type=args.ui.service_type.value,
+                    # Under the NetworkPolicy the servers admit serverApiCidrs: keep the callers'
+                    # addresses, which kube-proxy would otherwise replace with a node's.
+                    external_traffic_policy="Local" if args.network_policy and exposed else None,
                     selector=labels.selector,
                     ports=[
                         core.ServicePortArgs(name="https", port=UI_HTTPS_PORT, target_port="https", protocol="TCP")

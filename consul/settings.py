@@ -95,6 +95,7 @@ MANAGED_CLIENT_KEYS = {
     "rejoin_after_leave": "clients rejoin after a restart",
     "node_name": "client agents are named after their node (daemonset) or pod (statefulset)",
     "leave_on_terminate": "clients leave the cluster when their pod is deleted, taking their services with them",
+    "node_id": "each client agent's node ID is derived from the datacenter and its node name",
 }
 
 
@@ -241,7 +242,7 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
             [],
             f"must name the networks the {settings.ui.service_type.value} UI Service is reached from while "
             "consul:networkPolicy is true (the servers' API admits only this instance's Jobs and consul:serverApiNamespaces): "
-            "the load balancer's or the nodes' addresses, or [\"0.0.0.0/0\"] for anywhere",
+            'the networks of the UI\'s users (the Service keeps their addresses: externalTrafficPolicy Local), or ["0.0.0.0/0"] for anywhere',
         )
     unknown = sorted(set(raw) - reader.read)
     if unknown:

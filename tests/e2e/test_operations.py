@@ -33,6 +33,7 @@ from conftest import (
     LOCAL_AGENT,
     REAL_NODES,
     ROOT,
+    TOOLS_NAMESPACE,
     UPGRADE_IMAGE,
     assert_bounds,
     consul_http,
@@ -51,7 +52,8 @@ from watch import Watch
 # Day-2 operations, each a roll or a recovery of minutes: make e2e-day2 (outside CI's 90 minutes).
 pytestmark = [pytest.mark.e2e, pytest.mark.day2]
 
-STACK_SETTINGS = {"serverAntiAffinity": "preferred"}
+# The bed's tools namespace reads the certificate each server serves on its API port.
+STACK_SETTINGS = {"serverAntiAffinity": "preferred", "serverApiNamespaces": [TOOLS_NAMESPACE]}
 SERVERS = ["consul-server-0", "consul-server-1", "consul-server-2"]
 # A roll of the servers: each one stopped (without leaving Raft, 30 s grace at most), started and
 # Ready in turn; the formed checks below wait for Consul's own view after that.

@@ -398,7 +398,7 @@ def test_network_policy_server_api_from_listed_namespaces_and_networks():
             {"uiServiceType": "LoadBalancer"},
             "invalid consul:serverApiCidrs []: must name the networks the LoadBalancer UI Service is reached from while "
             "consul:networkPolicy is true (the servers' API admits only this instance's Jobs and consul:serverApiNamespaces): "
-            "the load balancer's or the nodes' addresses, or [\"0.0.0.0/0\"] for anywhere",
+            'the networks of the UI\'s users (the Service keeps their addresses: externalTrafficPolicy Local), or ["0.0.0.0/0"] for anywhere',
         ),
     ],
 )
@@ -408,9 +408,17 @@ def test_network_policy_server_api_bad_values_refused(overrides, message):
     assert rendered.declared == []
 
 
+def test_network_policy_exposed_ui_keeps_the_callers_addresses():
+    rendered = render("ci-defaults", uiServiceType="LoadBalancer", serverApiCidrs=["192.0.2.0/24"])
+    ui = rendered.one("Service", "consul-ui")["spec"]
+    assert (ui["type"], ui["externalTrafficPolicy"]) == ("LoadBalancer", "Local")
+
+
 def test_network_policy_exposed_ui_without_network_policy_needs_no_cidrs():
     rendered = render("ci-defaults", uiServiceType="NodePort", networkPolicy=False)
-    assert rendered.one("Service", "consul-ui")["spec"]["type"] == "NodePort"
+    ui = rendered.one("Service", "consul-ui")["spec"]
+    assert ui["type"] == "NodePort"
+    assert "externalTrafficPolicy" not in ui
 
 
 def test_network_policy_off(insecure):

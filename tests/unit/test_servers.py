@@ -531,9 +531,14 @@ def test_servers_rollout_await_every_pod_updated_and_ready(default):
     assert wait_for(default) == ["jsonpath={$[?@.updatedReplicas > 2].readyReplicas}=3"]
 
 
-def test_servers_rollout_await_with_a_partition_at_least_the_pods_above_it():
+def test_servers_rollout_await_with_a_partition_the_pods_above_it_or_all_when_one_revision():
+    # Pods below the partition on an older revision: those above it updated. One revision (no
+    # template change, or a staged upgrade reverted): every pod updated to it.
     rendered = render("ci-defaults", serverReplicas=5, serverUpdatePartition=3)
-    assert wait_for(rendered) == ["jsonpath={$[?@.updatedReplicas > 1].readyReplicas}=5"]
+    assert wait_for(rendered) == [
+        "jsonpath={$[?(@.currentRevision == @.updateRevision && @.updatedReplicas > 4) || "
+        "(!(@.currentRevision == @.updateRevision) && @.updatedReplicas > 1)].readyReplicas}=5"
+    ]
 
 
 def test_servers_rollout_await_with_the_partition_at_the_server_count_only_ready():
