@@ -463,7 +463,8 @@ def quorum(servers: int) -> int:
 def bounds_broken(watch: Any, servers: int) -> list[str]:
     """Each of the issue's bounds that a finished Watch saw broken: fewer voters than a quorum of
     the cluster's full size `servers`, a stretch over 2 s without a leader, a failed or a lost
-    write, a client agent NotReady in any sample. [] when the operation kept them all."""
+    write, a client agent NotReady in any sample, the watch's registration missing from the
+    catalog or unanswered by DNS in any sample. [] when the operation kept them all."""
     summary = watch.summary
     broken = []
     if summary.fewest_voters is None or summary.fewest_voters < quorum(servers):
@@ -476,14 +477,18 @@ def bounds_broken(watch: Any, servers: int) -> list[str]:
         broken.append(f"{summary.lost_writes} acknowledged writes lost")
     if summary.clients_not_ready:
         broken.append(f"{summary.clients_not_ready} client NotReady samples")
+    if summary.registration_missing:
+        broken.append(f"{summary.registration_missing} samples with the registration missing from the catalog")
+    if summary.dns_unanswered:
+        broken.append(f"{summary.dns_unanswered} DNS lookups unanswered")
     return broken
 
 
 # The bounds issue #19 still breaks when a server stops without leaving Raft (its voter slot kept,
 # so voters never drop): the leader lost until an election, and clients sending RPCs to the stopped
 # server until serf declares it failed; rolling the client DaemonSet replaces every client agent.
-LEADER_LOST = ("without a leader", "writes failed")
-CLIENTS_ROLLED = ("client NotReady samples",)
+LEADER_LOST = ("without a leader", "writes failed", "DNS lookups unanswered")
+CLIENTS_ROLLED = ("client NotReady samples", "registration missing")
 OPEN_DEFECT = "issue #19, open"
 
 

@@ -7,9 +7,14 @@ Each sampler runs in its own thread, so a slow answer never delays another:
     there is no leader), counting the servers with ``Voter: true``;
   - writes: a KV write every interval, each bounded to 1 s; every acknowledged key is read back
     at the end;
-  - pods: every pod of the namespace from the API: readiness and ``restartCount``.
-The first three run as shell loops in the toolbox pod (`kubectl exec`), with the token on
-standard input; the pod sampler reads the API. Each line is timed when it arrives.
+  - pods: every pod of the namespace from the API: readiness and ``restartCount``;
+  - registration: a service the watch registers with that client agent before the action, looked
+    up in the catalog (`?stale`, any server's view); a sample counts as missing only when the
+    catalog answered without it;
+  - DNS: the same service through the `consul-dns` Service (`dig`, 1 s), answered when it gives
+    an A record.
+The samplers but the pods' run as shell loops in the toolbox pod (`kubectl exec`), with the token
+on standard input; the pod sampler reads the API. Each line is timed when it arrives.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ VOTERS_LOOP = (
     'while :; do out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/operator/raft/configuration?stale") || out="- 0"; '
     'echo "$out" | tr -d "\\n"; echo; sleep {interval}; done'
 )
+CATALOG_LOOP = (
+    'while :; do out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/catalog/service/{service}?stale") || out="- 0"; '
+    'echo "$out" | tr -d "\\n"; echo; sleep {interval}; done'
+)
+DNS_LOOP = 'while :; do n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$n"; sleep {interval}; done'
 WRITES_LOOP = (
     'i=0; while :; do code=$(curl -s -m {bound} -o /dev/null -w \'%{{http_code}}\' -X PUT -H @"$h" --data "$i" '
     '"{agent}/v1/kv/{prefix}/$i") || code=0; echo "$i $code"; i=$((i+1)); sleep {interval}; done'
@@ -52,6 +62,10 @@ class Record:
     writes: list[tuple[float, str, bool]] = field(default_factory=list)
     # (time, {pod name: (Ready and not terminating, its UID, its containers' restarts)})
     pods: list[tuple[float, dict[str, tuple[bool, str, int]]]] = field(default_factory=list)
+    # (time, the catalog lists the watch's service; None: the catalog did not answer)
+    registered: list[tuple[float, bool | None]] = field(default_factory=list)
+    # (time, consul-dns gave an A record for it)
+    dns: list[tuple[float, bool]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -65,18 +79,22 @@ class Summary:
     lost_writes: int
     clients_not_ready: int
     restarts: dict[str, int]
+    registration_missing: int
+    dns_unanswered: int
 
     def row(self) -> str:
         restarted = sum(self.restarts.values())
         return (
             f"| {self.operation} | {self.seconds:.1f} s | {self.polls} | {self.fewest_voters} | {self.longest_leaderless:.1f} s "
-            f"| {self.failed_writes} | {self.lost_writes} | {self.clients_not_ready} | {restarted} |"
+            f"| {self.failed_writes} | {self.lost_writes} | {self.clients_not_ready} | {restarted} "
+            f"| {self.registration_missing} | {self.dns_unanswered} |"
         )
 
 
 TABLE_HEADER = (
     "| operation | time | leader polls | fewest voters | longest without a leader | failed writes (1 s bound) | lost writes "
-    "| client NotReady samples | container restarts |\n|---|---|---|---|---|---|---|---|---|"
+    "| client NotReady samples | container restarts | registration missing samples | DNS lookups unanswered |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 ROWS: list[Summary] = []
 
@@ -90,6 +108,7 @@ class Watch:
         self.label = label
         self.agent = agent or f"http://consul-client.{deployment.namespace}.svc:8500"
         self.prefix = f"watch/{label.replace(' ', '-')}"
+        self.service = "watch-" + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:50]
         self.record = Record()
         self._stop = threading.Event()
         self._processes: list[Any] = []
@@ -129,6 +148,42 @@ class Watch:
                 count = None
         self.record.voters.append((at, count))
 
+    def _on_catalog(self, at: float, line: str) -> None:
+        body, _, code = line.rpartition(" ")
+        listed: bool | None = None
+        if code == "200":
+            try:
+                listed = any(entry.get("ServiceID") == self.service for entry in json.loads(body))
+            except (ValueError, AttributeError, TypeError):
+                listed = None
+        self.record.registered.append((at, listed))
+
+    def _on_dns(self, at: float, line: str) -> None:
+        self.record.dns.append((at, line.strip() not in ("", "0")))
+
+    def _register(self) -> None:
+        """The watch's own service, on the client agent a workload uses, as the README registers one."""
+        body = json.dumps({"Name": self.service, "ID": self.service, "Port": 1})
+        out = self.toolbox.sh(
+            _PRELUDE
+            + f'curl -sS -m 5 -H @"$h" -o /dev/null -w "%{{http_code}}" -X PUT --data-binary @- "{self.agent}/v1/agent/service/register"',
+            input=self.deployment.management_token() + "\n" + body,
+        )
+        if out.stdout.strip() != "200":
+            raise AssertionError(f"{self.label}: registering {self.service} failed: {out.stdout} {out.stderr}")
+
+    def _deregister(self) -> None:
+        """Best effort: the agent that holds it may be gone with the operation."""
+        self.toolbox.sh(
+            _PRELUDE + f'curl -s -m 5 -H @"$h" -o /dev/null -X PUT "{self.agent}/v1/agent/service/deregister/{self.service}" || true',
+            input=self.deployment.management_token() + "\n",
+        )
+
+    def _dns_ip(self) -> str | None:
+        path = f"/api/v1/namespaces/{self.deployment.namespace}/services/consul-dns"
+        ip: str | None = self.deployment.api.get(path)["spec"]["clusterIP"] if self.deployment.api.exists(path) else None
+        return ip
+
     def _on_write(self, at: float, line: str) -> None:
         index, _, code = line.partition(" ")
         self.record.writes.append((at, index, code == "200"))
@@ -154,24 +209,40 @@ class Watch:
 
     def __enter__(self) -> Watch:
         self.started = time.monotonic()
-        fmt = {"agent": self.agent, "interval": INTERVAL, "bound": WRITE_BOUND, "prefix": self.prefix}
+        self._register()
+        dns = self._dns_ip()
+        fmt = {"agent": self.agent, "interval": INTERVAL, "bound": WRITE_BOUND, "prefix": self.prefix, "service": self.service, "dns": dns}
         self._stream(LEADER_LOOP.format(**fmt), self._on_leader)
         self._stream(VOTERS_LOOP.format(**fmt), self._on_voters)
         self._stream(WRITES_LOOP.format(**fmt), self._on_write)
+        self._stream(CATALOG_LOOP.format(**fmt), self._on_catalog)
+        if dns is not None:
+            self._stream(DNS_LOOP.format(**fmt), self._on_dns)
         pods = threading.Thread(target=self._pods, daemon=True, name=f"watch-pods-{self.label}")
         pods.start()
         self._threads.append(pods)
-        # The clock starts before the action: every sampler has reported once, from a cluster with a leader.
+        # The clock starts before the action: every sampler has reported once, from a cluster with a
+        # leader, the registration in the catalog and (Consul's anti-entropy and DNS a moment behind) in DNS.
         deadline = time.monotonic() + 60
-        while not (self.record.leader and self.record.voters and self.record.writes and self.record.pods):
+
+        def ready() -> bool:
+            sampled = self.record.leader and self.record.voters and self.record.writes and self.record.pods
+            registered = self.record.registered and self.record.registered[-1][1]
+            answered = dns is None or (self.record.dns and self.record.dns[-1][1])
+            return bool(sampled and registered and answered)
+
+        while not ready():
             if time.monotonic() > deadline:
                 self._halt()
-                raise TimeoutError(f"{self.label}: the watch's samplers did not report within 60 s")
+                raise TimeoutError(
+                    f"{self.label}: the watch's samplers did not report (with {self.service} registered and in DNS) within 60 s"
+                )
             time.sleep(0.05)
         if not self.record.leader[-1][1]:
             self._halt()
             raise AssertionError(f"{self.label}: no leader before the operation started")
         self.action_started = self._now()
+        self.dns = dns
         return self
 
     def _halt(self) -> None:
@@ -188,6 +259,7 @@ class Watch:
         seconds = self._now() - self.action_started
         self._halt()
         self.summary = self._summarise(seconds)
+        self._deregister()
         ROWS.append(self.summary)
         print(f"\nwatch: {self.summary.row()}")
 
@@ -251,4 +323,6 @@ class Watch:
             lost_writes=self._acknowledged_keys_lost(),
             clients_not_ready=clients_not_ready,
             restarts=self._restarts(),
+            registration_missing=sum(1 for at, listed in self.record.registered if at >= self.action_started and listed is False),
+            dns_unanswered=sum(1 for at, answered in self.record.dns if at >= self.action_started and not answered),
         )
