@@ -454,7 +454,11 @@ def test_a_snapshot_restores_a_wiped_cluster_with_make_restore_and_a_damaged_one
     assert client_node_ids() == restored_ids
     assert consul_http(toolbox.sh, "GET", f"http://consul-client.{ns}.svc:8500/v1/kv/snap/key-4?raw", token, bound=5) == (200, "value-4")
 
-    # A damaged file is refused before the servers see it; the data stays.
+    # A missing file and a damaged one are refused before the servers see them; the data stays.
+    missing = "consul-19990101T000000Z.snap"
+    refused = make_restore(deployment, kubectl, missing)
+    assert refused.returncode != 0
+    assert f"no snapshot {missing} in claim consul-snapshots" in refused.stderr, refused.stderr
     damaged = "consul-20000101T000000Z.snap"
     damaged_copy(deployment, snapshot, damaged)
     refused = make_restore(deployment, kubectl, damaged)
