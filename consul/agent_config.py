@@ -57,6 +57,10 @@ def quorum(servers: int) -> int:
     return servers // 2 + 1
 
 
+# Ten years: no retained claim is refused for its age.
+SERVER_REJOIN_AGE_MAX = "87600h"
+
+
 def min_quorum(servers: int) -> int:
     """Autopilot's min_quorum: the declared size itself. Autopilot never prunes a server of the
     declared set, however long it is down (a pod being replaced, a node drained): it comes back
@@ -85,6 +89,12 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, security: SecurityS
         # included: they keep their addresses while the servers come back at new ones. Servers
         # never leave, so this matters only after an operator's own `consul leave`.
         "rejoin_after_leave": True,
+        # Consul (1.16 on) refuses to start a server whose data was last seen running more than
+        # server_rejoin_age_max ago (7 days by default), against decommissioned servers started
+        # again by accident. Here a server's data comes back only on purpose: a StatefulSet
+        # scaled up again onto its retained claim, a re-install over the retained claims, a pod
+        # Pending for a week. Each must start, and Raft brings a returning server up to date.
+        "server_rejoin_age_max": SERVER_REJOIN_AGE_MAX,
         "ui_config": {"enabled": True},
         "performance": {"raft_multiplier": 1},
         "autopilot": {"cleanup_dead_servers": True, "min_quorum": min_quorum(servers.replicas)},

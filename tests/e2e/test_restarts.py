@@ -21,6 +21,7 @@ from conftest import (
     consul_http,
     in_pod,
     leader_seen,
+    ready,
     restarts,
     servers_formed,
     servers_held_down,
@@ -193,3 +194,33 @@ def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_vote
     rows = [line.split() for line in peers.stdout.strip().splitlines()[1:]]
     assert sorted((row[0], row[4]) for row in rows) == [(name, "true") for name in SERVERS]
     assert_bounds(watch, 3, open_defect=LEADER_LOST)
+
+
+# Consul's default server_rejoin_age_max: a server whose data was last seen running longer ago
+# refuses to start ("refusing to rejoin cluster because server has been offline for more than ...").
+DEFAULT_REJOIN_AGE_MAX_DAYS = 7
+
+
+def test_a_server_whose_data_was_last_seen_eight_days_ago_starts_and_is_a_voter_again(formed):
+    """A retained claim a week old, as after a week Pending, a scale-up onto a claim kept from a
+    scale-down, or a re-install over the retained claims: the server's server_metadata.json aged
+    past Consul's default limit, then its pod deleted. The server starts on that data, without a
+    restart, and is a voter again."""
+    deployment = formed
+    name = "consul-server-2"
+    aged = int(time.time()) - (DEFAULT_REJOIN_AGE_MAX_DAYS + 1) * 86400
+    written = deployment.exec(name, "sh", "-c", f"printf '{{\"last_seen_unix\":{aged}}}' > /consul/data/server_metadata.json")
+    assert written.returncode == 0, written.stderr
+    before = uids(deployment, "server")[name]
+    deployment.kubectl("delete", "pod", name, timeout=120)
+
+    def back() -> bool:
+        pod = next((p for p in deployment.pods("server") if p["metadata"]["name"] == name), None)
+        return pod is not None and pod["metadata"]["uid"] != before and ready(pod)
+
+    took = deployment.cluster.wait(f"{name} back on its aged data, Ready", back, SERVERS_BACK)
+    deployment.cluster.wait("three voters and a leader", lambda: servers_formed(deployment, 3), SERVERS_BACK)
+    print(f"\nbed: restarts: {name} started on data last seen {DEFAULT_REJOIN_AGE_MAX_DAYS + 1} days ago, Ready in {took:.1f} s")
+    assert restart_counts(deployment, "server")[name] == 0
+    seen = deployment.exec(name, "cat", "/consul/data/server_metadata.json")
+    assert int(seen.stdout.split(":")[1].strip(" }\n")) > aged, seen.stdout

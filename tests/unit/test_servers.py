@@ -314,6 +314,8 @@ def test_servers_agent_config_design(default):
     config = agent_config(default)
     assert config["server"] is True
     assert config["leave_on_terminate"] is False
+    # A retained claim is never refused for its age (Consul's default: 7 days).
+    assert config["server_rejoin_age_max"] == "87600h"
     assert config["performance"] == {"raft_multiplier": 1}
     assert config["ui_config"] == {"enabled": True}
     assert config["bind_addr"] == "0.0.0.0"
