@@ -151,9 +151,7 @@ def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, 
                 tokens_secret=security.acl_tokens.secret_name if security.acl_tokens else None,
                 cluster=settings.cluster,
             ),
-            # A keyring call asks every member, clients included: after both tiers have rolled
-            # (an image upgrade re-runs the Job, which then changes nothing), not during.
-            opts=pulumi.ResourceOptions(depends_on=[servers, clients]),
+            opts=pulumi.ResourceOptions(depends_on=[servers]),
         )
     if settings.snapshots.enabled:
         ConsulSnapshots(
