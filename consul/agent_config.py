@@ -138,6 +138,10 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
         "retry_join": list(retry_join),
         "rejoin_after_leave": True,
         "ports": {"http": HTTP_PORT, "dns": DNS_PORT, "serf_lan": SERF_LAN_PORT},
+        # Service lookups through the agent cache: a background blocking query keeps each looked-up
+        # service current, and while no server answers the agent goes on answering with the
+        # last instances it knew, instead of SERVFAIL (consul-dns is served by the clients).
+        "dns_config": {"use_cache": True},
     }
     if security.tls:
         config["tls"] = {

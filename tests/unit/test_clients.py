@@ -246,6 +246,8 @@ def test_clients_agent_config_design(default):
     assert config["server"] is False
     assert config["leave_on_terminate"] is True
     assert config["rejoin_after_leave"] is True
+    # DNS answers from the agent cache, kept current by a blocking query, through a server outage.
+    assert config["dns_config"] == {"use_cache": True}
     assert config["datacenter"] == "dc1"
     assert config["data_dir"] == "/consul/data"
 
