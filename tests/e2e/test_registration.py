@@ -205,21 +205,30 @@ def curl_exit(run, url: str) -> int:
     return int(status.group(1))
 
 
-def test_no_workload_reaches_a_server_s_api_and_the_ui_answers_through_port_forward(module_deployment, web_app, toolbox, tmp_path):
+@pytest.fixture
+def api_prober(module_deployment) -> Iterator[Toolbox]:
+    """A workload of its own name: a pod re-created under the name of one just deleted can be
+    the terminating one for a moment, and an exec into it ends with no output."""
+    box = workload(module_deployment, "api-prober", REAL_NODES[0], "web")
+    yield box
+    box.delete()
+
+
+def test_no_workload_reaches_a_server_s_api_and_the_ui_answers_through_port_forward(module_deployment, api_prober, toolbox, tmp_path):
     """No registration on a server: a workload pod of the stack's namespace gets no answer from a
     server's API, through the serverApiAddress Service or a pod's own address, while its node's
     agent registers it. A namespace in serverApiNamespaces (the bed's tools) is answered, and an
     operator reaches the UI and the API through `kubectl port-forward`, as the README shows."""
     deployment = module_deployment
-    app = run_in(web_app)
+    app = run_in(api_prober)
     address = deployment.stack.outputs()["serverApiAddress"].value
     pod_address = f"https://{deployment.pods('server')[0]['status']['podIP']}:8501"
     for url in (f"{address}/v1/status/leader", f"{pod_address}/v1/status/leader"):
         assert curl_exit(app, url) in NOT_CONNECTED, f"a workload reached {url}"
         assert curl_exit(toolbox.sh, url) == 0, f"the tools namespace did not reach {url}"
-    registered = web_app.sh('consul services register -name web -id web-3 -port 8080 -address "$POD_IP"')
+    registered = api_prober.sh('consul services register -name web -id web-3 -port 8080 -address "$POD_IP"')
     assert registered.returncode == 0, registered.stderr
-    assert web_app.sh("consul services deregister -id web-3").returncode == 0
+    assert api_prober.sh("consul services deregister -id web-3").returncode == 0
 
     ca = tmp_path / "ca.pem"
     ca.write_text(deployment.stack.outputs()["caCertificate"].value)
