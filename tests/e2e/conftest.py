@@ -235,6 +235,7 @@ class Toolbox:
         self.cluster = cluster
         self.name = name
         self.namespace = namespace
+        self.path = f"/api/v1/namespaces/{namespace}/pods/{name}"
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -246,6 +247,9 @@ class Toolbox:
                 **spec,
             },
         }
+        # A pod of this name deleted just before (by a previous test) may still be terminating:
+        # applying over it would reach that pod, and an exec would meet its removed container.
+        cluster.wait(f"an earlier pod {name} gone", lambda: not cluster.api.exists(self.path), 120)
         cluster.apply([pod])
         cluster.wait(f"{name} Ready", lambda: ready(cluster.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")), 120)
         self.ip: str = cluster.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")["status"]["podIP"]
@@ -296,11 +300,13 @@ class Toolbox:
         return process
 
     def delete(self) -> None:
+        """Delete the pod and return once it is gone, so its name is free for the next test."""
         try:
-            self.cluster.api.delete(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}")
+            self.cluster.api.delete(self.path)
         except ApiError as error:
             if error.status != 404:
                 raise
+        self.cluster.wait(f"{self.name} gone", lambda: not self.cluster.api.exists(self.path), 120)
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +382,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 def consul_dns_ip(deployment: Deployment) -> str:
-    ip: str = deployment.api.get(f"/api/v1/namespaces/{deployment.namespace}/services/consul-dns")["spec"]["clusterIP"]
+    from watch import consul_dns_ip as service_ip
+
+    ip = service_ip(deployment.api, deployment.namespace)
+    assert ip is not None, f"the stack in {deployment.namespace} declares no consul-dns Service"
     return ip
 
 

@@ -53,6 +53,13 @@ WRITES_LOOP = (
 )
 
 
+def consul_dns_ip(api: Any, namespace: str) -> str | None:
+    """The clusterIP of the stack's `consul-dns` Service, or None when the stack declares none."""
+    path = f"/api/v1/namespaces/{namespace}/services/consul-dns"
+    ip: str | None = api.get(path)["spec"]["clusterIP"] if api.exists(path) else None
+    return ip
+
+
 @dataclass
 class Record:
     """Samples as (seconds since the watch started, value)."""
@@ -179,11 +186,6 @@ class Watch:
             input=self.deployment.management_token() + "\n",
         )
 
-    def _dns_ip(self) -> str | None:
-        path = f"/api/v1/namespaces/{self.deployment.namespace}/services/consul-dns"
-        ip: str | None = self.deployment.api.get(path)["spec"]["clusterIP"] if self.deployment.api.exists(path) else None
-        return ip
-
     def _on_write(self, at: float, line: str) -> None:
         index, _, code = line.partition(" ")
         self.record.writes.append((at, index, code == "200"))
@@ -210,7 +212,7 @@ class Watch:
     def __enter__(self) -> Watch:
         self.started = time.monotonic()
         self._register()
-        dns = self._dns_ip()
+        dns = consul_dns_ip(self.deployment.api, self.deployment.namespace)
         fmt = {"agent": self.agent, "interval": INTERVAL, "bound": WRITE_BOUND, "prefix": self.prefix, "service": self.service, "dns": dns}
         self._stream(LEADER_LOOP.format(**fmt), self._on_leader)
         self._stream(VOTERS_LOOP.format(**fmt), self._on_voters)
