@@ -120,6 +120,11 @@ class UiSpec:
     api_namespaces: tuple[str, ...] = ()
     api_cidrs: tuple[str, ...] = ()
 
+    @property
+    def exposed(self) -> bool:
+        """Reachable from outside the cluster: a NodePort or a LoadBalancer Service."""
+        return self.service_type in (UiServiceType.NODE_PORT, UiServiceType.LOAD_BALANCER)
+
 
 @dataclass(frozen=True)
 class ClientSpec:

@@ -210,7 +210,6 @@ class ConsulServers(pulumi.ComponentResource):
 
         ui_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
         if args.ui.service_type is not UiServiceType.NONE:
-            exposed = args.ui.service_type in (UiServiceType.NODE_PORT, UiServiceType.LOAD_BALANCER)
             ui = core.Service(
                 f"{name}-ui",
                 metadata=Labels(name, "ui", cluster.version).metadata(f"{name}-ui", namespace, args.ui.annotations),
@@ -218,7 +217,7 @@ class ConsulServers(pulumi.ComponentResource):
                     type=args.ui.service_type.value,
                     # Under the NetworkPolicy the servers admit serverApiCidrs: keep the callers'
                     # addresses, which kube-proxy would otherwise replace with a node's.
-                    external_traffic_policy="Local" if args.network_policy and exposed else None,
+                    external_traffic_policy="Local" if args.network_policy and args.ui.exposed else None,
                     selector=labels.selector,
                     ports=[
                         core.ServicePortArgs(name="https", port=UI_HTTPS_PORT, target_port="https", protocol="TCP")

@@ -235,8 +235,7 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
             "which the servers' NetworkPolicy (admitting client agents by pod label) does not match on common CNIs, so the "
             "agents could not reach the servers; use consul:clientHostPorts, which keeps pod addresses, or turn networkPolicy off",
         )
-    exposed = settings.ui.service_type in (UiServiceType.NODE_PORT, UiServiceType.LOAD_BALANCER)
-    if exposed and security.network_policy and not settings.ui.api_cidrs:
+    if settings.ui.exposed and security.network_policy and not settings.ui.api_cidrs:
         raise SettingsError(
             "serverApiCidrs",
             [],
@@ -417,7 +416,7 @@ def _ui(reader: _Reader) -> UiSpec:
     return UiSpec(
         service_type=reader.choice("uiServiceType", tuple(UiServiceType)),
         annotations=_annotations(reader, "uiServiceAnnotations"),
-        api_namespaces=tuple(_namespace_names(reader, "serverApiNamespaces")),
+        api_namespaces=_namespace_names(reader, "serverApiNamespaces"),
         api_cidrs=_cidrs(reader, "serverApiCidrs"),
     )
 
@@ -455,17 +454,20 @@ def _clients(reader: _Reader) -> ClientSpec:
         tolerations=_tolerations(reader, "clientTolerations"),
         node_selector=_node_selector(reader, "clientNodeSelector"),
         extra_config=_extra_config(reader, "clientExtraConfig", MANAGED_CLIENT_KEYS),
-        api_namespaces=tuple(_namespace_names(reader, "clientApiNamespaces")),
+        api_namespaces=_namespace_names(reader, "clientApiNamespaces"),
     )
 
 
-def _namespace_names(reader: _Reader, key: str, allowed_extra: str = "") -> list[str]:
-    """A list of namespace names (DNS-1123 labels); `allowed_extra` names what else the key allows."""
+def _namespace_names(reader: _Reader, key: str, *, any_namespace: bool = False) -> tuple[str, ...]:
+    """A list of namespace names (DNS-1123 labels); with `any_namespace`, also the list just ["*"]."""
     values = reader.json(key, list, "a list of namespace names")
+    if any_namespace and values == [ANY_NAMESPACE]:
+        return (ANY_NAMESPACE,)
+    allowed_extra = ', or the list just ["*"]' if any_namespace else ""
     for value in values:
         if not isinstance(value, str) or len(value) > MAX_LABEL or not _DNS_LABEL.fullmatch(value):
             raise SettingsError(key, values, f"each entry must be a namespace name (a DNS-1123 label{allowed_extra}; got {_show(value)})")
-    return values
+    return tuple(values)
 
 
 def _cidrs(reader: _Reader, key: str) -> tuple[str, ...]:
@@ -588,9 +590,7 @@ TOKEN_TTL_BOUNDS = (60, 24 * 3600)
 def _kubernetes_auth(reader: _Reader, acls: bool) -> KubernetesAuthSpec | None:
     enabled = reader.boolean("kubernetesAuth")
     ttl_text = reader.string("kubernetesAuthTokenTtl")
-    namespaces = reader.json("kubernetesAuthNamespaces", list, "a list of namespace names")
-    if namespaces != [ANY_NAMESPACE]:
-        _namespace_names(reader, "kubernetesAuthNamespaces", ', or the list just ["*"]')
+    namespaces = _namespace_names(reader, "kubernetesAuthNamespaces", any_namespace=True)
     match = _GO_DURATION.fullmatch(ttl_text)
     seconds = sum(int(n or 0) * unit for n, unit in zip(match.groups(), (3600, 60, 1), strict=True)) if match and ttl_text else 0
     low, high = TOKEN_TTL_BOUNDS
@@ -598,23 +598,23 @@ def _kubernetes_auth(reader: _Reader, acls: bool) -> KubernetesAuthSpec | None:
         raise SettingsError(
             "kubernetesAuthTokenTtl", ttl_text, 'must be a duration from 1m to 24h, such as "1h" or "15m" (Consul\'s bounds)'
         )
-    any_namespace = namespaces == [ANY_NAMESPACE]
+    any_namespace = namespaces == (ANY_NAMESPACE,)
     if not enabled:
         if namespaces:
-            raise SettingsError("kubernetesAuthNamespaces", namespaces, "must be empty when consul:kubernetesAuth is false")
+            raise SettingsError("kubernetesAuthNamespaces", list(namespaces), "must be empty when consul:kubernetesAuth is false")
         return None
     if not acls:
         raise SettingsError("kubernetesAuth", True, "needs consul:acls (the auth method hands out ACL tokens)")
     if not namespaces:
         raise SettingsError(
             "kubernetesAuthNamespaces",
-            namespaces,
+            list(namespaces),
             'must list the namespaces whose service accounts may log in with consul:kubernetesAuth (or be ["*"] for every '
             "namespace: then whoever may create a ServiceAccount named like a service anywhere may write that service)",
         )
     hours, rest = divmod(seconds, 3600)
     go_duration = f"{hours}h{rest // 60}m{rest % 60}s" if hours else f"{rest // 60}m{rest % 60}s"
-    return KubernetesAuthSpec(token_ttl=go_duration, namespaces=() if any_namespace else tuple(namespaces))
+    return KubernetesAuthSpec(token_ttl=go_duration, namespaces=() if any_namespace else namespaces)
 
 
 def _is_uuid(text: str) -> bool:
