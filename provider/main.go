@@ -1,6 +1,7 @@
 // pulumi-resource-consul-keys: the Pulumi resource provider for the key material of a Consul
 // cluster (gossip key, CA, server certificate, ACL token IDs), one resource per stack:
-// consul-keys:index:KeyMaterial.
+// consul-keys:index:KeyMaterial; and for the guard of disruptive setting changes,
+// consul-keys:index:ChangeGuard (guard.go).
 //
 // Create generates every part the inputs ask for. An update generates only what is due (see
 // due): a new token for a new name, the CA when its request changes, the server certificate when
@@ -64,8 +65,8 @@ func (s *server) Configure(context.Context, *pulumirpc.ConfigureRequest) (*pulum
 }
 
 func checkType(t string) error {
-	if t != resourceType {
-		return fmt.Errorf("%s has no resource type %q (only %s)", name, t, resourceType)
+	if t != resourceType && t != guardType {
+		return fmt.Errorf("%s has no resource type %q (only %s and %s)", name, t, resourceType, guardType)
 	}
 	return nil
 }
@@ -74,10 +75,20 @@ func (s *server) Check(_ context.Context, req *pulumirpc.CheckRequest) (*pulumir
 	if err := checkType(req.GetType()); err != nil {
 		return nil, err
 	}
-	return &pulumirpc.CheckResponse{Inputs: req.GetNews()}, nil
+	response := &pulumirpc.CheckResponse{Inputs: req.GetNews()}
+	if req.GetType() == guardType {
+		response.Failures = refusedChanges(req.GetOlds().AsMap(), req.GetNews().AsMap())
+	}
+	return response, nil
 }
 
 func (s *server) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
+	if req.GetType() == guardType {
+		if guardChanged(req.GetOlds().AsMap(), req.GetNews().AsMap()) {
+			return &pulumirpc.DiffResponse{Changes: pulumirpc.DiffResponse_DIFF_SOME}, nil
+		}
+		return &pulumirpc.DiffResponse{Changes: pulumirpc.DiffResponse_DIFF_NONE}, nil
+	}
 	parts := due(req.GetOlds().AsMap(), req.GetNews().AsMap(), s.now())
 	response := &pulumirpc.DiffResponse{Changes: pulumirpc.DiffResponse_DIFF_NONE}
 	if len(parts) > 0 {
@@ -129,6 +140,10 @@ func (s *server) Create(_ context.Context, req *pulumirpc.CreateRequest) (*pulum
 	if err := checkType(req.GetType()); err != nil {
 		return nil, err
 	}
+	if req.GetType() == guardType {
+		// The guard's state is its inputs; it has nothing outside the state.
+		return &pulumirpc.CreateResponse{Id: "change-guard", Properties: req.GetProperties()}, nil
+	}
 	properties, err := s.material(props{}, req.GetProperties().AsMap(), allParts, req.GetPreview())
 	if err != nil {
 		return nil, err
@@ -145,6 +160,9 @@ func (s *server) Create(_ context.Context, req *pulumirpc.CreateRequest) (*pulum
 func (s *server) Update(_ context.Context, req *pulumirpc.UpdateRequest) (*pulumirpc.UpdateResponse, error) {
 	if err := checkType(req.GetType()); err != nil {
 		return nil, err
+	}
+	if req.GetType() == guardType {
+		return &pulumirpc.UpdateResponse{Properties: req.GetNews()}, nil
 	}
 	olds, news := req.GetOlds().AsMap(), req.GetNews().AsMap()
 	properties, err := s.material(olds, news, due(olds, news, s.now()), req.GetPreview())
