@@ -23,7 +23,7 @@ import pulumi
 
 # The provider plugin and its resource type; install-engine.sh installs the plugin at this version.
 PROVIDER = "consul-keys"
-PROVIDER_VERSION = "1.0.0"
+PROVIDER_VERSION = "1.1.0"
 RESOURCE_TYPE = f"{PROVIDER}:index:KeyMaterial"
 PREVIOUS_TYPE = "pulumi-python:dynamic:Resource"
 

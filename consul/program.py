@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pulumi
 
 from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
+from .change_guard import guard_changes
 from .clients import ConsulClients, ConsulClientsArgs
 from .generated import CA_WARN_BEFORE_DAYS, KeyMaterial, expires_within
 from .gossip_rotation import ConsulGossipRotation, ConsulGossipRotationArgs
@@ -202,9 +203,13 @@ async def _send_declared() -> None:
 
 async def main() -> None:
     """Entry point (`pulumi.run(main)`, or the Automation API's inline program): validation runs to
-    completion before the first resource is declared. The foundation is sent before the rest is
+    completion before the first resource is declared, and the guard of disruptive changes is
+    checked by the engine before the rest is declared. The foundation is sent before the rest is
     declared, so the engine loads its provider plugins while the program is still running."""
     settings = load_settings(stack_config(), secret_config_keys())
+    # A render writes files and has no cluster to disrupt: only a deployment guards its changes.
+    if pulumi.Config("kubernetes").get("renderYamlToDirectory") is None:
+        await guard_changes(INSTANCE, settings)
     if settings.clients.uses_host_namespace and settings.create_namespace:
         pulumi.log.warn(
             f"{PROJECT}:clientHostPorts/clientHostNetwork need host access: namespace {settings.namespace} enforces "

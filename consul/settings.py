@@ -46,6 +46,8 @@ from .quantity import parse_quantity
 PROJECT = "consul"
 
 SERVER_REPLICA_CHOICES = (1, 3, 5, 7)
+# Settings whose change a deployed stack refuses unless consul:allowedChanges lists them (change_guard.py).
+GUARDED_SETTINGS = ("serverStorageSize", "serverStorageClass", "gossipEncryption", "tls")
 MAX_CLIENT_REPLICAS = 1000
 OLDEST_SUPPORTED_CONSUL = (1, 16)
 # Releases refused by name: 1.19.0 and 1.19.1 made a rewritten DNS server the default, and 1.19.2
@@ -126,6 +128,7 @@ class Settings:
     dns: DnsSpec
     security: SecuritySpec
     snapshots: SnapshotSpec = field(default_factory=SnapshotSpec)
+    allowed_changes: tuple[str, ...] = ()
 
 
 T = TypeVar("T")
@@ -226,6 +229,7 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
         dns=_dns(reader),
         security=replace(security, snapshot_token=snapshots.enabled and security.acls),
         snapshots=snapshots,
+        allowed_changes=_allowed_changes(reader),
     )
     if settings.clients.host_network and security.network_policy:
         raise SettingsError(
@@ -456,6 +460,15 @@ def _clients(reader: _Reader) -> ClientSpec:
         extra_config=_extra_config(reader, "clientExtraConfig", MANAGED_CLIENT_KEYS),
         api_namespaces=_namespace_names(reader, "clientApiNamespaces"),
     )
+
+
+def _allowed_changes(reader: _Reader) -> tuple[str, ...]:
+    values = reader.json("allowedChanges", list, "a list of setting names")
+    for value in values:
+        if value not in GUARDED_SETTINGS:
+            names = ", ".join(GUARDED_SETTINGS)
+            raise SettingsError("allowedChanges", values, f"each entry must be one of {names} (got {_show(value)})")
+    return tuple(values)
 
 
 def _namespace_names(reader: _Reader, key: str, *, any_namespace: bool = False) -> tuple[str, ...]:

@@ -119,6 +119,12 @@ def test_settings_accepts_digest_pinned_image():
 
 INVALID = [
     (
+        "allowedChanges",
+        ["serverReplicas"],
+        'invalid consul:allowedChanges ["serverReplicas"]: each entry must be one of serverStorageSize, serverStorageClass, '
+        'gossipEncryption, tls (got "serverReplicas")',
+    ),
+    (
         "serverReplicas",
         4,
         "invalid consul:serverReplicas 4: must be 1, 3, 5 or 7: an odd count, since an even one adds no failure tolerance, and at most 7, since every write waits for a majority",
