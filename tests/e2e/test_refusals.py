@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import KUBE_BIN, REAL_NODES, consul_http, consul_json, in_pod, leader_seen, ready, run_stack
+from conftest import KUBE_BIN, REAL_NODES, consul_http, consul_json, in_pod, leader_seen, ready, restarts, run_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -439,3 +439,54 @@ def test_a_failed_acl_job_runs_again_at_the_next_up_once_its_cause_is_fixed(modu
     )
     job = deployment.api.get(f"/apis/batch/v1/namespaces/{deployment.namespace}/jobs/{ACL_JOB}")
     assert job["status"].get("succeeded") == 1
+
+
+def server_claim_size(deployment) -> str:
+    sts = deployment.api.get(f"/apis/apps/v1/namespaces/{deployment.namespace}/statefulsets/consul-server")
+    size: str = sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    return size
+
+
+def test_a_guarded_change_is_refused_before_anything_changes_and_the_storage_procedure_keeps_every_server(module_deployment, toolbox):
+    """A new serverStorageSize (the provider would replace the StatefulSet, deleting every server)
+    and gossip encryption switched off are refused by `pulumi preview` and `pulumi up` on the
+    deployed stack, one message each, and nothing in the cluster changes. Then the README's
+    storage procedure: orphan the StatefulSet, allow the one key, `pulumi up`: the StatefulSet is
+    created again with the new size and adopts the running servers, none restarted, under a watch."""
+    from conftest import assert_bounds
+    from watch import Watch
+
+    deployment = module_deployment
+    sts_path = f"/apis/apps/v1/namespaces/{deployment.namespace}/statefulsets/consul-server"
+    sts_uid = deployment.api.get(sts_path)["metadata"]["uid"]
+    servers = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployment.pods("server")}
+    clients = {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployment.pods("client")}
+    assert server_claim_size(deployment) == "1Gi"
+    storage_refused = "consul:serverStorageSize: 1Gi -> 2Gi on a deployed stack is refused: the size is in the server StatefulSet's"
+    gossip_refused = "consul:gossipEncryption: true -> false on a deployed stack is refused: switching gossip encryption on or off"
+    try:
+        deployment.set(serverStorageSize="2Gi", gossipEncryption=False)
+        for command in (deployment.stack.preview, deployment.stack.up):
+            with pytest.raises(run_stack.auto.CommandError) as refused:
+                command(color="never", on_output=lambda line: None)
+            assert storage_refused in str(refused.value)
+            assert gossip_refused in str(refused.value)
+        assert deployment.api.get(sts_path)["metadata"]["uid"] == sts_uid
+        assert server_claim_size(deployment) == "1Gi"
+        assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployment.pods("server")} == servers
+        assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployment.pods("client")} == clients
+        assert deployment.secret("consul-gossip")["key"], "the gossip Secret is still there"
+
+        deployment.set(gossipEncryption=True)
+        with Watch(deployment, toolbox, "storage procedure") as watch:
+            deployment.kubectl("delete", "statefulset", "consul-server", "--cascade=orphan")
+            deployment.set(allowedChanges=["serverStorageSize"])
+            deployment.up("the storage procedure")
+        assert deployment.api.get(sts_path)["metadata"]["uid"] != sts_uid
+        assert server_claim_size(deployment) == "2Gi"
+        assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployment.pods("server")} == servers, "a server pod was replaced"
+        assert [restarts(p) for p in deployment.pods("server")] == [0, 0, 0]
+        assert watch.summary is not None
+        assert_bounds(watch, 3)
+    finally:
+        deployment.set(gossipEncryption=True, allowedChanges=[])
