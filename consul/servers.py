@@ -22,6 +22,10 @@ UI_HTTPS_PORT = 443
 # A rollout replaces one server at a time (each: stop, start, rejoin, Ready): up to 7 servers, and
 # image pulls, take longer than the provider's default 10-minute await.
 ROLLOUT_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m")
+# How long a starting server may take to open its HTTP API (restoring a large snapshot) before
+# the kubelet restarts it, and how often the startup probe asks meanwhile.
+SERVER_START_BUDGET = 1200
+STARTUP_PERIOD = 2
 
 
 def rollout_await(spec: ServerSpec) -> dict[str, str]:
@@ -281,16 +285,20 @@ def _pod_spec(
     wiring = pods.secret_wiring(secrets)
     # Answers 200 with or without a leader: restarts only an agent whose HTTP server hangs,
     # never one that is waiting out an election. With TLS only HTTPS listens beyond loopback.
-    liveness = core.ProbeArgs(
-        http_get=core.HTTPGetActionArgs(
-            path="/v1/status/leader",
-            port=cfg.HTTPS_PORT if tls else cfg.HTTP_PORT,
-            scheme="HTTPS" if tls else None,
-        ),
-        initial_delay_seconds=30,
-        period_seconds=10,
+    http_api = core.HTTPGetActionArgs(
+        path="/v1/status/leader",
+        port=cfg.HTTPS_PORT if tls else cfg.HTTP_PORT,
+        scheme="HTTPS" if tls else None,
+    )
+    liveness = core.ProbeArgs(http_get=http_api, period_seconds=10, timeout_seconds=5, failure_threshold=6)
+    # A server opens its HTTP API only once it has restored its latest Raft snapshot and replayed
+    # the log after it, which for a large state takes minutes: until the API first answers, only
+    # this probe runs (liveness and readiness wait for it), for up to SERVER_START_BUDGET seconds.
+    startup = core.ProbeArgs(
+        http_get=http_api,
+        period_seconds=STARTUP_PERIOD,
         timeout_seconds=5,
-        failure_threshold=6,
+        failure_threshold=SERVER_START_BUDGET // STARTUP_PERIOD,
     )
     return core.PodSpecArgs(
         service_account_name=service_account,
@@ -316,6 +324,7 @@ def _pod_spec(
                 ],
                 readiness_probe=pods.leader_readiness_probe(cfg.LOCAL_HTTP_URL),
                 liveness_probe=liveness,
+                startup_probe=startup,
                 lifecycle=core.LifecycleArgs(
                     pre_stop=core.LifecycleHandlerArgs(
                         exec_=core.ExecActionArgs(command=["/bin/sh", "-c", leadership_handoff(secrets.features.acls)])

@@ -379,6 +379,12 @@ def test_servers_probes(default):
     # Liveness must not depend on a leader: /v1/status/leader answers 200 with "" during elections.
     assert c["livenessProbe"]["httpGet"] == {"path": "/v1/status/leader", "port": 8501, "scheme": "HTTPS"}
     assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 60
+    # Until the API first answers (a large snapshot restored at start), only the startup probe
+    # runs: 20 minutes, asked every 2 s so that a normal start is not delayed.
+    startup = c["startupProbe"]
+    assert startup["httpGet"] == c["livenessProbe"]["httpGet"]
+    assert (startup["periodSeconds"], startup["periodSeconds"] * startup["failureThreshold"]) == (2, 1200)
+    assert "initialDelaySeconds" not in c["livenessProbe"]
 
 
 def test_servers_security_context(default):
