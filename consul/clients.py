@@ -13,7 +13,7 @@ import pulumi_kubernetes.meta.v1 as meta
 from . import agent_config as cfg
 from . import network_policy, pods
 from .labels import Labels
-from .model import ClientMode, ClientSpec, ClusterSpec, DnsSpec, Placement
+from .model import ClientMode, ClientSpec, ClusterSpec, DnsSpec, Placement, Resources
 from .security import TierSecrets
 
 # Without a leader for this long (period x threshold), a client restarts and runs retry_join
@@ -45,6 +45,7 @@ def stable_node_id_command(datacenter: str) -> list[str]:
 # A node's agent restarts in seconds; 10% of the nodes at a time (at least one) keeps a rollout of
 # a few hundred nodes well inside ROLLOUT_TIMEOUTS, while 90% of the nodes keep their agent.
 DAEMONSET_MAX_UNAVAILABLE = "10%"
+DATA_OWNER_RESOURCES = Resources(requests={"cpu": "10m", "memory": "16Mi"}, limits={"cpu": "100m", "memory": "32Mi"})
 ROLLOUT_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m")
 
 
@@ -121,7 +122,9 @@ class ConsulClients(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         files = pulumi.Output.from_input(args.retry_join).apply(
-            lambda join: cfg.config_files(cfg.client_config(cluster, join, features), spec.extra_config)
+            lambda join: cfg.config_files(
+                cfg.client_config(cluster, join, features, data_kept=bool(spec.data_host_path)), spec.extra_config
+            )
         )
         account = core.ServiceAccount(
             full_name, metadata=labels.metadata(full_name, namespace), automount_service_account_token=False, opts=child
@@ -237,6 +240,37 @@ class ConsulClients(pulumi.ComponentResource):
         )
 
 
+# With clientDataHostPath each agent's data dir is the node's own subdirectory of it.
+NODE_SUBDIRECTORY = "$(NODE_NAME)"
+
+
+def _data_volume(spec: ClientSpec) -> core.VolumeArgs:
+    if not spec.data_host_path:
+        return core.VolumeArgs(name="data", empty_dir=core.EmptyDirVolumeSourceArgs())
+    return core.VolumeArgs(name="data", host_path=core.HostPathVolumeSourceArgs(path=spec.data_host_path, type="DirectoryOrCreate"))
+
+
+def _data_owner(image: str) -> core.ContainerArgs:
+    """The init container that gives the node's data directory (created by the kubelet, owned by
+    root) to the consul user, mode 0700: root with CHOWN and FOWNER only, no other capability."""
+    return core.ContainerArgs(
+        name="data-owner",
+        image=image,
+        command=["/bin/sh", "-ec", f"chown {pods.CONSUL_UID}:{pods.CONSUL_GID} {cfg.DATA_DIR}; chmod 0700 {cfg.DATA_DIR}"],
+        env=[pods.field_env("NODE_NAME", "spec.nodeName")],
+        security_context=core.SecurityContextArgs(
+            run_as_user=0,
+            run_as_non_root=False,
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
+            capabilities=core.CapabilitiesArgs(drop=["ALL"], add=["CHOWN", "FOWNER"]),
+            seccomp_profile=core.SeccompProfileArgs(type="RuntimeDefault"),
+        ),
+        resources=pods.resource_requirements(DATA_OWNER_RESOURCES),
+        volume_mounts=[core.VolumeMountArgs(name="data", mount_path=cfg.DATA_DIR, sub_path_expr=NODE_SUBDIRECTORY)],
+    )
+
+
 def _pod_spec(
     labels: Labels,
     cluster: ClusterSpec,
@@ -258,7 +292,8 @@ def _pod_spec(
         node_selector=dict(spec.node_selector) or None,
         tolerations=pods.tolerations(spec.tolerations) or None,
         affinity=affinity,
-        volumes=pods.agent_volumes(config_map, wiring, data_on_empty_dir=True),
+        volumes=pods.agent_volumes(config_map, wiring, data=_data_volume(spec)),
+        init_containers=[_data_owner(cluster.image)] if spec.data_host_path else None,
         containers=[
             pods.agent_container(
                 cluster.image,
@@ -277,6 +312,7 @@ def _pod_spec(
                 resources=spec.resources,
                 wiring=wiring,
                 command=stable_node_id_command(cluster.datacenter),
+                data_sub_path_expr=NODE_SUBDIRECTORY if spec.data_host_path else None,
             )
         ],
     )

@@ -148,11 +148,19 @@ class ClientSpec:
     api_namespaces: tuple[str, ...] = ()
     """Namespaces whose pods may call the agents' plain-HTTP API (8500) under the NetworkPolicy;
     empty: every namespace. DNS (8600) stays open to every namespace, CoreDNS included."""
+    data_host_path: str = ""
+    """A directory on each node holding its agent's data dir (in a subdirectory named after the
+    node), so that registrations outlive the agent's pod; empty: an emptyDir, lost with the pod."""
 
     @property
     def uses_host_namespace(self) -> bool:
-        """Host ports or host network: the pods need a Pod Security level above "restricted"."""
+        """Host ports or host network: the agents are reached at their node's address."""
         return self.host_ports or self.host_network
+
+    @property
+    def needs_host_access(self) -> bool:
+        """Host ports, the host network or a host path: Pod Security "privileged"."""
+        return self.uses_host_namespace or bool(self.data_host_path)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ def pod_security_labels(enforce: str) -> dict[str, str]:
 def consul_namespace(name: str, labels: dict[str, str], *, host_access: bool, opts: pulumi.ResourceOptions | None = None) -> core.Namespace:
     """The namespace, enforcing Pod Security "restricted", which every pod we declare passes.
 
-    With ``host_access`` (client agents on host ports or the host network, which every level
-    but "privileged" forbids) it enforces "privileged" and keeps warning on "restricted".
+    With ``host_access`` (client agents on host ports, the host network or a host path, which
+    every level but "privileged" forbids) it enforces "privileged" and keeps warning on "restricted".
 
     `pulumi destroy` leaves the namespace: deleting it would delete the servers' data claims in it,
     which the StatefulSet keeps on purpose (README, "Removing Consul").

@@ -157,15 +157,16 @@ def secret_wiring(secrets: TierSecrets) -> SecretWiring:
     return wiring
 
 
-def agent_volumes(config_map: pulumi.Input[str], wiring: SecretWiring, *, data_on_empty_dir: bool) -> list[core.VolumeArgs]:
-    """The config dir from a ConfigMap, a scratch /tmp, the Secrets, and (for clients) data on an emptyDir."""
+def agent_volumes(config_map: pulumi.Input[str], wiring: SecretWiring, *, data: core.VolumeArgs | None = None) -> list[core.VolumeArgs]:
+    """The config dir from a ConfigMap, a scratch /tmp, the Secrets, and (for clients) the `data`
+    volume; the servers' comes from their claim template."""
     volumes = [
         core.VolumeArgs(name="config", config_map=core.ConfigMapVolumeSourceArgs(name=config_map)),
         core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs()),
         *wiring.volumes,
     ]
-    if data_on_empty_dir:
-        volumes.insert(0, core.VolumeArgs(name="data", empty_dir=core.EmptyDirVolumeSourceArgs()))
+    if data is not None:
+        volumes.insert(0, data)
     return volumes
 
 
@@ -178,6 +179,7 @@ def agent_container(
     liveness_probe: core.ProbeArgs,
     resources: Resources,
     startup_probe: core.ProbeArgs | None = None,
+    data_sub_path_expr: str | None = None,
     wiring: SecretWiring,
     env: Sequence[core.EnvVarArgs] = (),
     args: Sequence[str] = (),
@@ -207,7 +209,7 @@ def agent_container(
         resources=resource_requirements(resources),
         security_context=container_security_context(),
         volume_mounts=[
-            core.VolumeMountArgs(name="data", mount_path=DATA_DIR),
+            core.VolumeMountArgs(name="data", mount_path=DATA_DIR, sub_path_expr=data_sub_path_expr),
             core.VolumeMountArgs(name="config", mount_path=CONFIG_DIR, read_only=True),
             core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
             *wiring.mounts,

@@ -63,7 +63,7 @@ def declare_foundation(settings: Settings) -> Foundation:
         ns = consul_namespace(
             settings.namespace,
             {"app.kubernetes.io/part-of": APP_NAME, "app.kubernetes.io/managed-by": "pulumi"},
-            host_access=settings.clients.uses_host_namespace,
+            host_access=settings.clients.needs_host_access,
         )
         namespace = ns.metadata.name
     return Foundation(material, namespace)
@@ -210,9 +210,9 @@ async def main() -> None:
     # A render writes files and has no cluster to disrupt: only a deployment guards its changes.
     if pulumi.Config("kubernetes").get("renderYamlToDirectory") is None:
         await guard_changes(INSTANCE, settings)
-    if settings.clients.uses_host_namespace and settings.create_namespace:
+    if settings.clients.needs_host_access and settings.create_namespace:
         pulumi.log.warn(
-            f"{PROJECT}:clientHostPorts/clientHostNetwork need host access: namespace {settings.namespace} enforces "
+            f"{PROJECT}:clientHostPorts/clientHostNetwork/clientDataHostPath need host access: namespace {settings.namespace} enforces "
             'Pod Security "privileged" (and still warns and audits against "restricted").'
         )
     foundation = declare_foundation(settings)

@@ -311,7 +311,7 @@ def _pod_spec(
         affinity=pods.node_anti_affinity(labels, spec.anti_affinity),
         topology_spread_constraints=pods.zone_spread(labels, spec.zone_spread),
         volumes=[
-            *pods.agent_volumes(config_map, wiring, data_on_empty_dir=False),
+            *pods.agent_volumes(config_map, wiring),
             core.VolumeArgs(name="join", config_map=core.ConfigMapVolumeSourceArgs(name=join_map)),
         ],
         containers=[

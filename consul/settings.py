@@ -459,7 +459,24 @@ def _clients(reader: _Reader) -> ClientSpec:
         node_selector=_node_selector(reader, "clientNodeSelector"),
         extra_config=_extra_config(reader, "clientExtraConfig", MANAGED_CLIENT_KEYS),
         api_namespaces=_namespace_names(reader, "clientApiNamespaces"),
+        data_host_path=_data_host_path(reader, mode),
     )
+
+
+def _data_host_path(reader: _Reader, mode: ClientMode) -> str:
+    path = reader.string("clientDataHostPath")
+    if not path:
+        return ""
+    if mode is not ClientMode.DAEMONSET:
+        raise SettingsError(
+            "clientDataHostPath", path, 'must be empty in clientMode "statefulset": a node directory fits one agent per node only'
+        )
+    parts = path.split("/")
+    if not path.startswith("/") or path == "/" or any(part in (".", "..") for part in parts) or "//" in path or path.endswith("/"):
+        raise SettingsError(
+            "clientDataHostPath", path, 'must be an absolute directory path other than "/", such as "/var/lib/consul-agent"'
+        )
+    return path
 
 
 def _allowed_changes(reader: _Reader) -> tuple[str, ...]:

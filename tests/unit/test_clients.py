@@ -179,7 +179,7 @@ def test_clients_host_ports_on():
     program, error = run_main("ci-defaults", clientHostPorts=True)
     assert error is None
     assert program.warnings == [
-        'consul:clientHostPorts/clientHostNetwork need host access: namespace consul enforces Pod Security "privileged" (and still warns and audits against "restricted").'
+        'consul:clientHostPorts/clientHostNetwork/clientDataHostPath need host access: namespace consul enforces Pod Security "privileged" (and still warns and audits against "restricted").'
     ]
 
 
@@ -189,6 +189,29 @@ def test_clients_host_network_on():
     assert pod(rendered)["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert rendered.one("Namespace", "consul")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     assert rendered.outputs["agentAddress"] == "http://$(HOST_IP):8500"
+
+
+def test_clients_data_on_the_node_keeps_registrations_through_a_new_pod():
+    """clientDataHostPath: each agent's data dir is its node's subdirectory of the path, given to
+    the consul user by a root init container with CHOWN and FOWNER only; agents do not leave on
+    terminate (their services stay in the catalog, and the next agent loads them)."""
+    rendered = render("ci-defaults", clientDataHostPath="/var/lib/consul-agent")
+    spec = pod(rendered)
+    assert {"name": "data", "hostPath": {"path": "/var/lib/consul-agent", "type": "DirectoryOrCreate"}} in spec["volumes"]
+    mount = {"name": "data", "mountPath": "/consul/data", "subPathExpr": "$(NODE_NAME)"}
+    assert mount in container(rendered)["volumeMounts"]
+    (owner,) = spec["initContainers"]
+    assert owner["volumeMounts"] == [mount]
+    assert owner["command"][-1] == "chown 100:1000 /consul/data; chmod 0700 /consul/data"
+    assert owner["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+    assert rendered.one("Namespace", "consul")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert client_config(rendered)["leave_on_terminate"] is False
+
+
+def test_clients_data_stays_on_an_empty_dir_by_default(default):
+    assert {"name": "data", "emptyDir": {}} in pod(default)["volumes"]
+    assert "initContainers" not in pod(default)
+    assert client_config(default)["leave_on_terminate"] is True
 
 
 def test_clients_host_network_is_refused_with_network_policies():

@@ -57,9 +57,15 @@ CASES: dict[str, tuple[str, dict[str, object]]] = {
     "no-ui-no-dns": ("ci-defaults", {"uiServiceType": "None", "dnsService": False}),
     "host-ports": ("ci-defaults", {"clientHostPorts": True}),
     "host-network": ("ci-defaults", {"clientHostNetwork": True, "networkPolicy": False, "uiServiceType": "NodePort"}),
+    "host-data": ("ci-defaults", {"clientDataHostPath": "/var/lib/consul-agent"}),
 }
-# Host ports and the host network are what "restricted" forbids; those stacks opt out of it.
-HOST_ACCESS = {"host-ports": {"consul: hostPort"}, "host-network": {"host namespaces"}}
+# Host ports, the host network and a host path (with its root init container) are what
+# "restricted" forbids; those stacks opt out of it.
+HOST_ACCESS = {
+    "host-ports": {"consul: hostPort"},
+    "host-network": {"host namespaces"},
+    "host-data": {"volume data of type {'hostPath'}", "data-owner: runAsUser 0", "data-owner: capabilities must drop ALL"},
+}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

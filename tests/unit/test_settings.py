@@ -119,6 +119,16 @@ def test_settings_accepts_digest_pinned_image():
 
 INVALID = [
     (
+        "clientDataHostPath",
+        "var/lib/consul",
+        'invalid consul:clientDataHostPath "var/lib/consul": must be an absolute directory path other than "/", such as "/var/lib/consul-agent"',
+    ),
+    (
+        "clientDataHostPath",
+        "/var/lib/../consul",
+        'invalid consul:clientDataHostPath "/var/lib/../consul": must be an absolute directory path other than "/", such as "/var/lib/consul-agent"',
+    ),
+    (
         "allowedChanges",
         ["serverReplicas"],
         'invalid consul:allowedChanges ["serverReplicas"]: each entry must be one of serverStorageSize, serverStorageClass, '
@@ -382,6 +392,10 @@ INVALID = [
 ]
 
 COMBINATIONS: list[tuple[dict[str, object], str]] = [
+    (
+        {"clientMode": "statefulset", "clientDataHostPath": "/var/lib/consul-agent"},
+        'invalid consul:clientDataHostPath "/var/lib/consul-agent": must be empty in clientMode "statefulset": a node directory fits one agent per node only',
+    ),
     (
         {"clientMode": "statefulset", "clientHostPorts": True},
         'invalid consul:clientHostPorts true: may only be true with consul:clientMode "daemonset": with fewer agents than nodes, a node address reaches no agent',
