@@ -380,3 +380,36 @@ def test_a_login_token_expires_at_the_ttl_set(module_deployment, web_account):
     took = module_deployment.cluster.wait("the token expired", lambda: token_self(web_account)[0] != 0, LOGIN_TTL + 30)
     print(f"\nbed: registration: the login token was refused {took:.1f} s after the login (TTL {LOGIN_TTL} s)")
     assert "ACL not found" in token_self(web_account)[1]["error"]
+
+
+def test_a_client_roll_loses_registrations_on_an_empty_dir_and_keeps_them_with_a_data_host_path(module_deployment, toolbox):
+    """The watch's service, registered with the toolbox node's agent before the action, through a
+    `kubectl rollout restart` of the client agents: on the default emptyDir the replaced agent
+    comes back without it (the defect shows), with clientDataHostPath it never leaves the catalog,
+    and each node has its own subdirectory. The directory is under the bed's state, which the bed
+    removes with the cluster."""
+    from watch import Watch
+
+    from testbed.cluster.node import BED_STATE
+
+    deployment = module_deployment
+    host_dir = BED_STATE / f"agent-data-{deployment.namespace}"
+
+    def rolled(label: str) -> Any:
+        with Watch(deployment, toolbox, label) as watch:
+            deployment.kubectl("rollout", "restart", "daemonset/consul-client")
+            deployment.kubectl("rollout", "status", "daemonset/consul-client", "--timeout=300s", timeout=330)
+        assert watch.summary is not None
+        return watch.summary
+
+    on_empty_dir = rolled("client roll, data on an emptyDir")
+    assert on_empty_dir.registration_missing > 0, "the registration survived an emptyDir: this test can no longer fail"
+    deployment.set(clientDataHostPath=str(host_dir))
+    deployment.up("client data on the node")
+    on_the_node = rolled("client roll, data on the node")
+    print(
+        f"\nbed: registration: samples with the registration missing in a client roll: {on_empty_dir.registration_missing} "
+        f"on an emptyDir, {on_the_node.registration_missing} with clientDataHostPath"
+    )
+    assert on_the_node.registration_missing == 0
+    assert sorted(p.name for p in host_dir.iterdir()) == sorted(REAL_NODES)
