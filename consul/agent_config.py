@@ -119,7 +119,15 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, security: SecurityS
         # Clients get their certificates from the servers (auto_encrypt needs Connect's CA).
         config["auto_encrypt"] = {"allow_tls": True}
         config["connect"] = {"enabled": True}
-    return _secure(config, security)
+    if servers.wan.join:
+        # Every address is tried again until one answers; WAN gossip then finds the rest.
+        config["retry_join_wan"] = list(servers.wan.join)
+    secured = _secure(config, security)
+    if cluster.secondary and security.acls:
+        # Policies, global tokens and roles come from the primary; the servers replicate them
+        # (the replication token is in their ACL token file), and local tokens live here.
+        secured["acl"]["enable_token_replication"] = True
+    return secured
 
 
 def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: SecuritySpec, *, data_kept: bool = False) -> dict[str, Any]:
@@ -180,9 +188,11 @@ def server_join_files(addresses: Mapping[str, str]) -> dict[str, str]:
 def _agent(cluster: ClusterSpec, *, server: bool) -> dict[str, Any]:
     """What every agent's config starts with: its role, the datacenter, the data dir. Clients
     leave on terminate (their services go with them); servers override it."""
+    federation = {"primary_datacenter": cluster.primary_datacenter} if cluster.secondary else {}
     return {
         "server": server,
         "datacenter": cluster.datacenter,
+        **federation,
         "domain": cluster.domain,
         "recursors": list(cluster.recursors),
         "data_dir": DATA_DIR,

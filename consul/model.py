@@ -62,6 +62,13 @@ class ClusterSpec:
     datacenter: str = "dc1"
     domain: str = "consul"
     recursors: tuple[str, ...] = ()
+    primary_datacenter: str = ""
+    """The primary of a federation this datacenter joins as a secondary; empty: this one is the
+    primary (or stands alone)."""
+
+    @property
+    def secondary(self) -> bool:
+        return bool(self.primary_datacenter)
 
     @property
     def version(self) -> str:
@@ -91,6 +98,22 @@ class ServerSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     priority_class_name: str | None = None
     extra_config: Mapping[str, Any] = field(default_factory=dict)
+    wan: WanSpec = field(default_factory=lambda: WanSpec())
+
+
+@dataclass(frozen=True)
+class WanSpec:
+    """The servers' link to other datacenters (WAN federation). Default: none.
+
+    join: addresses of other datacenters' servers (``retry_join_wan``);
+    peer_namespaces: namespaces of this cluster whose servers (of this program) are other
+        datacenters, admitted to RPC and WAN gossip under the NetworkPolicy;
+    peer_cidrs: networks of other datacenters' servers, admitted the same way.
+    """
+
+    join: tuple[str, ...] = ()
+    peer_namespaces: tuple[str, ...] = ()
+    peer_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pulumi_kubernetes.networking.v1 as networking
 
 from . import agent_config as cfg
 from .labels import JOB_COMPONENTS, Labels
-from .model import UiSpec
+from .model import UiSpec, WanSpec
 
 Port = tuple[int, str]
 COMPONENT = "app.kubernetes.io/component"
@@ -54,11 +54,15 @@ def ingress_policy(
     )
 
 
-def server_rules(servers: Labels, clients: Labels, tls: bool, ui: UiSpec) -> list[networking.NetworkPolicyIngressRuleArgs]:
+def server_rules(
+    servers: Labels, clients: Labels, tls: bool, ui: UiSpec, wan: WanSpec | None = None
+) -> list[networking.NetworkPolicyIngressRuleArgs]:
     """Servers: RPC and gossip among themselves, RPC and LAN gossip from clients. The API (and the
     UI on it) only from this instance's Jobs, the pods of `ui.api_namespaces` and the networks of
     `ui.api_cidrs`: workloads register through their node's client agent, never on a server, and
-    operators reach the UI through `kubectl port-forward`, which no NetworkPolicy filters."""
+    operators reach the UI through `kubectl port-forward`, which no NetworkPolicy filters. Other
+    datacenters' servers (`wan`: the servers of this program in its peer namespaces, and its peer
+    networks) reach RPC and WAN gossip."""
     jobs = networking.NetworkPolicyPeerArgs(
         pod_selector=meta.LabelSelectorArgs(
             match_labels={k: v for k, v in servers.selector.items() if k != COMPONENT},
@@ -69,11 +73,24 @@ def server_rules(servers: Labels, clients: Labels, tls: bool, ui: UiSpec) -> lis
     if ui.api_namespaces:
         api_peers.append(networking.NetworkPolicyPeerArgs(namespace_selector=_namespaces(ui.api_namespaces)))
     api_peers += [networking.NetworkPolicyPeerArgs(ip_block=networking.IPBlockArgs(cidr=cidr)) for cidr in ui.api_cidrs]
-    return [
+    rules = [
         _rule(RPC + SERF_LAN + SERF_WAN, servers),
         _rule(RPC + SERF_LAN, clients),
         networking.NetworkPolicyIngressRuleArgs(from_=api_peers, ports=_ports(server_api_ports(tls))),
     ]
+    if wan is not None and (wan.peer_namespaces or wan.peer_cidrs):
+        wan_peers = (
+            [
+                networking.NetworkPolicyPeerArgs(
+                    namespace_selector=_namespaces(wan.peer_namespaces), pod_selector=meta.LabelSelectorArgs(match_labels=servers.selector)
+                )
+            ]
+            if wan.peer_namespaces
+            else []
+        )
+        wan_peers += [networking.NetworkPolicyPeerArgs(ip_block=networking.IPBlockArgs(cidr=cidr)) for cidr in wan.peer_cidrs]
+        rules.append(networking.NetworkPolicyIngressRuleArgs(from_=wan_peers, ports=_ports(RPC + SERF_WAN)))
+    return rules
 
 
 def _namespaces(names: Sequence[str]) -> meta.LabelSelectorArgs:

@@ -282,9 +282,15 @@ class ConsulSecurity(pulumi.ComponentResource):
                 {MANAGEMENT_TOKEN_KEY: management, **{token: secret_id(token) for token in token_names if token != MANAGEMENT_TOKEN_KEY}},
             )
 
+            # A secondary datacenter's servers replicate ACLs (and sign their Connect CA with the
+            # primary) with the management token, which they hold anyway: it is global.
+            replication = cluster.secondary
+
             def server_file(node: str) -> pulumi.Output[str]:
                 return pulumi.Output.all(management, secret_id(AclTokenIds.server_key(node))).apply(
-                    lambda ids: cfg.acl_tokens_file({"initial_management": ids[0], "agent": ids[1]})
+                    lambda ids: cfg.acl_tokens_file(
+                        {"initial_management": ids[0], "agent": ids[1], **({"replication": ids[0]} if replication else {})}
+                    )
                 )
 
             client_file = secret_id(CLIENT_AGENT_KEY).apply(lambda token: cfg.acl_tokens_file({"agent": token}))

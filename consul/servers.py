@@ -238,7 +238,7 @@ class ConsulServers(pulumi.ComponentResource):
         if args.network_policy:
             clients = Labels(instance=name, component="client", version=cluster.version)
             network_policy.ingress_policy(
-                full_name, namespace, labels, network_policy.server_rules(labels, clients, features.tls, args.ui), child
+                full_name, namespace, labels, network_policy.server_rules(labels, clients, features.tls, args.ui, spec.wan), child
             )
         scheme, api_port = ("https", cfg.HTTPS_PORT) if features.tls else ("http", cfg.HTTP_PORT)
         self.api_address = pulumi.Output.concat(f"{scheme}://", service.metadata.name, ".", namespace, f".svc:{api_port}")

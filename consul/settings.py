@@ -40,6 +40,7 @@ from .model import (
     Toleration,
     UiServiceType,
     UiSpec,
+    WanSpec,
 )
 from .quantity import parse_quantity
 
@@ -87,6 +88,8 @@ MANAGED_SERVER_KEYS = {
     "advertise_addr": "agents advertise their pod IP",
     "node_name": "servers are named after their pods",
     "leave_on_terminate": "servers keep their Raft voter slot when their pod is deleted",
+    "primary_datacenter": "set consul:primaryDatacenter instead",
+    "retry_join_wan": "set consul:wanJoin instead",
 }
 
 MANAGED_CLIENT_KEYS = {
@@ -96,7 +99,7 @@ MANAGED_CLIENT_KEYS = {
     "retry_join": "clients join the servers by their stable pod DNS names",
     "rejoin_after_leave": "clients rejoin after a restart",
     "node_name": "client agents are named after their node (daemonset) or pod (statefulset)",
-    "leave_on_terminate": "clients leave the cluster when their pod is deleted, taking their services with them",
+    "leave_on_terminate": "clients leave the cluster when their pod is deleted, taking their services with them, unless consul:clientDataHostPath keeps them",
     "node_id": "each client agent's node ID is derived from the datacenter and its node name",
 }
 
@@ -231,6 +234,8 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
         snapshots=snapshots,
         allowed_changes=_allowed_changes(reader),
     )
+    if settings.cluster.secondary:
+        _check_secondary(settings)
     if settings.clients.host_network and security.network_policy:
         raise SettingsError(
             "clientHostNetwork",
@@ -300,11 +305,38 @@ def _namespace(reader: _Reader) -> str:
 
 
 def _cluster(reader: _Reader, warn: Callable[[str], None]) -> ClusterSpec:
+    datacenter = _datacenter(reader, warn)
+    primary = reader.string("primaryDatacenter")
+    if primary and (len(primary) > MAX_LABEL or not _DATACENTER.fullmatch(primary) or primary == datacenter):
+        raise SettingsError(
+            "primaryDatacenter",
+            primary,
+            f"must be empty (this datacenter is the primary) or the name of another datacenter than {datacenter!r}: "
+            "1 to 63 lowercase letters, digits, '-' or '_'",
+        )
     return ClusterSpec(
         image=_image(reader),
-        datacenter=_datacenter(reader, warn),
+        datacenter=datacenter,
         domain=_domain(reader, warn),
         recursors=_recursors(reader),
+        primary_datacenter=primary,
+    )
+
+
+_WAN_ADDRESS = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$")
+
+
+def _wan(reader: _Reader) -> WanSpec:
+    join = reader.json("wanJoin", list, "a list of server addresses")
+    for value in join:
+        if not isinstance(value, str) or not _WAN_ADDRESS.fullmatch(value):
+            raise SettingsError(
+                "wanJoin",
+                join,
+                f'each entry must be a host name or IP, with an optional :port, such as "consul-server.consul-dc1.svc" (got {_show(value)})',
+            )
+    return WanSpec(
+        join=tuple(join), peer_namespaces=_namespace_names(reader, "wanPeerNamespaces"), peer_cidrs=_cidrs(reader, "wanPeerCidrs")
     )
 
 
@@ -413,6 +445,7 @@ def _servers(reader: _Reader) -> ServerSpec:
         node_selector=_node_selector(reader, "serverNodeSelector"),
         priority_class_name=priority_class or None,
         extra_config=_extra_config(reader, "serverExtraConfig", MANAGED_SERVER_KEYS),
+        wan=_wan(reader),
     )
 
 
@@ -477,6 +510,34 @@ def _data_host_path(reader: _Reader, mode: ClientMode) -> str:
             "clientDataHostPath", path, 'must be an absolute directory path other than "/", such as "/var/lib/consul-agent"'
         )
     return path
+
+
+def _check_secondary(settings: Settings) -> None:
+    """What a secondary datacenter must share with its primary, and what it cannot do yet."""
+    primary = f"when consul:primaryDatacenter is set ({settings.cluster.primary_datacenter})"
+    security = settings.security
+    if not settings.servers.wan.join:
+        raise SettingsError("wanJoin", [], f"must list the primary datacenter's server addresses {primary}")
+    if security.gossip_encryption and security.gossip_key is None:
+        raise SettingsError("gossipKey", None, f"must be the primary datacenter's gossip key {primary}: one keyring encrypts WAN gossip")
+    if security.tls and security.ca_cert is None:
+        raise SettingsError(
+            "tlsCaCert",
+            None,
+            f"must be the primary datacenter's CA (with tlsCaKey) {primary}: servers verify each other's certificates across datacenters",
+        )
+    if security.acls and security.management_token is None:
+        raise SettingsError(
+            "aclManagementToken",
+            None,
+            f"must be the primary datacenter's management token {primary}: it is global, and the servers replicate ACLs with it",
+        )
+    if security.kubernetes_auth is not None:
+        raise SettingsError(
+            "kubernetesAuth",
+            True,
+            f"must be false {primary}: auth methods are global, and every datacenter would declare its own under one name",
+        )
 
 
 def _allowed_changes(reader: _Reader) -> tuple[str, ...]:

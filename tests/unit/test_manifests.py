@@ -6,6 +6,7 @@ import json
 
 import pytest
 from harness import render
+from test_federation import SECONDARY
 from validation import KUBERNETES_VERSIONS, agent_config_errors, consul_config_files, pod_specs, restricted_violations, schema_errors
 
 # Stacks and overrides that between them switch every setting away from its default.
@@ -58,6 +59,7 @@ CASES: dict[str, tuple[str, dict[str, object]]] = {
     "host-ports": ("ci-defaults", {"clientHostPorts": True}),
     "host-network": ("ci-defaults", {"clientHostNetwork": True, "networkPolicy": False, "uiServiceType": "NodePort"}),
     "host-data": ("ci-defaults", {"clientDataHostPath": "/var/lib/consul-agent"}),
+    "secondary": ("ci-defaults", SECONDARY),
 }
 # Host ports, the host network and a host path (with its root init container) are what
 # "restricted" forbids; those stacks opt out of it.
