@@ -33,7 +33,7 @@ def secondary() -> Any:
     return render("ci-defaults", **SECONDARY)
 
 
-def test_a_secondary_s_agents_name_the_primary_and_its_servers_join_over_the_wan(secondary):
+def test_a_secondary_s_agents_name_the_primary_and_its_servers_join_over_the_wan(secondary: Any) -> None:
     server = merged_agent_config(secondary.one("ConfigMap", "consul-server-config")["data"])
     client = merged_agent_config(secondary.one("ConfigMap", "consul-client-config")["data"])
     assert (server["datacenter"], server["primary_datacenter"], client["primary_datacenter"]) == ("dc2", "dc1", "dc1")
@@ -42,14 +42,14 @@ def test_a_secondary_s_agents_name_the_primary_and_its_servers_join_over_the_wan
     assert "enable_token_replication" not in client["acl"]
 
 
-def test_a_secondary_s_servers_replicate_with_the_shared_management_token(secondary):
+def test_a_secondary_s_servers_replicate_with_the_shared_management_token(secondary: Any) -> None:
     files = secondary.one("Secret", "consul-server-acl-config")["stringData"]
     for text in files.values():
         tokens = json.loads(text)["acl"]["tokens"]
         assert tokens["replication"] == tokens["initial_management"] == MANAGEMENT_TOKEN
 
 
-def test_the_servers_admit_the_peer_datacenters_servers_to_rpc_and_wan_gossip_only(secondary):
+def test_the_servers_admit_the_peer_datacenters_servers_to_rpc_and_wan_gossip_only(secondary: Any) -> None:
     rules = secondary.one("NetworkPolicy", "consul-server")["spec"]["ingress"]
     (wan,) = [r for r in rules if any("namespaceSelector" in p and "podSelector" in p for p in r["from"])]
     assert wan["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["consul-dc1"]
@@ -57,7 +57,7 @@ def test_the_servers_admit_the_peer_datacenters_servers_to_rpc_and_wan_gossip_on
     assert sorted((p["port"], p["protocol"]) for p in wan["ports"]) == [(8300, "TCP"), (8302, "TCP"), (8302, "UDP")]
 
 
-def test_a_primary_declares_no_federation_keys():
+def test_a_primary_declares_no_federation_keys() -> None:
     primary = render("ci-defaults")
     server = merged_agent_config(primary.one("ConfigMap", "consul-server-config")["data"])
     assert not {"primary_datacenter", "retry_join_wan"} & set(server)
@@ -68,7 +68,7 @@ def test_a_primary_declares_no_federation_keys():
     )
 
 
-REFUSED = [
+REFUSED: list[tuple[dict[str, Any], str]] = [
     (
         {"wanJoin": []},
         "invalid consul:wanJoin []: must list the primary datacenter's server addresses when consul:primaryDatacenter is set (dc1)",
@@ -106,7 +106,9 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("overrides", "message"), REFUSED, ids=[",".join(o) for o, _ in REFUSED])
-def test_a_secondary_without_what_it_shares_with_the_primary_is_refused_before_anything_is_declared(overrides, message):
+def test_a_secondary_without_what_it_shares_with_the_primary_is_refused_before_anything_is_declared(
+    overrides: dict[str, Any], message: str
+) -> None:
     rendered, error = run_main("ci-defaults", **{**SECONDARY, **overrides})
     assert isinstance(error, SettingsError)
     assert str(error) == message
