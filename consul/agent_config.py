@@ -130,16 +130,19 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, security: SecurityS
     return secured
 
 
-def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: SecuritySpec, *, data_kept: bool = False) -> dict[str, Any]:
+def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: SecuritySpec) -> dict[str, Any]:
     """The generated config of every client agent.
 
     ``retry_join`` runs only while an agent starts (consul #3902); servers that come back at new
     addresses find the clients from their own serf snapshot (kept on their claims),
     and the client liveness probe is the last resort for an agent stranded for minutes.
     ``leave_on_terminate`` deregisters a deleted agent's services with it; ``rejoin_after_leave``
-    lets a restarted agent take its place again. With `data_kept` (the data dir on the node) an
-    agent does not leave: its services stay in the catalog while its pod is replaced, and the new
-    agent loads them from the data dir, so they never leave the catalog. The HTTP API is plain HTTP on 8500 only: an
+    lets a restarted agent take its place again. With clientDataHostPath (the data dir on the node) the
+    next agent on the node loads the services from the data dir and registers them again within
+    seconds of its start. It still leaves: it comes back at a new pod address, which the other
+    agents accept at once only from a member that left (from a failed one only 30 s after its
+    failure, and a new agent that sees its name alive at the old address can lose serf's name
+    conflict vote and shut its gossip down). The HTTP API is plain HTTP on 8500 only: an
     auto_encrypt certificate chains to Connect's CA, which no workload holds, so HTTPS is not
     offered on the clients (see the README's security table).
     """
@@ -153,8 +156,6 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
         # last instances it knew, instead of SERVFAIL (consul-dns is served by the clients).
         "dns_config": {"use_cache": True},
     }
-    if data_kept:
-        config["leave_on_terminate"] = False
     if security.tls:
         config["tls"] = {
             "defaults": {"ca_file": CA_FILE, "verify_outgoing": True},

@@ -122,9 +122,7 @@ class ConsulClients(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         files = pulumi.Output.from_input(args.retry_join).apply(
-            lambda join: cfg.config_files(
-                cfg.client_config(cluster, join, features, data_kept=bool(spec.data_host_path)), spec.extra_config
-            )
+            lambda join: cfg.config_files(cfg.client_config(cluster, join, features), spec.extra_config)
         )
         account = core.ServiceAccount(
             full_name, metadata=labels.metadata(full_name, namespace), automount_service_account_token=False, opts=child
@@ -240,14 +238,19 @@ class ConsulClients(pulumi.ComponentResource):
         )
 
 
-# With clientDataHostPath each agent's data dir is the node's own subdirectory of it.
-NODE_SUBDIRECTORY = "$(NODE_NAME)"
+# With clientDataHostPath each agent's data dir is its namespace's and node's own subdirectory of
+# it: two stacks on one cluster given the same path never share one.
+NODE_SUBDIRECTORY = "$(POD_NAMESPACE)/$(NODE_NAME)"
 
 
 def _data_volume(spec: ClientSpec) -> core.VolumeArgs:
     if not spec.data_host_path:
         return core.VolumeArgs(name="data", empty_dir=core.EmptyDirVolumeSourceArgs())
     return core.VolumeArgs(name="data", host_path=core.HostPathVolumeSourceArgs(path=spec.data_host_path, type="DirectoryOrCreate"))
+
+
+def _subdirectory_env() -> list[core.EnvVarArgs]:
+    return [pods.field_env("NODE_NAME", "spec.nodeName"), pods.field_env("POD_NAMESPACE", "metadata.namespace")]
 
 
 def _data_owner(image: str) -> core.ContainerArgs:
@@ -257,7 +260,7 @@ def _data_owner(image: str) -> core.ContainerArgs:
         name="data-owner",
         image=image,
         command=["/bin/sh", "-ec", f"chown {pods.CONSUL_UID}:{pods.CONSUL_GID} {cfg.DATA_DIR}; chmod 0700 {cfg.DATA_DIR}"],
-        env=[pods.field_env("NODE_NAME", "spec.nodeName")],
+        env=_subdirectory_env(),
         security_context=core.SecurityContextArgs(
             run_as_user=0,
             run_as_non_root=False,
@@ -298,7 +301,11 @@ def _pod_spec(
             pods.agent_container(
                 cluster.image,
                 node_name="$(NODE_NAME)" if daemonset else "$(POD_NAME)",
-                env=[pods.field_env("NODE_NAME", "spec.nodeName"), pods.field_env("HOST_IP", "status.hostIP")],
+                env=[
+                    pods.field_env("NODE_NAME", "spec.nodeName"),
+                    pods.field_env("HOST_IP", "status.hostIP"),
+                    *([pods.field_env("POD_NAMESPACE", "metadata.namespace")] if spec.data_host_path else []),
+                ],
                 ports=client_ports(spec),
                 readiness_probe=pods.serving_readiness_probe("http"),
                 # Restarts an agent stranded without servers (all server IPs changed, consul

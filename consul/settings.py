@@ -99,7 +99,7 @@ MANAGED_CLIENT_KEYS = {
     "retry_join": "clients join the servers by their stable pod DNS names",
     "rejoin_after_leave": "clients rejoin after a restart",
     "node_name": "client agents are named after their node (daemonset) or pod (statefulset)",
-    "leave_on_terminate": "clients leave the cluster when their pod is deleted, taking their services with them, unless consul:clientDataHostPath keeps them",
+    "leave_on_terminate": "clients leave the cluster when their pod is deleted (the next agent on the node registers what consul:clientDataHostPath kept)",
     "node_id": "each client agent's node ID is derived from the datacenter and its node name",
 }
 

@@ -193,19 +193,21 @@ def test_clients_host_network_on():
 
 def test_clients_data_on_the_node_keeps_registrations_through_a_new_pod():
     """clientDataHostPath: each agent's data dir is its node's subdirectory of the path, given to
-    the consul user by a root init container with CHOWN and FOWNER only; agents do not leave on
-    terminate (their services stay in the catalog, and the next agent loads them)."""
+    the consul user by a root init container with CHOWN and FOWNER only."""
     rendered = render("ci-defaults", clientDataHostPath="/var/lib/consul-agent")
     spec = pod(rendered)
     assert {"name": "data", "hostPath": {"path": "/var/lib/consul-agent", "type": "DirectoryOrCreate"}} in spec["volumes"]
-    mount = {"name": "data", "mountPath": "/consul/data", "subPathExpr": "$(NODE_NAME)"}
+    mount = {"name": "data", "mountPath": "/consul/data", "subPathExpr": "$(POD_NAMESPACE)/$(NODE_NAME)"}
     assert mount in container(rendered)["volumeMounts"]
     (owner,) = spec["initContainers"]
     assert owner["volumeMounts"] == [mount]
     assert owner["command"][-1] == "chown 100:1000 /consul/data; chmod 0700 /consul/data"
     assert owner["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
     assert rendered.one("Namespace", "consul")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
-    assert client_config(rendered)["leave_on_terminate"] is False
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in owner["env"]
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container(rendered)["env"]
+    # The agent still leaves: it comes back at a new pod address (see agent_config.client_config).
+    assert client_config(rendered)["leave_on_terminate"] is True
 
 
 def test_clients_data_stays_on_an_empty_dir_by_default(default):
