@@ -27,7 +27,8 @@ RESOURCE_TYPE = f"{PROVIDER}:index:ChangeGuard"
 
 # Each guarded setting, and why its change is refused with the procedure to follow instead.
 _REINSTALL = (
-    'save a snapshot, pulumi destroy, pulumi up with the new setting, then make restore (README, "Settings a running cluster refuses")'
+    "build a new cluster from a snapshot: save one, pulumi destroy, delete the server claims, pulumi up with the new setting, "
+    'make restore, then run the ACL Job again (README, "Settings a running cluster refuses")'
 )
 GUARDED: Mapping[str, str] = {
     "serverStorageSize": (
@@ -78,6 +79,12 @@ class ChangeGuard(pulumi.CustomResource):
 
 async def guard_changes(name: str, settings: Settings) -> None:
     """Declare the guard and return once the engine has checked it: a refused change fails the
-    update there, before the program declares anything else."""
+    update there, before the program declares anything else. While keys are allowed, every
+    preview and up says so: a list left set keeps those settings unguarded."""
+    if settings.allowed_changes:
+        pulumi.log.warn(
+            f"{PROJECT}:allowedChanges lets {', '.join(settings.allowed_changes)} change on this deployed stack unguarded; "
+            f"remove it once the procedure is done (pulumi config rm {PROJECT}:allowedChanges)"
+        )
     guard = ChangeGuard(name, guarded_values(settings), settings.allowed_changes)
     await guard.urn.future()

@@ -36,8 +36,14 @@ def test_every_guarded_setting_has_a_reason_naming_the_readme_s_procedure() -> N
         assert reason.endswith('(README, "Settings a running cluster refuses")')
 
 
-def test_allowed_changes_reach_the_guard_by_their_full_names() -> None:
+def test_allowed_changes_reach_the_guard_by_their_full_names_and_every_run_warns_of_them() -> None:
     assert guard_inputs(allowedChanges=["serverStorageSize", "tls"])["allowed"] == ["consul:serverStorageSize", "consul:tls"]
+    rendered, _ = run_main("dev", allowedChanges=["tls"])
+    assert rendered.warnings == [
+        "consul:allowedChanges lets tls change on this deployed stack unguarded; remove it once the procedure is done "
+        "(pulumi config rm consul:allowedChanges)"
+    ]
+    assert run_main("dev")[0].warnings == []
 
 
 def test_the_readme_has_the_section_the_refusals_name() -> None:
