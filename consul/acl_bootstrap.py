@@ -36,6 +36,12 @@ service_prefix "" { policy = "read" }
 SNAPSHOT_POLICY_RULES = 'acl = "write"\n'
 # /v1/agent/metrics asks for agent:read on the agent's own node; nothing else.
 METRICS_POLICY_RULES = 'agent_prefix "" { policy = "read" }\n'
+# What a secondary datacenter's servers replicate ACLs with (policies, roles, global tokens) and
+# have their Connect CA signed with: Consul's documented replication rules.
+REPLICATION_POLICY_RULES = """acl = "write"
+operator = "write"
+service_prefix "" { policy = "read" intentions = "read" }
+"""
 ANONYMOUS_TOKEN_ID = "00000000-0000-0000-0000-000000000002"
 
 
@@ -180,6 +186,10 @@ fi
 if [ -n "$SNAPSHOT_ACCESSOR" ]; then
   policy consul-snapshot "Consul snapshots: save and restore need acl write" "$SNAPSHOT_RULES"
   token "$SNAPSHOT_ACCESSOR" snapshot "snapshot token" '{"Policies": [{"Name": "consul-snapshot"}]}'
+fi
+if [ -n "$REPLICATION_ACCESSOR" ]; then
+  policy consul-replication "ACL replication of secondary datacenters" "$REPLICATION_RULES"
+  token "$REPLICATION_ACCESSOR" replication "ACL replication token of the secondary datacenters" '{"Policies": [{"Name": "consul-replication"}]}'
 fi
 # Revocation of what this Job made and the stack no longer declares: tokens marked as its own, and
 # the unmarked ones of its versions before the mark, known by their exact description *and* grants
@@ -356,6 +366,8 @@ class ConsulAclBootstrap(pulumi.ComponentResource):
             SNAPSHOT_RULES=SNAPSHOT_POLICY_RULES,
             METRICS_ACCESSOR=args.tokens.metrics_accessor or "",
             METRICS_RULES=METRICS_POLICY_RULES,
+            REPLICATION_ACCESSOR=args.tokens.replication_accessor or "",
+            REPLICATION_RULES=REPLICATION_POLICY_RULES,
             MIN_QUORUM=str(cfg.min_quorum(len(args.tokens.server_agents))),
         )
         pod.mount_secret("tokens", args.tokens.secret_name, TOKENS_DIR)

@@ -244,5 +244,10 @@ class SecuritySpec:
     certificates: CertificateSpec = field(default_factory=CertificateSpec)
     snapshot_token: bool = False
     """A token for the snapshot CronJob (policy ``acl = "write"``, what a snapshot needs)."""
+    declares_replication_token: bool = False
+    """The primary of a federation: a token for the secondaries' ACL replication (the output
+    ``aclReplicationToken``)."""
+    replication_token: SecretText | None = None
+    """A secondary: the primary's replication token, which its servers replicate ACLs with."""
     kubernetes_auth: KubernetesAuthSpec | None = None
     """The `kubernetes` auth method, when on (needs ACLs)."""

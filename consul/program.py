@@ -178,6 +178,8 @@ def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, 
         "dnsServiceName": clients.dns_service_name,
         "caCertificate": security.ca_cert_pem,
         "aclManagementToken": security.management_token,
+        # Only the primary of a federation has one.
+        **({"aclReplicationToken": security.replication_token} if settings.security.declares_replication_token else {}),
     }
 
 

@@ -61,6 +61,8 @@ class AclTokenIds:
     snapshot_accessor: the snapshot CronJob's token (key ``snapshot``), when snapshots are on.
     metrics_accessor: the metrics scrapers' token (key ``metrics``; policy ``consul-metrics``:
         agent:read, what /v1/agent/metrics asks).
+    replication_accessor: the secondaries' ACL replication token (key ``replication``; policy
+        ``consul-replication``), in the primary of a federation.
     """
 
     secret_name: pulumi.Input[str]
@@ -69,6 +71,7 @@ class AclTokenIds:
     services: tuple[tuple[str, pulumi.Input[str]], ...] = ()
     snapshot_accessor: pulumi.Input[str] | None = None
     metrics_accessor: pulumi.Input[str] | None = None
+    replication_accessor: pulumi.Input[str] | None = None
 
     @staticmethod
     def server_key(node: str) -> str:
@@ -81,6 +84,7 @@ class AclTokenIds:
 
 CLIENT_AGENT_KEY = "agent-client"
 SNAPSHOT_TOKEN_KEY = "snapshot"
+REPLICATION_TOKEN_KEY = "replication"
 METRICS_TOKEN_KEY = "metrics"
 SERVICE_TOKEN_KEY = "token"
 
@@ -132,6 +136,7 @@ def acl_token_names(instance: str, spec: SecuritySpec, server_replicas: int) -> 
         *[AclTokenIds.service_key(service) for service in spec.service_tokens],
         METRICS_TOKEN_KEY,
         *([SNAPSHOT_TOKEN_KEY] if spec.snapshot_token else []),
+        *([REPLICATION_TOKEN_KEY] if spec.declares_replication_token else []),
     ]
 
 
@@ -209,6 +214,7 @@ class ConsulSecurity(pulumi.ComponentResource):
     client_secrets: TierSecrets
     acl_tokens: AclTokenIds | None
     management_token: pulumi.Output[str | None]
+    replication_token: pulumi.Output[str | None]
     ca_cert_pem: pulumi.Output[str | None]
     ca_not_after: pulumi.Output[str | None]
     server_cert_not_after: pulumi.Output[str | None]
@@ -235,6 +241,7 @@ class ConsulSecurity(pulumi.ComponentResource):
         gossip_name = ca_name = server_tls_name = server_acl = client_acl = None
         self.acl_tokens = None
         self.management_token = pulumi.Output.from_input(None)
+        self.replication_token = pulumi.Output.from_input(None)
         self.ca_cert_pem = pulumi.Output.from_input(None)
         self.ca_not_after = pulumi.Output.from_input(None)
         self.gossip_key: pulumi.Output[str] | None = None
@@ -282,14 +289,14 @@ class ConsulSecurity(pulumi.ComponentResource):
                 {MANAGEMENT_TOKEN_KEY: management, **{token: secret_id(token) for token in token_names if token != MANAGEMENT_TOKEN_KEY}},
             )
 
-            # A secondary datacenter's servers replicate ACLs (and sign their Connect CA with the
-            # primary) with the management token, which they hold anyway: it is global.
-            replication = cluster.secondary
+            # A secondary datacenter's servers replicate ACLs (and have their Connect CA signed by
+            # the primary) with the primary's replication token.
+            replication: pulumi.Output[str] = pulumi.Output.secret(spec.replication_token.value if spec.replication_token else "")
 
             def server_file(node: str) -> pulumi.Output[str]:
-                return pulumi.Output.all(management, secret_id(AclTokenIds.server_key(node))).apply(
+                return pulumi.Output.all(management, secret_id(AclTokenIds.server_key(node)), replication).apply(
                     lambda ids: cfg.acl_tokens_file(
-                        {"initial_management": ids[0], "agent": ids[1], **({"replication": ids[0]} if replication else {})}
+                        {"initial_management": ids[0], "agent": ids[1], **({"replication": ids[2]} if ids[2] else {})}
                     )
                 )
 
@@ -297,7 +304,10 @@ class ConsulSecurity(pulumi.ComponentResource):
             server_acl = secret(f"{name}-server-acl-config", {f"{node}.json": server_file(node) for node in server_nodes}).metadata.name
             # What of the servers' token files rolls them: only what they share (the management
             # token). A file added for a new server when scaling up must not restart the others.
-            contents[f"{name}-server-acl-config"] = {MANAGEMENT_TOKEN_KEY: management}
+            contents[f"{name}-server-acl-config"] = {
+                MANAGEMENT_TOKEN_KEY: management,
+                **({REPLICATION_TOKEN_KEY: replication} if spec.replication_token else {}),
+            }
             client_acl = secret(f"{name}-client-acl-config", {cfg.ACL_TOKENS_FILE_NAME: client_file}).metadata.name
             for service in spec.service_tokens:
                 secret(service_token_secret(name, service), {SERVICE_TOKEN_KEY: secret_id(AclTokenIds.service_key(service))})
@@ -309,8 +319,11 @@ class ConsulSecurity(pulumi.ComponentResource):
                 services=tuple((service, accessor_id(AclTokenIds.service_key(service))) for service in spec.service_tokens),
                 snapshot_accessor=accessor_id(SNAPSHOT_TOKEN_KEY) if spec.snapshot_token else None,
                 metrics_accessor=accessor_id(METRICS_TOKEN_KEY),
+                replication_accessor=accessor_id(REPLICATION_TOKEN_KEY) if spec.declares_replication_token else None,
             )
             self.management_token = pulumi.Output.secret(management)
+            if spec.declares_replication_token:
+                self.replication_token = pulumi.Output.secret(secret_id(REPLICATION_TOKEN_KEY))
 
         def checksum(*names: str) -> pulumi.Output[str] | None:
             mounted = {n: contents[n] for n in names if n in contents}

@@ -222,20 +222,32 @@ def load_settings(raw: Mapping[str, str], secret_keys: Collection[str] = (), war
     reader = _Reader(raw, secret_keys)
     security = _security(reader)
     snapshots = _snapshots(reader)
+    cluster = _cluster(reader, warn)
+    servers = _servers(reader)
+    # The primary of a federation (WAN peers or join addresses) makes the secondaries' replication token.
+    primary_of_federation = not cluster.secondary and bool(servers.wan.join or servers.wan.peer_namespaces or servers.wan.peer_cidrs)
     settings = Settings(
         namespace=_namespace(reader),
         create_namespace=reader.boolean("createNamespace"),
-        cluster=_cluster(reader, warn),
-        servers=_servers(reader),
+        cluster=cluster,
+        servers=servers,
         ui=_ui(reader),
         clients=_clients(reader),
         dns=_dns(reader),
-        security=replace(security, snapshot_token=snapshots.enabled and security.acls),
+        security=replace(
+            security,
+            snapshot_token=snapshots.enabled and security.acls,
+            declares_replication_token=security.acls and primary_of_federation,
+        ),
         snapshots=snapshots,
         allowed_changes=_allowed_changes(reader),
     )
     if settings.cluster.secondary:
         _check_secondary(settings)
+    elif settings.security.replication_token is not None:
+        raise SettingsError(
+            "aclReplicationToken", settings.security.replication_token, "must be unset unless consul:primaryDatacenter is set (a secondary)"
+        )
     if settings.clients.host_network and security.network_policy:
         raise SettingsError(
             "clientHostNetwork",
@@ -530,7 +542,13 @@ def _check_secondary(settings: Settings) -> None:
         raise SettingsError(
             "aclManagementToken",
             None,
-            f"must be the primary datacenter's management token {primary}: it is global, and the servers replicate ACLs with it",
+            f"must be the primary datacenter's management token {primary}: it is global, and this datacenter's ACL Job writes with it",
+        )
+    if security.acls and security.replication_token is None:
+        raise SettingsError(
+            "aclReplicationToken",
+            None,
+            f"must be the primary's aclReplicationToken output {primary}: the servers replicate ACLs with it",
         )
     if security.kubernetes_auth is not None:
         raise SettingsError(
@@ -627,7 +645,13 @@ def _security(reader: _Reader) -> SecuritySpec:
         if not acls:
             raise SettingsError("aclManagementToken", management_token, "must be unset when consul:acls is false")
     service_tokens = _service_tokens(reader, acls)
+    replication_token = reader.secret("aclReplicationToken")
+    if replication_token is not None and not _is_uuid(replication_token.value):
+        raise SettingsError(
+            "aclReplicationToken", replication_token, "must be a Consul token SecretID (a UUID): the primary's aclReplicationToken output"
+        )
     return SecuritySpec(
+        replication_token=replication_token,
         service_tokens=service_tokens,
         kubernetes_auth=_kubernetes_auth(reader, acls),
         gossip_encryption=gossip,

@@ -208,7 +208,7 @@ class Rendered:
 
 
 # Keys a user sets with `pulumi config set --secret`: the tests pass them as secrets too.
-SECRET_KEYS = ("gossipKey", "tlsCaKey", "aclManagementToken")
+SECRET_KEYS = ("gossipKey", "tlsCaKey", "aclManagementToken", "aclReplicationToken")
 
 
 def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = (), real_material: bool = True) -> tuple[_Monitor, _Warnings]:

@@ -15,6 +15,7 @@ from consul.settings import SettingsError
 
 GOSSIP_KEY = base64.b64encode(bytes(range(32))).decode()
 MANAGEMENT_TOKEN = "5e1c0a11-0000-4000-8000-00000000aaaa"
+REPLICATION_TOKEN = "5e1c0a11-0000-4000-8000-00000000bbbb"
 CA = material.certificate_authority("Consul CA dc1")
 SECONDARY: dict[str, Any] = {
     "datacenter": "dc2",
@@ -25,6 +26,7 @@ SECONDARY: dict[str, Any] = {
     "tlsCaCert": CA.cert_pem,
     "tlsCaKey": CA.key_pem,
     "aclManagementToken": MANAGEMENT_TOKEN,
+    "aclReplicationToken": REPLICATION_TOKEN,
 }
 
 
@@ -42,11 +44,31 @@ def test_a_secondary_s_agents_name_the_primary_and_its_servers_join_over_the_wan
     assert "enable_token_replication" not in client["acl"]
 
 
-def test_a_secondary_s_servers_replicate_with_the_shared_management_token(secondary: Any) -> None:
+def test_a_secondary_s_servers_replicate_with_the_primary_s_replication_token(secondary: Any) -> None:
     files = secondary.one("Secret", "consul-server-acl-config")["stringData"]
     for text in files.values():
         tokens = json.loads(text)["acl"]["tokens"]
-        assert tokens["replication"] == tokens["initial_management"] == MANAGEMENT_TOKEN
+        assert (tokens["replication"], tokens["initial_management"]) == (REPLICATION_TOKEN, MANAGEMENT_TOKEN)
+    # A secondary makes no replication token of its own.
+    assert "aclReplicationToken" not in secondary.outputs
+
+
+def test_the_primary_of_a_federation_makes_the_replication_token_and_exports_it_as_a_secret() -> None:
+    from harness import run_main
+
+    primary = render("ci-defaults", wanPeerNamespaces=["consul-dc2"])
+    tokens = primary.one("Secret", "consul-acl-tokens")["stringData"]
+    assert primary.outputs["aclReplicationToken"] == tokens["replication"]
+    assert "aclReplicationToken" in primary.secret_outputs
+    job = primary.one("Job", "consul-acl-bootstrap")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in job["env"]}
+    assert env["REPLICATION_RULES"] == 'acl = "write"\noperator = "write"\nservice_prefix "" { policy = "read" intentions = "read" }\n'
+    assert env["REPLICATION_ACCESSOR"]
+    standalone = render("ci-defaults")
+    assert "replication" not in standalone.one("Secret", "consul-acl-tokens")["stringData"]
+    assert "aclReplicationToken" not in standalone.outputs
+    _, error = run_main("ci-defaults", aclReplicationToken=REPLICATION_TOKEN)
+    assert str(error) == "invalid consul:aclReplicationToken [secret]: must be unset unless consul:primaryDatacenter is set (a secondary)"
 
 
 def test_the_servers_admit_the_peer_datacenters_servers_to_rpc_and_wan_gossip_only(secondary: Any) -> None:
@@ -85,7 +107,12 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     (
         {"aclManagementToken": ""},
         "invalid consul:aclManagementToken null: must be the primary datacenter's management token when consul:primaryDatacenter is set "
-        "(dc1): it is global, and the servers replicate ACLs with it",
+        "(dc1): it is global, and this datacenter's ACL Job writes with it",
+    ),
+    (
+        {"aclReplicationToken": ""},
+        "invalid consul:aclReplicationToken null: must be the primary's aclReplicationToken output when consul:primaryDatacenter is set "
+        "(dc1): the servers replicate ACLs with it",
     ),
     (
         {"kubernetesAuth": True, "kubernetesAuthNamespaces": ["shop"]},
