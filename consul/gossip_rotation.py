@@ -3,7 +3,8 @@
 Consul's procedure, with no agent ever unable to talk to the rest: install the new key on every
 member, make it the primary, then remove every other key (``/v1/operator/keyring``). The Job's pod template carries a
 digest of the key, so a new key replaces the Job and `pulumi up` runs the procedure; the agents
-themselves do not restart (their keyring lives in their data directory).
+themselves do not restart. A finished run leaves the digest in the KV store (DONE_KEY), so a run
+for a key already in place (the Job replaced by an image upgrade) asks no member anything.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .model import ClusterSpec
 from .security import GOSSIP_SECRET_KEY, MANAGEMENT_TOKEN_KEY
 
 KEY_DIGEST_ANNOTATION = "consul.hashicorp.com/gossip-key-digest"
+# Where a finished rotation leaves its key's digest (SHA-256, as in the annotation).
+DONE_KEY = "consul-on-pulumi/gossip-rotation/done"
 KEY_DIR = "/consul/gossip-key"
 TOKEN_DIR = "/consul/management"
 JOB_DEADLINE_SECONDS = 900
@@ -63,6 +66,15 @@ installed() {
   printf '%s\n' "$listing" | jq -r '.[].Keys | keys[]' | sort -u
 }
 new=$(cat "$KEY_FILE")
+# A run that completed leaves the key's digest in the KV store: a later run for the same key (the
+# Job replaced for an image upgrade, deleted and made again) changes nothing and asks no member.
+# A run that stopped half-way left none, so the next one goes through every step again.
+digest=$(printf '%s' "$new" | sha256sum | cut -d' ' -f1)
+marker="$CONSUL_HTTP_ADDR/v1/kv/$DONE_KEY"
+if [ "$(curl -sS $curl_tls -H @"$headers" "$marker?raw" 2>/dev/null)" = "$digest" ]; then
+  echo "every agent already gossips with the key in Secret $KEY_SECRET (an earlier run finished): nothing to do"
+  exit 0
+fi
 keyring POST "$new"
 keyring PUT "$new"
 keys=$(installed)
@@ -74,6 +86,7 @@ if [ "$left" != "$new" ]; then
   echo "ERROR: after the rotation the keyring still holds other keys than the new one" >&2
   exit 1
 fi
+printf '%s' "$digest" | curl -sS --fail $curl_tls -X PUT -H @"$headers" --data-binary @- "$marker" >/dev/null
 echo "every agent gossips with the key in Secret $KEY_SECRET only"
 """
 )
@@ -117,7 +130,7 @@ class ConsulGossipRotation(pulumi.ComponentResource):
         labels = Labels(instance=name, component=GOSSIP_ROTATION, version=args.cluster.version)
         namespace = pulumi.Output.from_input(args.namespace)
         pod = server_api_pod(args.server_service, namespace, args.ca_secret)
-        pod.set_env(KEY_FILE=f"{KEY_DIR}/{GOSSIP_SECRET_KEY}", KEY_SECRET=args.gossip_secret)
+        pod.set_env(KEY_FILE=f"{KEY_DIR}/{GOSSIP_SECRET_KEY}", KEY_SECRET=args.gossip_secret, DONE_KEY=DONE_KEY)
         pod.mount_secret("gossip-key", args.gossip_secret, KEY_DIR, key=GOSSIP_SECRET_KEY)
         if args.tokens_secret is not None:
             pod.set_env(CONSUL_HTTP_TOKEN_FILE=f"{TOKEN_DIR}/{MANAGEMENT_TOKEN_KEY}")

@@ -86,6 +86,22 @@ def member_status(deployment, name: str) -> int | None:
     return next((m["Status"] for m in members if m["Name"] == name), None)
 
 
+def test_the_gossip_rotation_job_made_again_for_the_same_key_asks_no_member(module_deployment):
+    """The first up's rotation Job went through every step and left its mark; the same Job made
+    again for the same key (here deleted and re-created by `pulumi up --refresh`; in use, replaced
+    by an image upgrade) finds the mark and makes no keyring call."""
+    deployment = module_deployment
+    first = deployment.logs(f"job/{ROTATION_JOB}")
+    assert "gossips with the key in Secret consul-gossip only" in first, first
+    deployment.kubectl("delete", "job", ROTATION_JOB, "--cascade=foreground", "--wait=true", timeout=120)
+    deployment.stack.refresh(color="never", on_output=lambda line: None)
+    deployment.up("the rotation Job made again for the same key")
+    again = deployment.logs(f"job/{ROTATION_JOB}")
+    print(f"\nbed: refusals: the rotation Job made again said: {again.strip().splitlines()[-1:]}")
+    assert "an earlier run finished): nothing to do" in again, again
+    assert "/v1/operator/keyring" not in again
+
+
 def test_anonymous_writes_are_refused(module_deployment, toolbox):
     deployment = module_deployment
     agent = deployment.stack.outputs()["agentAddress"].value
