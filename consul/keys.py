@@ -7,6 +7,7 @@ run in the settings, before anything is declared, so bad material is refused wit
 from __future__ import annotations
 
 import base64
+import re
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -24,6 +25,30 @@ def check_gossip_key(text: str) -> str | None:
     if base64.b64encode(raw).decode() != text:
         # Consul lists keys re-encoded: a key written otherwise could never be matched to it.
         return "is not in canonical base64 (generate one with `consul keygen`)"
+    return None
+
+
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def ca_certificates(bundle: str) -> list[str]:
+    """The PEM certificates of a bundle, in order."""
+    return _PEM_CERTIFICATE.findall(bundle)
+
+
+def check_ca_bundle(bundle: str) -> str | None:
+    """Why a bundle of PEM certificates is not a list of CA certificates, or None when it is."""
+    found = ca_certificates(bundle)
+    if not found or _PEM_CERTIFICATE.sub("", bundle).strip():
+        return "must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----) and nothing else"
+    for number, pem in enumerate(found, 1):
+        try:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except (ValueError, x509.ExtensionNotFound):
+            return f"certificate {number} is not a CA certificate (PEM X.509 with basicConstraints CA:TRUE)"
+        if not constraints.ca:
+            return f"certificate {number} is not a CA certificate (basicConstraints CA:FALSE)"
     return None
 
 

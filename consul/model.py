@@ -238,6 +238,8 @@ class SecuritySpec:
     gossip_key: SecretText | None = None
     ca_cert: str | None = None
     ca_key: SecretText | None = None
+    trusted_ca_certs: tuple[str, ...] = ()
+    """More CA certificates every agent trusts besides the signing CA: a CA rotation's other CA."""
     management_token: SecretText | None = None
     service_tokens: tuple[str, ...] = ()
     """Services that get an ACL token with that service's identity, in a Secret of their own."""

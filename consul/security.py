@@ -262,7 +262,11 @@ class ConsulSecurity(pulumi.ComponentResource):
             self.gossip_key = pulumi.Output.secret(key)
 
         if spec.tls and material is not None:
-            ca_cert = material.ca_cert_pem.apply(_present)
+            # The signing CA, then the other CAs every agent trusts (a CA rotation's other CA).
+            trusted = spec.trusted_ca_certs
+            ca_cert = material.ca_cert_pem.apply(
+                lambda pem: "".join(c.strip() + "\n" for c in (_present(pem), *trusted)) if trusted else _present(pem)
+            )
             # The CA certificate is public, but kept in a Secret beside the rest.
             ca_name = secret(f"{name}-ca-cert", {"tls.crt": ca_cert}).metadata.name
             server_tls_name = secret(

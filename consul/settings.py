@@ -638,6 +638,17 @@ def _security(reader: _Reader) -> SecuritySpec:
         if not tls:
             raise SettingsError("tlsCaCert", "(PEM)", "must be unset when consul:tls is false")
     certificates = _certificates(reader, tls)
+    trusted = reader.string("tlsTrustedCaCerts")
+    trusted_ca_certs: tuple[str, ...] = ()
+    if trusted:
+        from .keys import ca_certificates, check_ca_bundle
+
+        problem = check_ca_bundle(trusted)
+        if problem:
+            raise SettingsError("tlsTrustedCaCerts", "(PEM)", problem)
+        if not tls:
+            raise SettingsError("tlsTrustedCaCerts", "(PEM)", "must be unset when consul:tls is false")
+        trusted_ca_certs = tuple(ca_certificates(trusted))
     management_token = reader.secret("aclManagementToken")
     if management_token is not None:
         if not _is_uuid(management_token.value):
@@ -661,6 +672,7 @@ def _security(reader: _Reader) -> SecuritySpec:
         gossip_key=gossip_key,
         ca_cert=ca_cert,
         ca_key=ca_key,
+        trusted_ca_certs=trusted_ca_certs,
         management_token=management_token,
         certificates=certificates,
     )

@@ -381,6 +381,17 @@ def pytest_terminal_summary(terminalreporter) -> None:
     (LOGS / "operations.md").write_text(table + "\n")
 
 
+def new_consul_ca(toolbox: Toolbox) -> tuple[str, str]:
+    """A new CA (certificate, key PEM) as an operator makes one: `consul tls ca create` in a pod."""
+    made = toolbox.sh(
+        "cd /tmp && rm -f consul-agent-ca*.pem && consul tls ca create >/dev/null"
+        " && cat consul-agent-ca.pem && echo ==== && cat consul-agent-ca-key.pem && rm -f consul-agent-ca*.pem"
+    )
+    assert made.returncode == 0, made.stderr
+    cert, key = made.stdout.split("====\n")
+    return cert, key
+
+
 def consul_dns_ip(deployment: Deployment) -> str:
     from watch import consul_dns_ip as service_ip
 

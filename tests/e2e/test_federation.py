@@ -21,7 +21,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import LOCAL_AGENT, REAL_NODES, Deployment, consul_dns_ip, consul_http, consul_json, in_pod, keep_module_logs, remove
+from conftest import (
+    LOCAL_AGENT,
+    REAL_NODES,
+    Deployment,
+    consul_dns_ip,
+    consul_http,
+    consul_json,
+    in_pod,
+    keep_module_logs,
+    new_consul_ca,
+    remove,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,14 +44,10 @@ FORMED_BOUND = 120
 
 def shared_material(toolbox) -> dict[str, str]:
     """The CA, gossip key and management token both datacenters share, made with the consul CLI."""
-    made = toolbox.sh(
-        "cd /tmp && rm -f consul-agent-ca*.pem && consul tls ca create >/dev/null"
-        " && cat consul-agent-ca.pem && echo ==== && cat consul-agent-ca-key.pem && echo ==== && consul keygen"
-        " && rm -f consul-agent-ca*.pem"
-    )
-    assert made.returncode == 0, made.stderr
-    cert, key, gossip = made.stdout.split("====\n")
-    return {"tlsCaCert": cert, "tlsCaKey": key, "gossipKey": gossip.strip(), "aclManagementToken": str(uuid.uuid4())}
+    cert, key = new_consul_ca(toolbox)
+    gossip = toolbox.sh("consul keygen")
+    assert gossip.returncode == 0, gossip.stderr
+    return {"tlsCaCert": cert, "tlsCaKey": key, "gossipKey": gossip.stdout.strip(), "aclManagementToken": str(uuid.uuid4())}
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from conftest import (
     consul_json,
     cordoned,
     in_pod,
+    new_consul_ca,
     ready,
     restarts,
     restricted_container,
@@ -178,6 +179,34 @@ def test_a_certificate_due_for_renewal_is_reissued_and_every_server_serves_it(mo
     served = {p["metadata"]["name"]: served_certificate(toolbox, p["status"]["podIP"]) for p in deployment.pods("server")}
     assert served == dict.fromkeys(SERVERS, expected)
     assert_bounds(watch, 3, open_defect=LEADER_LOST)
+
+
+def test_the_ca_rotates_in_three_ups_and_every_server_serves_a_certificate_of_the_new_ca(module_deployment, toolbox):
+    """The README's three ups: every agent trusts both CAs; the servers switch to the new one while
+    every agent still trusts the old; the new CA alone. Each up returns after its roll (none
+    stalls), and at the end every server serves a certificate the new CA issued, and the Secret
+    holds the new CA only."""
+    from cryptography import x509
+
+    deployment = module_deployment
+    old_ca = deployment.stack.outputs()["caCertificate"].value
+    new_cert, new_key = new_consul_ca(toolbox)
+    watches = []
+    try:
+        deployment.set(tlsTrustedCaCerts=new_cert)
+        watches.append(watched_up(deployment, toolbox, "CA rotation 1: both CAs trusted", then_formed=3)[0])
+        deployment.set(("tlsCaKey",), tlsCaCert=new_cert, tlsCaKey=new_key, tlsTrustedCaCerts=old_ca)
+        watches.append(watched_up(deployment, toolbox, "CA rotation 2: the servers on the new CA", then_formed=3)[0])
+    finally:
+        deployment.stack.remove_config("consul:tlsTrustedCaCerts")
+    watches.append(watched_up(deployment, toolbox, "CA rotation 3: the new CA alone", then_formed=3)[0])
+    assert PEM.findall(deployment.secret("consul-ca-cert")["tls.crt"]) == PEM.findall(new_cert)
+    issuer = x509.load_pem_x509_certificate(new_cert.encode())
+    for pod in deployment.pods("server"):
+        served = served_certificate(toolbox, pod["status"]["podIP"])
+        pem = "-----BEGIN CERTIFICATE-----\n" + served + "\n-----END CERTIFICATE-----\n"
+        x509.load_pem_x509_certificate(pem.encode()).verify_directly_issued_by(issuer)
+    assert_bounds(watches, 3, open_defect=LEADER_LOST + CLIENTS_ROLLED)
 
 
 def test_a_new_gossip_key_reaches_every_agent_without_a_restart_and_only_it_stays(module_deployment, toolbox):

@@ -623,3 +623,32 @@ def test_service_tokens_need_acls():
     rendered, error = run_main("ci-defaults", serviceTokens=["web"], acls=False)
     assert str(error) == 'invalid consul:serviceTokens ["web"]: must be empty when consul:acls is false (without ACLs no token is needed)'
     assert rendered.declared == []
+
+
+def test_tls_trusted_ca_certs_follow_the_signing_ca_in_the_ca_secret_and_roll_every_agent():
+    ca, other = material.certificate_authority("Our CA"), material.certificate_authority("Next CA")
+    before = render("ci-defaults", tlsCaCert=ca.cert_pem, tlsCaKey=ca.key_pem)
+    rendered = render("ci-defaults", tlsCaCert=ca.cert_pem, tlsCaKey=ca.key_pem, tlsTrustedCaCerts=other.cert_pem)
+    bundle = string_data(rendered, "consul-ca-cert")["tls.crt"]
+    assert bundle == ca.cert_pem.strip() + "\n" + other.cert_pem.strip() + "\n"
+    assert rendered.outputs["caCertificate"] == bundle
+    # The server certificate is still issued by the signing CA.
+    cert = x509.load_pem_x509_certificate(string_data(rendered, "consul-server-cert")["tls.crt"].encode())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem.encode()))
+    for kind, name, _ in TIERS:
+        annotations = [r for r in (before, rendered)]
+        digests = [r.one(kind, name)["spec"]["template"]["metadata"]["annotations"] for r in annotations]
+        assert digests[0] != digests[1], f"{name} does not roll on a new trusted CA"
+
+
+@pytest.mark.parametrize(
+    ("bundle", "problem"),
+    [
+        ("not a certificate", "must be one or more PEM certificates"),
+        ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "certificate 1 is not a CA certificate"),
+    ],
+)
+def test_tls_trusted_ca_certs_must_be_ca_certificates(bundle, problem):
+    rendered, error = run_main("ci-defaults", tlsTrustedCaCerts=bundle)
+    assert str(error).startswith(f'invalid consul:tlsTrustedCaCerts "(PEM)": {problem}')
+    assert rendered.declared == []
