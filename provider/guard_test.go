@@ -22,24 +22,15 @@ func guardInputs(storage string, tls bool, allowed ...any) props {
 
 func check(t *testing.T, olds, news props) *pulumirpc.CheckResponse {
 	t.Helper()
-	request := &pulumirpc.CheckRequest{Type: guardType, News: mustStruct(t, news)}
+	request := &pulumirpc.CheckRequest{Type: guardType, News: toStruct(t, news)}
 	if olds != nil {
-		request.Olds = mustStruct(t, olds)
+		request.Olds = toStruct(t, olds)
 	}
 	response, err := (&server{}).Check(context.Background(), request)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return response
-}
-
-func mustStruct(t *testing.T, values props) *structpb.Struct {
-	t.Helper()
-	s, err := structpb.NewStruct(values)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 func TestTheFirstDeploymentPassesTheGuard(t *testing.T) {
@@ -81,12 +72,12 @@ func TestANewlyGuardedSettingIsNotRefused(t *testing.T) {
 }
 
 func TestTheGuardKeepsItsInputsAsItsState(t *testing.T) {
-	news := mustStruct(t, guardInputs("2Gi", true))
+	news := toStruct(t, guardInputs("2Gi", true))
 	created, err := (&server{}).Create(context.Background(), &pulumirpc.CreateRequest{Type: guardType, Properties: news})
 	if err != nil || created.GetId() == "" || !guardEqual(created.GetProperties(), news) {
 		t.Fatalf("create: %v %v", created, err)
 	}
-	olds := mustStruct(t, guardInputs("1Gi", true))
+	olds := toStruct(t, guardInputs("1Gi", true))
 	diff, err := (&server{}).Diff(context.Background(), &pulumirpc.DiffRequest{Type: guardType, Olds: olds, News: news})
 	if err != nil || diff.GetChanges() != pulumirpc.DiffResponse_DIFF_SOME {
 		t.Fatalf("diff: %v %v", diff, err)
