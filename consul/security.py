@@ -295,23 +295,19 @@ class ConsulSecurity(pulumi.ComponentResource):
 
             # A secondary datacenter's servers replicate ACLs (and have their Connect CA signed by
             # the primary) with the primary's replication token.
-            replication: pulumi.Output[str] = pulumi.Output.secret(spec.replication_token.value if spec.replication_token else "")
+            replication: dict[str, pulumi.Output[str]] = (
+                {"replication": pulumi.Output.secret(spec.replication_token.value)} if spec.replication_token else {}
+            )
 
             def server_file(node: str) -> pulumi.Output[str]:
-                return pulumi.Output.all(management, secret_id(AclTokenIds.server_key(node)), replication).apply(
-                    lambda ids: cfg.acl_tokens_file(
-                        {"initial_management": ids[0], "agent": ids[1], **({"replication": ids[2]} if ids[2] else {})}
-                    )
-                )
+                tokens = pulumi.Output.all(initial_management=management, agent=secret_id(AclTokenIds.server_key(node)), **replication)
+                return tokens.apply(cfg.acl_tokens_file)
 
             client_file = secret_id(CLIENT_AGENT_KEY).apply(lambda token: cfg.acl_tokens_file({"agent": token}))
             server_acl = secret(f"{name}-server-acl-config", {f"{node}.json": server_file(node) for node in server_nodes}).metadata.name
             # What of the servers' token files rolls them: only what they share (the management
             # token). A file added for a new server when scaling up must not restart the others.
-            contents[f"{name}-server-acl-config"] = {
-                MANAGEMENT_TOKEN_KEY: management,
-                **({REPLICATION_TOKEN_KEY: replication} if spec.replication_token else {}),
-            }
+            contents[f"{name}-server-acl-config"] = {MANAGEMENT_TOKEN_KEY: management, **replication}
             client_acl = secret(f"{name}-client-acl-config", {cfg.ACL_TOKENS_FILE_NAME: client_file}).metadata.name
             for service in spec.service_tokens:
                 secret(service_token_secret(name, service), {SERVICE_TOKEN_KEY: secret_id(AclTokenIds.service_key(service))})
