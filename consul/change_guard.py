@@ -30,17 +30,14 @@ _REINSTALL = (
     "build a new cluster from a snapshot: save one, pulumi destroy, delete the server claims, pulumi up with the new setting, "
     'make restore, then run the ACL Job again (README, "Settings a running cluster refuses")'
 )
+_CLAIM_TEMPLATE = (
+    "the {what} is in the server StatefulSet's volumeClaimTemplates, which Kubernetes cannot change, so the "
+    "StatefulSet would be replaced and every server deleted at once; orphan the StatefulSet first and list the key "
+    f'in {PROJECT}:allowedChanges (README, "Settings a running cluster refuses")'
+)
 GUARDED: Mapping[str, str] = {
-    "serverStorageSize": (
-        "the size is in the server StatefulSet's volumeClaimTemplates, which Kubernetes cannot change, so the "
-        "StatefulSet would be replaced and every server deleted at once; orphan the StatefulSet first and list the key "
-        f'in {PROJECT}:allowedChanges (README, "Settings a running cluster refuses")'
-    ),
-    "serverStorageClass": (
-        "the class is in the server StatefulSet's volumeClaimTemplates, which Kubernetes cannot change, so the "
-        "StatefulSet would be replaced and every server deleted at once; orphan the StatefulSet first and list the key "
-        f'in {PROJECT}:allowedChanges (README, "Settings a running cluster refuses")'
-    ),
+    "serverStorageSize": _CLAIM_TEMPLATE.format(what="size"),
+    "serverStorageClass": _CLAIM_TEMPLATE.format(what="class"),
     "gossipEncryption": (
         "switching gossip encryption on or off rolls the agents one at a time, and a restarted agent cannot gossip "
         f"with the others, so the cluster splits; {_REINSTALL}"
