@@ -319,7 +319,7 @@ def _namespace(reader: _Reader) -> str:
 def _cluster(reader: _Reader, warn: Callable[[str], None]) -> ClusterSpec:
     datacenter = _datacenter(reader, warn)
     primary = reader.string("primaryDatacenter")
-    if primary and (len(primary) > MAX_LABEL or not _DATACENTER.fullmatch(primary) or primary == datacenter):
+    if primary and (not _is_datacenter_name(primary) or primary == datacenter):
         raise SettingsError(
             "primaryDatacenter",
             primary,
@@ -380,9 +380,14 @@ def _image(reader: _Reader) -> str:
     return value
 
 
+def _is_datacenter_name(value: str) -> bool:
+    """A name Consul takes for a datacenter: 1 to 63 lowercase letters, digits, '-' or '_'."""
+    return len(value) <= MAX_LABEL and _DATACENTER.fullmatch(value) is not None
+
+
 def _datacenter(reader: _Reader, warn: Callable[[str], None]) -> str:
     value = reader.string("datacenter")
-    if len(value) > MAX_LABEL or not _DATACENTER.fullmatch(value):
+    if not _is_datacenter_name(value):
         raise SettingsError("datacenter", value, "must be 1 to 63 lowercase letters, digits, '-' or '_' (Consul refuses other names)")
     if "_" in value:
         warn(
