@@ -88,6 +88,14 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         bed.start()
         print("\nbed: cluster start " + ", ".join(f"{k} {v:.1f} s" for k, v in bed.timings.items()))
         bed.apply([toolbox_namespace()])
+        # The controllers publish the namespace's root CA and default service account a moment later;
+        # a test that takes an inventory of the cluster starts after them.
+        tools = f"/api/v1/namespaces/{TOOLS_NAMESPACE}"
+        bed.wait(
+            "the tools namespace's root CA and default service account",
+            lambda: bed.api.exists(f"{tools}/configmaps/kube-root-ca.crt") and bed.api.exists(f"{tools}/serviceaccounts/default"),
+            timeout=60,
+        )
         yield bed
     finally:
         bed.stop()
