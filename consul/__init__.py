@@ -29,6 +29,7 @@ _EXPORTS = {
             "ClientMode",
             "ClientSpec",
             "ClusterSpec",
+            "CoreDnsForward",
             "DnsSpec",
             "Placement",
             "Resources",

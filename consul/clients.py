@@ -105,12 +105,14 @@ class ConsulClients(pulumi.ComponentResource):
             owns its registrations (``http://$(HOST_IP):8500`` with host ports: expand HOST_IP from
             ``status.hostIP``).
         dns_service_name: the DNS Service for a CoreDNS stub domain, or None when disabled.
+        dns_cluster_ip: the DNS Service's clusterIP, or None when disabled.
     """
 
     mode: pulumi.Output[str]
     service_name: pulumi.Output[str]
     agent_address: pulumi.Output[str]
     dns_service_name: pulumi.Output[str | None]
+    dns_cluster_ip: pulumi.Output[str | None]
 
     def __init__(self, name: str, args: ConsulClientsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("consul:index:ConsulClients", name, None, opts)
@@ -198,6 +200,7 @@ class ConsulClients(pulumi.ComponentResource):
         service = core.Service(full_name, metadata=labels.metadata(full_name, namespace), spec=client_service, opts=child)
 
         dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        dns_ip: pulumi.Output[str | None] = pulumi.Output.from_input(None)
         if args.dns.enabled:
             dns = core.Service(
                 f"{name}-dns",
@@ -214,6 +217,7 @@ class ConsulClients(pulumi.ComponentResource):
                 opts=child,
             )
             dns_name = dns.metadata.name
+            dns_ip = dns.spec.cluster_ip
 
         if args.network_policy:
             servers = Labels(instance=name, component="server", version=cluster.version)
@@ -228,6 +232,7 @@ class ConsulClients(pulumi.ComponentResource):
         else:
             self.agent_address = pulumi.Output.concat("http://", service.metadata.name, ".", namespace, f".svc:{cfg.HTTP_PORT}")
         self.dns_service_name = dns_name
+        self.dns_cluster_ip = dns_ip
         self.register_outputs(
             {
                 "mode": self.mode,

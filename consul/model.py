@@ -186,12 +186,22 @@ class ClientSpec:
         return self.uses_host_namespace or bool(self.data_host_path)
 
 
+class CoreDnsForward(enum.Enum):
+    """The Consul domain's server block in the cluster's CoreDNS Corefile."""
+
+    OFF = "off"  # CoreDNS is neither read nor changed
+    ON = "on"  # the block is in the Corefile, forwarding the domain to consul-dns
+    REMOVED = "removed"  # the block is taken out again (the step before pulumi destroy)
+
+
 @dataclass(frozen=True)
 class DnsSpec:
-    """The DNS Service (53 -> 8600, UDP and TCP). Defaults: declared, cluster-assigned IP."""
+    """The DNS Service (53 -> 8600, UDP and TCP) and the cluster DNS's forward of the Consul
+    domain to it. Defaults: declared, cluster-assigned IP, CoreDNS untouched."""
 
     enabled: bool = True
     cluster_ip: str | None = None
+    coredns_forward: CoreDnsForward = CoreDnsForward.OFF
 
 
 @dataclass(frozen=True)

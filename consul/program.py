@@ -11,10 +11,12 @@ import pulumi
 from .acl_bootstrap import ConsulAclBootstrap, ConsulAclBootstrapArgs
 from .change_guard import guard_changes
 from .clients import ConsulClients, ConsulClientsArgs
+from .coredns import ConsulCoreDnsForward, ConsulCoreDnsForwardArgs
 from .generated import CA_WARN_BEFORE_DAYS, KeyMaterial, expires_within
 from .gossip_rotation import ConsulGossipRotation, ConsulGossipRotationArgs
 from .kubernetes_auth import ConsulKubernetesAuth, ConsulKubernetesAuthArgs
 from .labels import APP_NAME
+from .model import CoreDnsForward
 from .namespace import consul_namespace
 from .security import ConsulSecurity, ConsulSecurityArgs, declare_key_material
 from .servers import ConsulServers, ConsulServersArgs
@@ -69,7 +71,7 @@ def declare_foundation(settings: Settings) -> Foundation:
     return Foundation(material, namespace)
 
 
-def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, pulumi.Output[object]]:
+def declare_cluster(settings: Settings, foundation: Foundation, cluster_reachable: bool = True) -> Mapping[str, pulumi.Output[object]]:
     """Declare everything else on `foundation` and return the stack outputs."""
     material, namespace = foundation.material, foundation.namespace
     security = ConsulSecurity(
@@ -115,6 +117,16 @@ def declare_cluster(settings: Settings, foundation: Foundation) -> Mapping[str, 
         # the clients waits for nothing: an unchanged StatefulSet has no rollout to await.
         opts=pulumi.ResourceOptions(depends_on=[servers]),
     )
+    forward = settings.dns.coredns_forward
+    if forward is not CoreDnsForward.OFF and cluster_reachable:
+        ConsulCoreDnsForward(
+            INSTANCE,
+            ConsulCoreDnsForwardArgs(
+                forward=forward, namespace=settings.namespace, domain=settings.cluster.domain, dns_ip=clients.dns_cluster_ip
+            ),
+        )
+    elif forward is not CoreDnsForward.OFF:
+        pulumi.log.warn(f"{PROJECT}:coreDnsForward {forward.value}: a render reads no cluster, so the CoreDNS patch is left out")
     if security.acl_tokens is not None:
         auth = settings.security.kubernetes_auth
         auth_objects = (
@@ -209,8 +221,9 @@ async def main() -> None:
     checked by the engine before the rest is declared. The foundation is sent before the rest is
     declared, so the engine loads its provider plugins while the program is still running."""
     settings = load_settings(stack_config(), secret_config_keys())
+    renders = pulumi.Config("kubernetes").get("renderYamlToDirectory") is not None
     # A render writes files and has no cluster to disrupt: only a deployment guards its changes.
-    if pulumi.Config("kubernetes").get("renderYamlToDirectory") is None:
+    if not renders:
         await guard_changes(INSTANCE, settings)
     if settings.clients.needs_host_access and settings.create_namespace:
         pulumi.log.warn(
@@ -219,5 +232,5 @@ async def main() -> None:
         )
     foundation = declare_foundation(settings)
     await _send_declared()
-    for key, value in declare_cluster(settings, foundation).items():
+    for key, value in declare_cluster(settings, foundation, cluster_reachable=not renders).items():
         pulumi.export(key, value)

@@ -29,6 +29,7 @@ from .model import (
     ClientMode,
     ClientSpec,
     ClusterSpec,
+    CoreDnsForward,
     DnsSpec,
     KubernetesAuthSpec,
     Placement,
@@ -608,7 +609,12 @@ def _dns(reader: _Reader) -> DnsSpec:
             ) from None
         if not enabled:
             raise SettingsError("dnsClusterIP", cluster_ip, "must be empty when consul:dnsService is false")
-    return DnsSpec(enabled=enabled, cluster_ip=cluster_ip or None)
+    forward = reader.choice("coreDnsForward", tuple(CoreDnsForward))
+    if forward is CoreDnsForward.ON and not enabled:
+        raise SettingsError(
+            "coreDnsForward", forward.value, f"must not be on while {PROJECT}:dnsService is false (it forwards to consul-dns)"
+        )
+    return DnsSpec(enabled=enabled, cluster_ip=cluster_ip or None, coredns_forward=forward)
 
 
 def _security(reader: _Reader) -> SecuritySpec:

@@ -408,19 +408,6 @@ def consul_dns_ip(deployment: Deployment) -> str:
     return ip
 
 
-def forward_consul_domain(deployment: Deployment) -> None:
-    """What the README tells users to do: a CoreDNS server block forwarding the Consul domain to
-    consul-dns, edited into the cluster's Corefile; returns once CoreDNS answers from it."""
-    from testbed.cluster import addons
-    from testbed.cluster.bed import UPSTREAM_HOSTS
-
-    block = f"consul:53 {{\n    errors\n    cache 30\n    forward . {consul_dns_ip(deployment)}\n}}\n"
-    corefile = addons.corefile(UPSTREAM_HOSTS) + "\n" + block
-    deployment.cluster.kubectl(
-        "-n", "kube-system", "patch", "configmap", "coredns", "--type=merge", "-p", json.dumps({"data": {"Corefile": corefile}})
-    )
-
-
 # Consul's HTTP API and CLI from inside a pod (`kubectl exec`). A token travels on standard
 # input, never on a command line: the shell reads it into a file in the pod's /tmp.
 import shlex  # noqa: E402

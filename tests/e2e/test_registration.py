@@ -24,13 +24,12 @@ from conftest import (
     consul_dns_ip,
     consul_http,
     consul_json,
-    forward_consul_domain,
     in_pod,
     restricted_container,
 )
+from run_stack import auto
 
 from testbed.cluster import images
-from testbed.cluster.addons import corefile
 from testbed.cluster.bed import UPSTREAM_HOSTS
 
 pytestmark = pytest.mark.e2e
@@ -143,24 +142,43 @@ def test_dns_answers_under_default_deny(module_deployment, toolbox):
     assert consul_http(toolbox.sh, "GET", f"{agent}/v1/kv/private")[0] == 403
 
 
+def live_corefile(deployment) -> str:
+    corefile: str = deployment.api.get("/api/v1/namespaces/kube-system/configmaps/coredns")["data"]["Corefile"]
+    return corefile
+
+
+def dig_status(run, name: str) -> tuple[str, str]:
+    """(rcode, authority section) of one A query through the pod's resolver, 2 s to answer."""
+    out = run(f"dig +time=2 +tries=1 {name} A", "")
+    status = re.search(r"status: ([A-Z]+)", out.stdout)
+    authority = out.stdout.partition(";; AUTHORITY SECTION:")[2].partition("\n\n")[0]
+    return (status.group(1) if status else f"no answer {out.stdout[-200:]!r}"), authority
+
+
+def answered_by_consul(run, name: str) -> bool:
+    """NXDOMAIN with the Consul domain's SOA (ns.consul.): Consul's answer, not CoreDNS's own."""
+    status, authority = dig_status(run, name)
+    return status == "NXDOMAIN" and "ns.consul." in authority
+
+
 @pytest.fixture
-def consul_domain_forwarded(module_deployment) -> Iterator[None]:
-    """The README's CoreDNS server block for the Consul domain; the bed's own Corefile back afterwards."""
-    forward_consul_domain(module_deployment)
-    yield
-    module_deployment.cluster.kubectl(
-        "-n",
-        "kube-system",
-        "patch",
-        "configmap",
-        "coredns",
-        "--type=merge",
-        "-p",
-        json.dumps({"data": {"Corefile": corefile(UPSTREAM_HOSTS)}}),
-    )
+def coredns_forward(module_deployment) -> Iterator[str]:
+    """The README's way: coreDnsForward "on" and `pulumi up`; yields the Corefile from before.
+    Afterwards, if the block is still in, "removed" and `pulumi up` take it out, and "off"."""
+    deployment = module_deployment
+    before = live_corefile(deployment)
+    deployment.set(coreDnsForward="on")
+    deployment.up("coreDnsForward on")
+    try:
+        yield before
+    finally:
+        if live_corefile(deployment) != before:
+            deployment.set(coreDnsForward="removed")
+            deployment.up("coreDnsForward removed")
+        deployment.set(coreDnsForward="off")
 
 
-def test_a_workload_registers_is_found_by_dns_through_coredns_and_deregisters(module_deployment, web_app, consul_domain_forwarded):
+def test_a_workload_registers_is_found_by_dns_through_coredns_and_deregisters(module_deployment, web_app, coredns_forward):
     deployment = module_deployment
     app = run_in(web_app)
     registered = web_app.sh('consul services register -name web -id web-1 -port 8080 -address "$POD_IP"')
@@ -172,7 +190,7 @@ def test_a_workload_registers_is_found_by_dns_through_coredns_and_deregisters(mo
     took = deployment.cluster.wait(
         "web.service.consul through CoreDNS", lambda: dig(app, "web.service.consul") == [web_app.ip], COREDNS_RELOAD
     )
-    print(f"bed: registration: CoreDNS answered web.service.consul {took:.1f} s after the Corefile edit")
+    print(f"bed: registration: CoreDNS answered web.service.consul {took:.1f} s after pulumi up patched the Corefile")
     assert dig(app, f"consul-dns.{deployment.namespace}.svc.cluster.local") == [consul_dns_ip(deployment)]
 
     # Every client agent answers it (consul-dns sends each query to any of them).
@@ -186,6 +204,44 @@ def test_a_workload_registers_is_found_by_dns_through_coredns_and_deregisters(mo
     own_agent = client_on(deployment, REAL_NODES[0])["status"]["podIP"]
     # DNS reads may be served by a follower (allow_stale), a moment behind the leader.
     deployment.cluster.wait("web gone from DNS", lambda: dig(app, "web.service.consul", own_agent, 8600) == [], 5)
+
+
+def test_coredns_forward_keeps_the_corefile_answers_other_names_and_comes_out_again(module_deployment, web_app, coredns_forward):
+    """coreDnsForward: the Corefile as it was plus one block; names outside the Consul domain are
+    answered as before and an unknown Consul name gets NXDOMAIN at once; on -> off is refused with
+    nothing changed; "removed" puts back the Corefile exactly as it was."""
+    deployment = module_deployment
+    before = coredns_forward
+    patched = live_corefile(deployment)
+    assert patched.startswith(before), patched
+    block = patched[len(before) :]
+    assert f"consul:53 {{\n    errors\n    cache 30\n    forward . {consul_dns_ip(deployment)}\n}}\n" in block, block
+
+    app = run_in(web_app)
+    took = deployment.cluster.wait(
+        "Consul's NXDOMAIN through CoreDNS", lambda: answered_by_consul(app, "nothing.service.consul"), COREDNS_RELOAD
+    )
+    print(f"\nbed: coreDnsForward: Consul answered through CoreDNS {took:.1f} s after pulumi up")
+    kubernetes_ip = deployment.api.get("/api/v1/namespaces/default/services/kubernetes")["spec"]["clusterIP"]
+    assert dig(app, "kubernetes.default.svc.cluster.local") == [kubernetes_ip]
+    for name, ip in UPSTREAM_HOSTS.items():
+        assert dig(app, name) == [ip]
+
+    deployment.set(coreDnsForward="off")
+    with pytest.raises(auto.CommandError) as refused:
+        deployment.up("coreDnsForward on -> off")
+    assert "protect" in str(refused.value), str(refused.value)[-2000:]
+    assert live_corefile(deployment) == patched
+
+    deployment.set(coreDnsForward="removed")
+    deployment.up("coreDnsForward removed")
+    assert live_corefile(deployment) == before
+    took = deployment.cluster.wait(
+        "CoreDNS without the block",
+        lambda: dig_status(app, "nothing.service.consul")[0] == "NXDOMAIN" and not answered_by_consul(app, "nothing.service.consul"),
+        COREDNS_RELOAD,
+    )
+    print(f"bed: coreDnsForward: CoreDNS answered without the block {took:.1f} s after pulumi up removed it")
 
 
 # curl's exit status when it could not connect: refused (7: the bed's NetworkPolicy agent rejects

@@ -86,6 +86,7 @@ class Declared:
     secret_outputs: list[str] = field(default_factory=list)
     custom_timeouts: dict[str, str] = field(default_factory=dict)
     retain_on_delete: bool = False
+    protect: bool = False
 
     @property
     def kind(self) -> str:
@@ -99,11 +100,49 @@ class Declared:
         return {"apiVersion": api_version, "kind": self.kind, **self.inputs}
 
 
+# The Corefile kubeadm gives CoreDNS, in ConfigMap kube-system/coredns.
+KUBEADM_COREFILE = """.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+"""
+KUBEADM_COREDNS = {"metadata": {"name": "coredns", "namespace": "kube-system"}, "data": {"Corefile": KUBEADM_COREFILE}}
+# A clusterIP the API server would assign to a Service that names none.
+ASSIGNED_CLUSTER_IP = "10.96.7.7"
+
+
 class _Recorder(pulumi_mocks.Mocks):
-    def __init__(self, real_material: bool = True) -> None:
+    def __init__(self, real_material: bool = True, live: Mapping[str, dict[str, Any]] | None = None) -> None:
         self.real_material = real_material
+        # Objects already in the cluster, by "<type>/<namespace>/<name>", for the program's reads.
+        self.live = {"kubernetes:core/v1:ConfigMap/kube-system/coredns": KUBEADM_COREDNS} if live is None else live
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        if args.resource_id:
+            # A read (`Resource.get`) of an object that exists before the program.
+            key = f"{args.typ}/{args.resource_id}"
+            if key not in self.live:
+                raise Exception(f"resource '{args.resource_id}' does not exist")
+            return args.resource_id, copy.deepcopy(self.live[key])
+        if args.typ == "kubernetes:core/v1:Service" and not (args.inputs.get("spec") or {}).get("clusterIP"):
+            spec = {**(args.inputs.get("spec") or {}), "clusterIP": ASSIGNED_CLUSTER_IP}
+            return f"{args.name}-id", {**args.inputs, "spec": spec}
         if args.typ == generated.RESOURCE_TYPE and not self.real_material:
             # The engine asks the consul-keys provider for these, outside the program.
             return f"{args.name}-id", {k: (f"{k}-of-{args.name}" if v is None else v) for k, v in args.inputs.items()} | {
@@ -139,6 +178,7 @@ class _Monitor(pulumi_mocks.MockMonitor):
                 list(request.additionalSecretOutputs),
                 {k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete") if getattr(request.customTimeouts, k)},
                 bool(request.retainOnDelete),
+                bool(request.protect),
             )
             self.declared.append(declared)
         return response
@@ -211,8 +251,14 @@ class Rendered:
 SECRET_KEYS = ("gossipKey", "tlsCaKey", "aclManagementToken", "aclReplicationToken")
 
 
-def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = (), real_material: bool = True) -> tuple[_Monitor, _Warnings]:
-    recorder = _Recorder(real_material)
+def _start(
+    stack: str,
+    overrides: Mapping[str, Any],
+    plain: Sequence[str] = (),
+    real_material: bool = True,
+    live: Mapping[str, dict[str, Any]] | None = None,
+) -> tuple[_Monitor, _Warnings]:
+    recorder = _Recorder(real_material, live)
     monitor = _Monitor(recorder)
     warnings = _Warnings()
     logger = logging.getLogger(f"consul-tests-{id(warnings)}")
@@ -224,13 +270,14 @@ def _start(stack: str, overrides: Mapping[str, Any], plain: Sequence[str] = (), 
     return monitor, warnings
 
 
-def render(stack: str = "dev", real_material: bool = True, **overrides: Any) -> Rendered:
+def render(stack: str = "dev", real_material: bool = True, live: Any = None, **overrides: Any) -> Rendered:
     """Run the program for `stack` with `overrides` and return everything it declared.
 
     The key material is real (tests/unit/material.py, in place of the consul-keys provider), unless
-    `real_material` is False (placeholders: the benchmark times the program alone).
+    `real_material` is False (placeholders: the benchmark times the program alone). `live` holds
+    the objects the program may read from the cluster (default: kubeadm's CoreDNS ConfigMap).
     """
-    monitor, warnings = _start(stack, overrides, real_material=real_material)
+    monitor, warnings = _start(stack, overrides, real_material=real_material, live=live)
     outputs: dict[str, Any] = {}
     secret: dict[str, bool] = {}
 
@@ -245,12 +292,12 @@ def render(stack: str = "dev", real_material: bool = True, **overrides: Any) -> 
     return Rendered(list(monitor.declared), outputs, warnings.messages, {k for k, v in secret.items() if v})
 
 
-def run_main(stack: str = "dev", plain: Sequence[str] = (), **overrides: Any) -> tuple[Rendered, Exception | None]:
+def run_main(stack: str = "dev", plain: Sequence[str] = (), live: Any = None, **overrides: Any) -> tuple[Rendered, Exception | None]:
     """Run the program's entry point as __main__.py does: what it declared, and what it raised.
 
     Secret settings among `overrides` are passed as secrets, except the keys named in `plain`.
     """
-    monitor, warnings = _start(stack, overrides, plain)
+    monitor, warnings = _start(stack, overrides, plain, live=live)
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def run() -> Coroutine[Any, Any, None]:
