@@ -217,7 +217,8 @@ class ConsulClients(pulumi.ComponentResource):
                 opts=child,
             )
             dns_name = dns.metadata.name
-            dns_ip = dns.spec.cluster_ip
+            # Unknown until the Service exists (a preview of its creation shows its inputs, no clusterIP).
+            dns_ip = pulumi.Output.all(dns.id, dns.spec.cluster_ip).apply(lambda values: values[1])
 
         if args.network_policy:
             servers = Labels(instance=name, component="server", version=cluster.version)

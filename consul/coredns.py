@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 import pulumi_kubernetes.core.v1 as core
@@ -40,6 +39,7 @@ from .settings import PROJECT
 CONFIGMAP_NAMESPACE = "kube-system"
 CONFIGMAP_NAME = "coredns"
 COREFILE_KEY = "Corefile"
+DNS_PORT = 53
 # kube-addon-manager (and the managed-cluster addons built on it) put their own copy back.
 RECONCILED_BY_ADDON_MANAGER = ("addonmanager.kubernetes.io/mode", "Reconcile")
 
@@ -55,44 +55,71 @@ def _markers(namespace: str) -> tuple[str, str]:
     )
 
 
-def server_block(namespace: str, domain: str, dns_ip: str) -> str:
-    """The block as it is appended: a blank line, the begin marker, the server block, the end marker."""
+def server_block(namespace: str, domain: str, dns_ip: str, port: int = DNS_PORT) -> str:
+    """The block as it is appended: a blank line, the begin marker, the server block, the end marker.
+    It listens on `port`, the port of the Corefile's root block (53 unless CoreDNS runs on another)."""
     begin, end = _markers(namespace)
-    return f"\n{begin}\n{domain}:53 {{\n    errors\n    cache 30\n    forward . {dns_ip}\n}}\n{end}\n"
+    return f"\n{begin}\n{domain}:{port} {{\n    errors\n    cache 30\n    forward . {dns_ip}\n}}\n{end}\n"
 
 
 def without_block(corefile: str, namespace: str) -> str:
-    """The Corefile with this namespace's block (as :func:`server_block` appended it) taken out."""
+    """The Corefile with this namespace's block taken out: exactly as :func:`server_block` appended
+    it, or else (the file re-saved with other line endings, its last newline trimmed) every line
+    from the begin marker to the end marker. Raises CorefileError when a marker is left."""
     begin, end = _markers(namespace)
-    return re.sub("\n" + re.escape(begin) + "\n.*?\n" + re.escape(end) + "\n", "", corefile, flags=re.DOTALL)
+    exact = re.sub("\n" + re.escape(begin) + "\n.*?\n" + re.escape(end) + "\n", "", corefile, count=1, flags=re.DOTALL)
+    if begin not in exact and end not in exact:
+        return exact
+    lenient = re.sub(
+        r"(\r?\n)?[ \t]*" + re.escape(begin) + r".*?" + re.escape(end) + r"[ \t]*(\r?\n|$)", "", corefile, count=1, flags=re.DOTALL
+    )
+    if begin in lenient or end in lenient:
+        raise CorefileError(
+            f'the Corefile holds a marker of this stack\'s block ("{begin}" or "{end}") without the other: take the block '
+            f"out by hand (kubectl -n {CONFIGMAP_NAMESPACE} edit configmap {CONFIGMAP_NAME})"
+        )
+    return lenient
 
 
-def server_block_zones(corefile: str) -> list[str]:
-    """The zones of the Corefile's server blocks ("consul:53 {" -> "consul", ".:53 {" -> ".")."""
-    zones: list[str] = []
+def server_block_keys(corefile: str) -> list[tuple[str, str, int]]:
+    """The keys of the Corefile's server blocks as (transport, zone, port), lowercase, zones
+    without their trailing dot ("Consul.:53 {" -> ("dns", "consul", 53); ".:53 {" -> ("dns", ".", 53)).
+    A key list may run over several lines, up to the block's opening brace."""
+    keys: list[tuple[str, str, int]] = []
     depth = 0
+    pending = ""
     for raw in corefile.splitlines():
         line = raw.split("#", 1)[0].strip()
-        if depth == 0 and line.endswith("{"):
-            for key in re.split(r"[\s,]+", line[:-1].strip()):
-                # [scheme://]zone[:port]
-                zone = re.sub(r":\d+$", "", re.sub(r"^[a-z]+://", "", key))
-                if zone:
-                    zones.append(zone.rstrip(".") or ".")
+        if depth == 0 and line and not line.startswith("}"):
+            pending += " " + line
+            if "{" not in line:
+                continue
+            for key in re.split(r"[\s,]+", pending.split("{", 1)[0].strip().lower()):
+                match = re.fullmatch(r"(?:([a-z0-9+]+)://)?([^:]*?)(?::(\d+))?", key)
+                if match and match.group(2):
+                    transport = match.group(1) or "dns"
+                    default_port = {"dns": DNS_PORT, "tls": 853, "https": 443, "grpc": 443, "quic": 853}.get(transport, DNS_PORT)
+                    keys.append((transport, match.group(2).rstrip(".") or ".", int(match.group(3) or default_port)))
+            pending = ""
         depth += line.count("{") - line.count("}")
-    return zones
+    return keys
+
+
+def root_port(corefile: str) -> int:
+    """The port the Corefile's root zone is served on over plain DNS (53 when there is none)."""
+    return next((port for transport, zone, port in server_block_keys(corefile) if transport == "dns" and zone == "."), DNS_PORT)
 
 
 def with_block(corefile: str, namespace: str, domain: str, dns_ip: str) -> str:
     """The Corefile with this namespace's block for `domain`, replacing an earlier one of its own."""
     base = without_block(corefile, namespace)
-    if domain in server_block_zones(base):
+    port = root_port(base)
+    if ("dns", domain, port) in server_block_keys(base):
         raise CorefileError(
-            f"the Corefile already has a server block for {domain}, not this stack's (a second stack in the cluster, or "
-            "one written by hand); CoreDNS would refuse two. Leave coreDnsForward off here: that block already answers "
-            "the domain, if it forwards to a Consul agent of this cluster"
+            f"the Corefile already has a server block for {domain} on port {port}, not this stack's (another stack in the "
+            "cluster, or one written by hand); CoreDNS would refuse two. Leave coreDnsForward off here, or take that block out"
         )
-    return base + server_block(namespace, domain, dns_ip)
+    return base + server_block(namespace, domain, dns_ip, port)
 
 
 def live_corefile(data: Mapping[str, str] | None, labels: Mapping[str, str] | None) -> str:
@@ -114,18 +141,23 @@ def live_corefile(data: Mapping[str, str] | None, labels: Mapping[str, str] | No
     return corefile
 
 
-def patched_corefile(
-    forward: CoreDnsForward,
-    namespace: str,
-    domain: str,
-    dns_ip: str | None,
-    data: Mapping[str, str] | None,
-    labels: Mapping[str, str] | None,
-) -> str:
-    """The Corefile to apply: with the block ("on") or without it ("removed"). Raises pulumi.RunError,
-    whose message is shown without a traceback, naming the setting and the value."""
+def _refusal(forward: CoreDnsForward, refused: CorefileError) -> pulumi.RunError:
+    """A RunError (shown without a traceback) naming the setting and its value."""
+    return pulumi.RunError(f'invalid {PROJECT}:coreDnsForward "{forward.value}": {refused}')
+
+
+def checked_corefile(forward: CoreDnsForward, data: Mapping[str, str] | None, labels: Mapping[str, str] | None) -> str:
+    """The live Corefile, once it is known to take the block (checked in preview too: it needs
+    nothing that only exists after the first up)."""
     try:
-        corefile = live_corefile(data, labels)
+        return live_corefile(data, labels)
+    except CorefileError as refused:
+        raise _refusal(forward, refused) from None
+
+
+def patched_corefile(forward: CoreDnsForward, namespace: str, domain: str, dns_ip: str | None, corefile: str) -> str:
+    """The Corefile to apply: with the block ("on") or without it ("removed")."""
+    try:
         if forward is CoreDnsForward.REMOVED:
             return without_block(corefile, namespace)
         if not dns_ip:
@@ -137,7 +169,7 @@ def patched_corefile(
             )
         return with_block(corefile, namespace, domain, dns_ip)
     except CorefileError as refused:
-        raise pulumi.RunError(f'invalid {PROJECT}:coreDnsForward "{forward.value}": {refused}') from None
+        raise _refusal(forward, refused) from None
 
 
 def _reloads(corefile: str) -> bool:
@@ -172,18 +204,23 @@ class ConsulCoreDnsForward(pulumi.ComponentResource):
             f"{name}-coredns-live", f"{CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME}", opts=pulumi.ResourceOptions(parent=self)
         )
 
-        def patched(values: list[Any]) -> str:
-            dns_ip, data, metadata = values
-            return patched_corefile(args.forward, args.namespace, args.domain, dns_ip, data, (metadata or {}).get("labels"))
-
-        self.corefile = pulumi.Output.all(args.dns_ip, live.data, live.metadata).apply(patched)
+        live_text = pulumi.Output.all(live.data, live.metadata).apply(
+            lambda values: checked_corefile(args.forward, values[0], (values[1] or {}).get("labels"))
+        )
+        self.corefile = pulumi.Output.all(args.dns_ip, live_text).apply(
+            lambda values: patched_corefile(args.forward, args.namespace, args.domain, values[0], values[1])
+        )
         core.ConfigMapPatch(
             f"{name}-coredns",
             metadata=meta.ObjectMetaPatchArgs(
                 name=CONFIGMAP_NAME,
                 namespace=CONFIGMAP_NAMESPACE,
-                # The Corefile was written by whoever installed CoreDNS: this patch takes the field over.
-                annotations={"pulumi.com/patchForce": "true"},
+                annotations={
+                    # The Corefile was written by whoever installed CoreDNS: this patch takes the field over,
+                    "pulumi.com/patchForce": "true",
+                    # under one manager name per stack, whatever the patch's history.
+                    "pulumi.com/patchFieldManager": f"{PROJECT}-coredns-forward-{args.namespace}",
+                },
             ),
             data={COREFILE_KEY: self.corefile},
             opts=pulumi.ResourceOptions(

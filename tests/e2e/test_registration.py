@@ -164,7 +164,8 @@ def answered_by_consul(run, name: str) -> bool:
 @pytest.fixture
 def coredns_forward(module_deployment) -> Iterator[str]:
     """The README's way: coreDnsForward "on" and `pulumi up`; yields the Corefile from before.
-    Afterwards, if the block is still in, "removed" and `pulumi up` take it out, and "off"."""
+    Afterwards, if the block is still in, "removed" and `pulumi up` take it out (the setting stays
+    "removed", as the stack's state has it, for the module's later ups and its destroy)."""
     deployment = module_deployment
     before = live_corefile(deployment)
     deployment.set(coreDnsForward="on")
@@ -172,10 +173,9 @@ def coredns_forward(module_deployment) -> Iterator[str]:
     try:
         yield before
     finally:
+        deployment.set(coreDnsForward="removed")
         if live_corefile(deployment) != before:
-            deployment.set(coreDnsForward="removed")
             deployment.up("coreDnsForward removed")
-        deployment.set(coreDnsForward="off")
 
 
 def test_a_workload_registers_is_found_by_dns_through_coredns_and_deregisters(module_deployment, web_app, coredns_forward):
@@ -230,7 +230,7 @@ def test_coredns_forward_keeps_the_corefile_answers_other_names_and_comes_out_ag
     deployment.set(coreDnsForward="off")
     with pytest.raises(auto.CommandError) as refused:
         deployment.up("coreDnsForward on -> off")
-    assert "protect" in str(refused.value), str(refused.value)[-2000:]
+    assert re.search(r"consul-coredns\S*\s.*protect", str(refused.value), re.DOTALL), str(refused.value)[-2000:]
     assert live_corefile(deployment) == patched
 
     deployment.set(coreDnsForward="removed")

@@ -128,8 +128,9 @@ ASSIGNED_CLUSTER_IP = "10.96.7.7"
 
 
 class _Recorder(pulumi_mocks.Mocks):
-    def __init__(self, real_material: bool = True, live: Mapping[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, real_material: bool = True, live: Mapping[str, dict[str, Any]] | None = None, preview: bool = False) -> None:
         self.real_material = real_material
+        self.preview = preview
         # Objects already in the cluster, by "<type>/<namespace>/<name>", for the program's reads.
         self.live = {"kubernetes:core/v1:ConfigMap/kube-system/coredns": KUBEADM_COREDNS} if live is None else live
 
@@ -140,6 +141,9 @@ class _Recorder(pulumi_mocks.Mocks):
             if key not in self.live:
                 raise Exception(f"resource '{args.resource_id}' does not exist")
             return args.resource_id, copy.deepcopy(self.live[key])
+        if self.preview and args.typ.startswith("kubernetes:"):
+            # A preview of a creation: no ID yet, and the provider shows the inputs as the outputs.
+            return "", dict(args.inputs)
         if args.typ == "kubernetes:core/v1:Service" and not (args.inputs.get("spec") or {}).get("clusterIP"):
             spec = {**(args.inputs.get("spec") or {}), "clusterIP": ASSIGNED_CLUSTER_IP}
             return f"{args.name}-id", {**args.inputs, "spec": spec}
@@ -257,27 +261,29 @@ def _start(
     plain: Sequence[str] = (),
     real_material: bool = True,
     live: Mapping[str, dict[str, Any]] | None = None,
+    preview: bool = False,
 ) -> tuple[_Monitor, _Warnings]:
-    recorder = _Recorder(real_material, live)
+    recorder = _Recorder(real_material, live, preview)
     monitor = _Monitor(recorder)
     warnings = _Warnings()
     logger = logging.getLogger(f"consul-tests-{id(warnings)}")
     logger.addHandler(warnings)
     logger.propagate = False
-    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False, logger=logger, monitor=monitor)
+    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=preview, logger=logger, monitor=monitor)
     secret = [f"{PROJECT}:{k}" for k in SECRET_KEYS if k in overrides and k not in plain]
     pulumi.runtime.set_all_config(cli_config(stack, overrides), secret)
     return monitor, warnings
 
 
-def render(stack: str = "dev", real_material: bool = True, live: Any = None, **overrides: Any) -> Rendered:
+def render(stack: str = "dev", real_material: bool = True, live: Any = None, preview: Any = False, **overrides: Any) -> Rendered:
     """Run the program for `stack` with `overrides` and return everything it declared.
 
     The key material is real (tests/unit/material.py, in place of the consul-keys provider), unless
     `real_material` is False (placeholders: the benchmark times the program alone). `live` holds
     the objects the program may read from the cluster (default: kubeadm's CoreDNS ConfigMap).
+    `preview` runs it as `pulumi preview` of a first deployment: no object has an ID yet.
     """
-    monitor, warnings = _start(stack, overrides, real_material=real_material, live=live)
+    monitor, warnings = _start(stack, overrides, real_material=real_material, live=live, preview=bool(preview))
     outputs: dict[str, Any] = {}
     secret: dict[str, bool] = {}
 
@@ -292,12 +298,14 @@ def render(stack: str = "dev", real_material: bool = True, live: Any = None, **o
     return Rendered(list(monitor.declared), outputs, warnings.messages, {k for k, v in secret.items() if v})
 
 
-def run_main(stack: str = "dev", plain: Sequence[str] = (), live: Any = None, **overrides: Any) -> tuple[Rendered, Exception | None]:
+def run_main(
+    stack: str = "dev", plain: Sequence[str] = (), live: Any = None, preview: Any = False, **overrides: Any
+) -> tuple[Rendered, Exception | None]:
     """Run the program's entry point as __main__.py does: what it declared, and what it raised.
 
     Secret settings among `overrides` are passed as secrets, except the keys named in `plain`.
     """
-    monitor, warnings = _start(stack, overrides, plain, live=live)
+    monitor, warnings = _start(stack, overrides, plain, live=live, preview=bool(preview))
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def run() -> Coroutine[Any, Any, None]:
