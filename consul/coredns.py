@@ -81,6 +81,11 @@ def without_block(corefile: str, namespace: str) -> str:
     return lenient
 
 
+def _directive_lines(corefile: str) -> list[str]:
+    """The Corefile's lines without their comments, stripped."""
+    return [raw.split("#", 1)[0].strip() for raw in corefile.splitlines()]
+
+
 def server_block_keys(corefile: str) -> list[tuple[str, str, int]]:
     """The keys of the Corefile's server blocks as (transport, zone, port), lowercase, zones
     without their trailing dot ("Consul.:53 {" -> ("dns", "consul", 53); ".:53 {" -> ("dns", ".", 53)).
@@ -88,8 +93,7 @@ def server_block_keys(corefile: str) -> list[tuple[str, str, int]]:
     keys: list[tuple[str, str, int]] = []
     depth = 0
     pending = ""
-    for raw in corefile.splitlines():
-        line = raw.split("#", 1)[0].strip()
+    for line in _directive_lines(corefile):
         if depth == 0 and line and not line.startswith("}"):
             pending += " " + line
             if "{" not in line:
@@ -105,16 +109,13 @@ def server_block_keys(corefile: str) -> list[tuple[str, str, int]]:
     return keys
 
 
-def root_port(corefile: str) -> int:
-    """The port the Corefile's root zone is served on over plain DNS (53 when there is none)."""
-    return next((port for transport, zone, port in server_block_keys(corefile) if transport == "dns" and zone == "."), DNS_PORT)
-
-
 def with_block(corefile: str, namespace: str, domain: str, dns_ip: str) -> str:
-    """The Corefile with this namespace's block for `domain`, replacing an earlier one of its own."""
+    """The Corefile with this namespace's block for `domain`, replacing an earlier one of its own.
+    The block listens on the port the root zone is served on over plain DNS (53 when there is none)."""
     base = without_block(corefile, namespace)
-    port = root_port(base)
-    if ("dns", domain, port) in server_block_keys(base):
+    keys = server_block_keys(base)
+    port = next((port for transport, zone, port in keys if transport == "dns" and zone == "."), DNS_PORT)
+    if ("dns", domain, port) in keys:
         raise CorefileError(
             f"the Corefile already has a server block for {domain} on port {port}, not this stack's (another stack in the "
             "cluster, or one written by hand); CoreDNS would refuse two. Leave coreDnsForward off here, or take that block out"
@@ -173,7 +174,7 @@ def patched_corefile(forward: CoreDnsForward, namespace: str, domain: str, dns_i
 
 
 def _reloads(corefile: str) -> bool:
-    return any(line.split("#", 1)[0].split()[:1] == ["reload"] for line in corefile.splitlines())
+    return any(line.split()[:1] == ["reload"] for line in _directive_lines(corefile))
 
 
 @dataclass(frozen=True)
