@@ -118,15 +118,16 @@ def declare_cluster(settings: Settings, foundation: Foundation, cluster_reachabl
         opts=pulumi.ResourceOptions(depends_on=[servers]),
     )
     forward = settings.dns.coredns_forward
-    if forward is not CoreDnsForward.OFF and cluster_reachable:
-        ConsulCoreDnsForward(
-            INSTANCE,
-            ConsulCoreDnsForwardArgs(
-                forward=forward, namespace=settings.namespace, domain=settings.cluster.domain, dns_ip=clients.dns_cluster_ip
-            ),
-        )
-    elif forward is not CoreDnsForward.OFF:
-        pulumi.log.warn(f"{PROJECT}:coreDnsForward {forward.value}: a render reads no cluster, so the CoreDNS patch is left out")
+    if forward is not CoreDnsForward.OFF:
+        if cluster_reachable:
+            ConsulCoreDnsForward(
+                INSTANCE,
+                ConsulCoreDnsForwardArgs(
+                    forward=forward, namespace=settings.namespace, domain=settings.cluster.domain, dns_ip=clients.dns_cluster_ip
+                ),
+            )
+        else:
+            pulumi.log.warn(f"{PROJECT}:coreDnsForward {forward.value}: a render reads no cluster, so the CoreDNS patch is left out")
     if security.acl_tokens is not None:
         auth = settings.security.kubernetes_auth
         auth_objects = (
