@@ -57,7 +57,7 @@ def ingress_policy(
 def server_rules(
     servers: Labels, clients: Labels, tls: bool, ui: UiSpec, wan: WanSpec | None = None
 ) -> list[networking.NetworkPolicyIngressRuleArgs]:
-    """Servers: RPC and gossip among themselves, RPC and LAN gossip from clients. The API (and the
+    """Servers: RPC, gossip and the API among themselves, RPC and LAN gossip from clients. The API (and the
     UI on it) only from this instance's Jobs, the pods of `ui.api_namespaces` and the networks of
     `ui.api_cidrs`: workloads register through their node's client agent, never on a server, and
     operators reach the UI through `kubectl port-forward`, which no NetworkPolicy filters. Other
@@ -74,7 +74,8 @@ def server_rules(
         api_peers.append(networking.NetworkPolicyPeerArgs(namespace_selector=_namespaces(ui.api_namespaces)))
     api_peers += [networking.NetworkPolicyPeerArgs(ip_block=networking.IPBlockArgs(cidr=cidr)) for cidr in ui.api_cidrs]
     rules = [
-        _rule(RPC + SERF_LAN + SERF_WAN, servers),
+        # The API too: a returning server asks the others how they see it before it starts.
+        _rule(RPC + SERF_LAN + SERF_WAN + server_api_ports(tls), servers),
         _rule(RPC + SERF_LAN, clients),
         networking.NetworkPolicyIngressRuleArgs(from_=api_peers, ports=_ports(server_api_ports(tls))),
     ]

@@ -14,7 +14,7 @@ import pulumi_kubernetes.policy.v1 as policy
 from . import agent_config as cfg
 from . import network_policy, pods
 from .labels import Labels
-from .model import ClusterSpec, ServerSpec, UiServiceType, UiSpec
+from .model import ClusterSpec, Resources, ServerSpec, UiServiceType, UiSpec
 from .security import TierSecrets
 
 UI_HTTP_PORT = 80
@@ -272,6 +272,82 @@ def leadership_handoff(acls: bool) -> str:
     return leader_is_this_pod + token_header + " | " + transfer.format(header=" -H @-")
 
 
+# Memberlist's dead-node reclaim time in Consul (30 s, not configurable), and a margin: the others
+# accept a failed member's new address only once it has been dead this long.
+RECLAIM_SECONDS = 32
+# How long a returning server waits at most for the others to let go of its old address.
+REJOIN_WAIT_SECONDS = 150
+# The consul CLI, once a second: a little CPU, and room for the binary.
+REJOIN_WAIT_RESOURCES = Resources(requests={"cpu": "20m", "memory": "64Mi"}, limits={"cpu": "200m", "memory": "128Mi"})
+
+
+def rejoin_wait(tls: bool, acls: bool, reclaim_seconds: int = RECLAIM_SECONDS, max_seconds: int = REJOIN_WAIT_SECONDS) -> str:
+    """The init container's script: a server that comes back at a new pod IP starts only once the
+    other servers have let go of its old address.
+
+    Until then memberlist refuses its new address as a name conflict (the old one is alive or
+    suspect, then dead for the reclaim time), the leader keeps replicating to the old address,
+    and the returning server, hearing no leader, starts an election every 1 to 2 s. Consul 1.16's
+    Raft has no pre-vote: each election raises the term, and when the leader reaches the server
+    at last the higher term makes it step down (seconds without a leader, failed writes). So the
+    script asks each other server (`consul members` against its API) how it sees this pod's name:
+    not a member (a new server), at this pod's address (a restart in place) or left lets it start;
+    alive or suspect at another address makes it wait; failed makes it wait out the reclaim time
+    from when it was first seen failed. It starts at once when no other server answers (a first
+    formation, every server restarted together), and after `max_seconds` whatever it sees."""
+    scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
+    ca = f" -ca-file={cfg.CA_FILE}" if tls else ""
+    token = (
+        "token=$(mktemp)\n"
+        f'sed -n \'s/.*"initial_management": *"\\([^"]*\\)".*/\\1/p\' "{cfg.ACL_DIR}/$POD_NAME.json" > "$token"\n'
+        'auth="-token-file=$token"\n'
+        if acls
+        else 'auth=""\n'
+    )
+    return (
+        'errors=$(mktemp)\ntoken=""\n'
+        # The token file is on the pod's /tmp, which the agent's container mounts too.
+        + 'trap \'rm -f "$errors" ${token:+"$token"}\' EXIT\n'
+        + token
+        + f"""hosts=$(tr -d '\\n' < "{cfg.JOIN_DIR}/$POD_NAME.json" | sed 's/[][{{}}" ]//g; s/.*retry_join://; s/,retry_interval:.*//; s/:[0-9]*//g' | tr ',' ' ')
+start=$(date +%s)
+failed_at=""
+while :; do
+  now=$(date +%s)
+  answered=0
+  hold=""
+  for host in $hosts; do
+    if ! table=$(consul members -http-addr={scheme}://$host:{port}{ca} $auth 2>"$errors"); then
+      [ "$now" != "$start" ] || echo "$host did not answer: $(head -c 300 "$errors")"
+      continue
+    fi
+    answered=1
+    set -- $(printf '%s\\n' "$table" | awk -v me="$POD_NAME" '$1 == me {{print $2, $3}}')
+    [ $# -eq 2 ] || continue
+    [ "${{1%:*}}" = "$POD_IP" ] && continue
+    case "$2" in
+      left) ;;
+      failed)
+        [ -n "$failed_at" ] || failed_at=$now
+        [ $((now - failed_at)) -ge {reclaim_seconds} ] || hold="$host sees $POD_NAME failed at $1 since $((now - failed_at)) s" ;;
+      *) hold="$host sees $POD_NAME $2 at $1" ;;
+    esac
+  done
+  if [ "$answered" = 0 ] || [ -z "$hold" ]; then
+    echo "starting after $((now - start)) s: no other server holds $POD_NAME at an old address"
+    exit 0
+  fi
+  if [ $((now - start)) -ge {max_seconds} ]; then
+    echo "starting after $((now - start)) s although $hold"
+    exit 0
+  fi
+  [ $(((now - start) % 10)) -eq 0 ] && echo "waiting: $hold"
+  sleep 1
+done
+"""
+    )
+
+
 def _pod_spec(
     labels: Labels,
     cluster: ClusterSpec,
@@ -313,6 +389,21 @@ def _pod_spec(
         volumes=[
             *pods.agent_volumes(config_map, wiring),
             core.VolumeArgs(name="join", config_map=core.ConfigMapVolumeSourceArgs(name=join_map)),
+        ],
+        init_containers=[
+            core.ContainerArgs(
+                name="rejoin-wait",
+                image=cluster.image,
+                command=["/bin/sh", "-c", rejoin_wait(tls, secrets.features.acls)],
+                env=[pods.field_env("POD_IP", "status.podIP"), pods.field_env("POD_NAME", "metadata.name")],
+                resources=pods.resource_requirements(REJOIN_WAIT_RESOURCES),
+                security_context=pods.container_security_context(),
+                volume_mounts=[
+                    core.VolumeMountArgs(name="join", mount_path=cfg.JOIN_DIR, read_only=True),
+                    core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                    *wiring.mounts,
+                ],
+            )
         ],
         containers=[
             pods.agent_container(

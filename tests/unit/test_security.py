@@ -327,7 +327,7 @@ def test_network_policy_default(secure):
     assert [
         ([p.get("podSelector") for p in r.get("from", [])], [(p["port"], p["protocol"]) for p in r["ports"]]) for r in servers["ingress"]
     ] == [
-        ([server_sel], [(8300, "TCP"), (8301, "TCP"), (8301, "UDP"), (8302, "TCP"), (8302, "UDP")]),
+        ([server_sel], [(8300, "TCP"), (8301, "TCP"), (8301, "UDP"), (8302, "TCP"), (8302, "UDP"), (8501, "TCP")]),
         ([client_sel], [(8300, "TCP"), (8301, "TCP"), (8301, "UDP")]),
         ([JOBS], [(8501, "TCP")]),
     ]
