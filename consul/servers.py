@@ -293,7 +293,8 @@ def rejoin_wait(tls: bool, acls: bool, reclaim_seconds: int = RECLAIM_SECONDS, m
     script asks each other server (`consul members` against its API) how it sees this pod's name:
     not a member (a new server), at this pod's address (a restart in place) or left lets it start;
     alive or suspect at another address makes it wait; failed makes it wait out the reclaim time
-    from when it was first seen failed. It starts at once when no other server answers (a first
+    from when it was first seen failed. Only a server that has a leader holds it back: without one
+    there is no leader to depose, and this server may be needed for a quorum. It starts at once when no other server answers (a first
     formation, every server restarted together), and after `max_seconds` whatever it sees."""
     scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
     ca = f" -ca-file={cfg.CA_FILE}" if tls else ""
@@ -317,7 +318,8 @@ while :; do
   answered=0
   hold=""
   for host in $hosts; do
-    if ! table=$(consul members -http-addr={scheme}://$host:{port}{ca} $auth 2>"$errors"); then
+    api="-http-addr={scheme}://$host:{port}{ca}"
+    if ! table=$(timeout 3 consul members $api $auth 2>"$errors"); then
       [ "$now" != "$start" ] || echo "$host did not answer: $(head -c 300 "$errors")"
       continue
     fi
@@ -325,6 +327,8 @@ while :; do
     set -- $(printf '%s\\n' "$table" | awk -v me="$POD_NAME" '$1 == me {{print $2, $3}}')
     [ $# -eq 2 ] || continue
     [ "${{1%:*}}" = "$POD_IP" ] && continue
+    # Without a leader there is no one to depose, and this server may be needed for a quorum.
+    timeout 3 consul operator raft list-peers $api $auth >/dev/null 2>&1 || continue
     case "$2" in
       left) ;;
       failed)

@@ -25,7 +25,9 @@ def member(address: str, status: str) -> str:
     return f"{POD}  {address}:8301  {status}  server  1.16.1  2  dc1  default  <all>"
 
 
-def run(tmp_path: Path, table: str | None, reclaim: int = 2, most: int = 4) -> tuple[subprocess.CompletedProcess[str], float, list[str]]:
+def run(
+    tmp_path: Path, table: str | None, reclaim: int = 2, most: int = 4, leader: bool = True
+) -> tuple[subprocess.CompletedProcess[str], float, list[str]]:
     """The script with the pod's files under `tmp_path`; `table` is every other server's answer
     (None: none answers). Returns the run, its seconds and the stand-in's recorded calls."""
     (tmp_path / "join").mkdir()
@@ -39,6 +41,10 @@ def run(tmp_path: Path, table: str | None, reclaim: int = 2, most: int = 4) -> t
     if table is not None:
         (tmp_path / "table").write_text(HEADER + "\n" + table + "\n")
     answer = f"cat {tmp_path}/table" if table is not None else "echo 'connection refused' >&2; exit 1"
+    # `operator raft list-peers` answers when the server has a leader.
+    answer = f'case "$1" in operator) [ -e {tmp_path}/no-leader ] && exit 1; exit 0;; esac\n{answer}'
+    if not leader:
+        (tmp_path / "no-leader").touch()
     # Each call: its arguments, and the token file's content.
     stub.write_text(
         f'#!/bin/sh\nfor a; do case "$a" in -token-file=*) t=$(cat "${{a#*=}}");; esac; done\necho "$* token=$t" >> {tmp_path}/calls\n{answer}\n'
@@ -56,9 +62,15 @@ def run(tmp_path: Path, table: str | None, reclaim: int = 2, most: int = 4) -> t
 def test_it_asks_every_other_server_with_the_management_token_and_leaves_no_token_file(tmp_path: Path) -> None:
     done, _, calls = run(tmp_path, "")
     assert done.returncode == 0, done.stderr
-    assert [c.split()[1] for c in calls] == [f"-http-addr=https://{host}:8501" for host in OTHERS]
+    assert [c.split()[1] for c in calls if c.startswith("members")] == [f"-http-addr=https://{host}:8501" for host in OTHERS]
     assert all(c.endswith(f"-ca-file={cfg.CA_FILE} -token-file={c.split('-token-file=')[1].split()[0]} token=the-token") for c in calls)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acl", "bin", "calls", "join", "table"]
+
+
+def test_a_server_without_a_leader_holds_nothing_back(tmp_path: Path) -> None:
+    done, seconds, _ = run(tmp_path, member(OLD_IP, "alive"), leader=False)
+    assert "starting after 0 s: no other server holds consul-server-1 at an old address" in done.stdout
+    assert seconds < 2
 
 
 @pytest.mark.parametrize(
