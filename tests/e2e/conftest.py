@@ -477,8 +477,8 @@ def quorum(servers: int) -> int:
 
 def bounds_broken(watch: Any, servers: int) -> list[str]:
     """Each of the issue's bounds that a finished Watch saw broken: fewer voters than a quorum of
-    the cluster's full size `servers`, a stretch over 2 s without a leader, a failed or a lost
-    write, a client agent NotReady in any sample, the watch's registration missing from the
+    the cluster's full size `servers`, a stretch over 2 s without a leader, a write failed outside
+    such a stretch (see watch.failed_with_a_leader), a lost write, a client agent NotReady in any sample, the watch's registration missing from the
     catalog or unanswered by DNS in any sample. [] when the operation kept them all."""
     summary = watch.summary
     broken = []
@@ -486,8 +486,11 @@ def bounds_broken(watch: Any, servers: int) -> list[str]:
         broken.append(f"fewest voters {summary.fewest_voters}, below a quorum of {servers} ({quorum(servers)})")
     if summary.longest_leaderless > LEADERLESS_BOUND:
         broken.append(f"{summary.longest_leaderless:.1f} s without a leader")
-    if summary.failed_writes:
-        broken.append(f"{summary.failed_writes} of {len(watch.record.writes)} writes failed")
+    if summary.failed_writes_with_a_leader:
+        broken.append(
+            f"{summary.failed_writes_with_a_leader} of {len(watch.record.writes)} writes failed outside a stretch without a leader "
+            f"({summary.failed_writes} failed in all)"
+        )
     if summary.lost_writes:
         broken.append(f"{summary.lost_writes} acknowledged writes lost")
     if summary.clients_not_ready:
