@@ -277,11 +277,23 @@ def leadership_handoff(acls: bool) -> str:
 RECLAIM_SECONDS = 32
 # How long a returning server waits at most for the others to let go of its old address.
 REJOIN_WAIT_SECONDS = 150
+# How long a server that answers neither yes nor no (a timeout, a 403, a TLS error: the
+# NetworkPolicy agent may not admit a new pod's address yet) is asked again before the others'
+# answers are taken without it.
+UNSURE_SECONDS = 15
 # The consul CLI, once a second: a little CPU, and room for the binary.
 REJOIN_WAIT_RESOURCES = Resources(requests={"cpu": "20m", "memory": "64Mi"}, limits={"cpu": "200m", "memory": "128Mi"})
+# What the init container reads: the CA to verify the servers' API, the token file to ask them.
+REJOIN_WAIT_VOLUMES = ("tls-ca", "acl-tokens")
 
 
-def rejoin_wait(tls: bool, acls: bool, reclaim_seconds: int = RECLAIM_SECONDS, max_seconds: int = REJOIN_WAIT_SECONDS) -> str:
+def rejoin_wait(
+    tls: bool,
+    acls: bool,
+    reclaim_seconds: int = RECLAIM_SECONDS,
+    max_seconds: int = REJOIN_WAIT_SECONDS,
+    unsure_seconds: int = UNSURE_SECONDS,
+) -> str:
     """The init container's script: a server that comes back at a new pod IP starts only once the
     other servers have let go of its old address.
 
@@ -289,13 +301,18 @@ def rejoin_wait(tls: bool, acls: bool, reclaim_seconds: int = RECLAIM_SECONDS, m
     suspect, then dead for the reclaim time), the leader keeps replicating to the old address,
     and the returning server, hearing no leader, starts an election every 1 to 2 s. Consul 1.16's
     Raft has no pre-vote: each election raises the term, and when the leader reaches the server
-    at last the higher term makes it step down (seconds without a leader, failed writes). So the
-    script asks each other server (`consul members` against its API) how it sees this pod's name:
-    not a member (a new server), at this pod's address (a restart in place) or left lets it start;
-    alive or suspect at another address makes it wait; failed makes it wait out the reclaim time
-    from when it was first seen failed. Only a server that has a leader holds it back: without one
-    there is no leader to depose, and this server may be needed for a quorum. It starts at once when no other server answers (a first
-    formation, every server restarted together), and after `max_seconds` whatever it sees."""
+    at last the higher term makes it step down (seconds without a leader, failed writes).
+
+    So the script asks each other server (`consul members` against its API) how it sees this
+    pod's name: not a member (a new server) or at this pod's address (a restart in place) lets it
+    start; alive or suspect at another address makes it wait; failed or left makes it wait out the
+    reclaim time from when that server first answered so (a force-leave changes serf's status,
+    not memberlist's dead-node timer). Only a server that has a leader holds it back: without one
+    there is no leader to depose, and this server may be needed for a quorum. A server that is
+    down (connection refused, no such host: a first formation, every server restarted together)
+    holds nothing back; one that answers neither yes nor no (a timeout, a 403, a TLS error) is
+    asked again for `unsure_seconds`. It starts after two rounds in a row in which nothing held
+    it, and after `max_seconds` whatever it sees. SIGTERM ends the wait at once."""
     scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
     ca = f" -ca-file={cfg.CA_FILE}" if tls else ""
     token = (
@@ -309,43 +326,54 @@ def rejoin_wait(tls: bool, acls: bool, reclaim_seconds: int = RECLAIM_SECONDS, m
         'errors=$(mktemp)\ntoken=""\n'
         # The token file is on the pod's /tmp, which the agent's container mounts too.
         + 'trap \'rm -f "$errors" ${token:+"$token"}\' EXIT\n'
+        + "trap 'exit 143' TERM INT\n"
         + token
         + f"""hosts=$(tr -d '\\n' < "{cfg.JOIN_DIR}/$POD_NAME.json" | sed 's/[][{{}}" ]//g; s/.*retry_join://; s/,retry_interval:.*//; s/:[0-9]*//g' | tr ',' ' ')
 start=$(date +%s)
-failed_at=""
+failed_since=""
+clear=0
+said=-10
 while :; do
   now=$(date +%s)
-  answered=0
   hold=""
+  unsure=""
   for host in $hosts; do
     api="-http-addr={scheme}://$host:{port}{ca}"
     if ! table=$(timeout 3 consul members $api $auth 2>"$errors"); then
-      [ "$now" != "$start" ] || echo "$host did not answer: $(head -c 300 "$errors")"
+      grep -qE 'connection refused|no such host' "$errors" || unsure="$host: $(head -c 200 "$errors" | tr '\\n' ' ')"
       continue
     fi
-    answered=1
+    seen=$(date +%s)
     set -- $(printf '%s\\n' "$table" | awk -v me="$POD_NAME" '$1 == me {{print $2, $3}}')
     [ $# -eq 2 ] || continue
-    [ "${{1%:*}}" = "$POD_IP" ] && continue
+    address=${{1%:*}}; address=${{address#[}}; address=${{address%]}}
+    [ "$address" = "$POD_IP" ] && continue
     # Without a leader there is no one to depose, and this server may be needed for a quorum.
     timeout 3 consul operator raft list-peers $api $auth >/dev/null 2>&1 || continue
     case "$2" in
-      left) ;;
-      failed)
-        [ -n "$failed_at" ] || failed_at=$now
-        [ $((now - failed_at)) -ge {reclaim_seconds} ] || hold="$host sees $POD_NAME failed at $1 since $((now - failed_at)) s" ;;
+      failed|left)
+        since=$(printf '%s\\n' $failed_since | awk -F= -v h="$host" '$1 == h {{print $2}}')
+        [ -n "$since" ] || {{ since=$seen; failed_since="$failed_since $host=$seen"; }}
+        [ $((seen - since)) -ge {reclaim_seconds} ] || hold="$host sees $POD_NAME $2 at $1 since $((seen - since)) s" ;;
       *) hold="$host sees $POD_NAME $2 at $1" ;;
     esac
   done
-  if [ "$answered" = 0 ] || [ -z "$hold" ]; then
-    echo "starting after $((now - start)) s: no other server holds $POD_NAME at an old address"
+  if [ -n "$unsure" ] && [ $((now - start)) -lt {unsure_seconds} ]; then
+    hold="${{hold:-$unsure}}"
+  fi
+  if [ -z "$hold" ]; then clear=$((clear + 1)); else clear=0; fi
+  if [ "$clear" -ge 2 ]; then
+    echo "starting after $((now - start)) s: no other server holds $POD_NAME at an old address${{unsure:+ (no answer from $unsure)}}"
     exit 0
   fi
   if [ $((now - start)) -ge {max_seconds} ]; then
     echo "starting after $((now - start)) s although $hold"
     exit 0
   fi
-  [ $(((now - start) % 10)) -eq 0 ] && echo "waiting: $hold"
+  if [ -n "$hold" ] && [ $((now - said)) -ge 10 ]; then
+    echo "waiting after $((now - start)) s: $hold"
+    said=$now
+  fi
   sleep 1
 done
 """
@@ -405,7 +433,7 @@ def _pod_spec(
                 volume_mounts=[
                     core.VolumeMountArgs(name="join", mount_path=cfg.JOIN_DIR, read_only=True),
                     core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-                    *wiring.mounts,
+                    *[mount for mount in wiring.mounts if mount.name in REJOIN_WAIT_VOLUMES],
                 ],
             )
         ],

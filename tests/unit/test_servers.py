@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 
 import material
 import pytest
@@ -602,3 +603,31 @@ def test_a_failed_job_runs_again_at_the_next_up(default):
 def test_the_namespace_outlives_destroy_to_keep_the_data_claims(default):
     (namespace,) = [d for d in default.kubernetes() if d.kind == "Namespace"]
     assert namespace.retain_on_delete is True
+
+
+# --- rejoin wait -----------------------------------------------------------------------------
+
+
+def test_the_rejoin_wait_mounts_its_join_file_the_ca_and_the_tokens_and_no_key(default):
+    (wait,) = pod(default)["initContainers"]
+    assert wait["name"] == "rejoin-wait"
+    mounts = {m["name"]: m["mountPath"] for m in wait["volumeMounts"]}
+    assert mounts == {"join": "/consul/join", "tmp": "/tmp", "tls-ca": "/consul/tls/ca", "acl-tokens": "/consul/acl"}
+
+
+def test_the_rejoin_wait_asks_the_hosts_of_the_real_join_file(default, tmp_path):
+    """The script's first lines (the hosts it reads from the pod's join file) run in a real shell
+    on each file of the rendered ConfigMap."""
+    (wait,) = pod(default)["initContainers"]
+    script = wait["command"][-1]
+    hosts_line = next(line for line in script.splitlines() if line.startswith("hosts="))
+    for name, hosts in join_lists(default).items():
+        (tmp_path / f"{name}.json").write_text(default.one("ConfigMap", "consul-server-join")["data"][f"{name}.json"])
+        done = subprocess.run(
+            ["sh", "-c", hosts_line.replace("/consul/join", str(tmp_path)) + '\necho "$hosts"'],
+            env={"PATH": "/usr/bin:/bin", "POD_NAME": name},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert done.stdout.split() == [host.rsplit(":", 1)[0] for host in hosts]
