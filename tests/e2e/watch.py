@@ -5,11 +5,13 @@ Each sampler runs in its own thread, so a slow answer never delays another:
     leader is HTTP 200 with an ``"ip:8300"`` body (a client without servers answers 500);
   - voters: `/v1/operator/raft/configuration?stale` (any server's own view, so it answers while
     there is no leader), counting the servers with ``Voter: true``;
-  - writes: a KV write every interval, each bounded to 1 s, with its HTTP status (0: no answer in
-    time); every acknowledged key is read back at the end. A failed write counts against the
-    issue's bound only outside a stretch without a leader: one whose second before its answer
-    overlaps no such stretch, the stretch taken from the last sample with a leader before it to
-    the first after it;
+  - writes: a KV write every interval, each bounded to 1 s, with its HTTP status (000: no answer in
+    time), its seconds and, failed, the start of its answer; every acknowledged key is read back
+    at the end. A failed write counts against the issue's bound unless Consul had no leader for
+    it: its answer says so ("No cluster leader", "leadership lost"...), or it got no answer in
+    time while the leader sampler heard "no leader" (HTTP 200 with an empty body) at some point
+    between the write's start and its end, widened to the samples around. A 500 from the client
+    agent (no server reachable) or a sampler's own timeout is not "no leader";
   - pods: every pod of the namespace from the API: readiness and ``restartCount``;
   - registration: a service the watch registers with that client agent before the action, looked
     up in the catalog (`?stale`, any server's view); a sample counts as missing only when the
@@ -50,10 +52,15 @@ CATALOG_LOOP = (
     'echo "$out" | tr -d "\\n"; echo; sleep {interval}; done'
 )
 DNS_LOOP = 'while :; do n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$n"; sleep {interval}; done'
+# Each write: "<index> <status> <seconds>", and for a failed one the start of its answer.
 WRITES_LOOP = (
-    'i=0; while :; do code=$(curl -s -m {bound} -o /dev/null -w \'%{{http_code}}\' -X PUT -H @"$h" --data "$i" '
-    '"{agent}/v1/kv/{prefix}/$i") || code=0; echo "$i $code"; i=$((i+1)); sleep {interval}; done'
+    'b=$(mktemp); i=0; while :; do out=$(curl -s -m {bound} -o "$b" -w \'%{{http_code}} %{{time_total}}\' -X PUT -H @"$h" --data "$i" '
+    '"{agent}/v1/kv/{prefix}/$i"); [ -n "$out" ] || out="000 {bound}"; '
+    'case "$out" in 200*) echo "$i $out";; *) echo "$i $out $(head -c 160 "$b" | tr -d "\\n")";; esac; : > "$b"; '
+    "i=$((i+1)); sleep {interval}; done"
 )
+# What Consul answers a write it could not commit for want of a leader.
+NO_LEADER_ANSWERS = ("No cluster leader", "leadership lost", "leadership transfer in progress", "not leader")
 
 
 def consul_dns_ip(api: Any, namespace: str) -> str | None:
@@ -85,14 +92,44 @@ def leaderless_stretches(leader: list[tuple[float, bool]], *, widened: bool = Tr
     return stretches
 
 
-def failed_with_a_leader(writes: list[tuple[float, str, str]], stretches: list[tuple[float, float]]) -> list[tuple[float, str]]:
-    """The failed writes (time, status) outside every leaderless stretch: those whose last
-    WRITE_BOUND seconds before their answer overlap no stretch. The issue allows failed writes
-    only inside a stretch without a leader."""
+@dataclass(frozen=True)
+class Write:
+    """One bounded KV write: when its answer came (seconds since the watch started), its key
+    index, HTTP status ("000": none within the bound), how long it took and, failed, the start of
+    its answer."""
+
+    at: float
+    index: str
+    status: str
+    seconds: float
+    answer: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "200"
+
+    @property
+    def sent(self) -> float:
+        return self.at - self.seconds
+
+
+def _has(no_leader: list[tuple[float, bool]]) -> list[tuple[float, bool]]:
+    """No-leader samples as (time, has a leader) for leaderless_stretches."""
+    return [(at, not none) for at, none in no_leader]
+
+
+def failed_with_a_leader(writes: list[Write], no_leader: list[tuple[float, bool]]) -> list[Write]:
+    """The failed writes Consul's want of a leader does not explain, which the issue's bound counts.
+    Explained: an answer that says there is no leader, or no answer within the bound while some
+    sample of `no_leader` (time, the agent answered "no leader") between the write's start and its
+    end, widened to the samples around, said so."""
+    stretches = leaderless_stretches(_has(no_leader))
     return [
-        (at, code)
-        for at, _, code in writes
-        if code != "200" and not any(start <= at and at - WRITE_BOUND <= end for start, end in stretches)
+        write
+        for write in writes
+        if not write.ok
+        and not any(text in write.answer for text in NO_LEADER_ANSWERS)
+        and not (write.status in ("000", "0") and any(start <= write.at and write.sent <= end for start, end in stretches))
     ]
 
 
@@ -101,9 +138,10 @@ class Record:
     """Samples as (seconds since the watch started, value)."""
 
     leader: list[tuple[float, bool]] = field(default_factory=list)
+    # (time, the agent answered that there is no leader: HTTP 200 with an empty body)
+    no_leader: list[tuple[float, bool]] = field(default_factory=list)
     voters: list[tuple[float, int | None]] = field(default_factory=list)
-    # (time the answer came, key index, HTTP status; "000" or "0": none within the bound)
-    writes: list[tuple[float, str, str]] = field(default_factory=list)
+    writes: list[Write] = field(default_factory=list)
     # (time, {pod name: (Ready and not terminating, its UID, its containers' restarts)})
     pods: list[tuple[float, dict[str, tuple[bool, str, int]]]] = field(default_factory=list)
     # (time, the catalog lists the watch's service; None: the catalog did not answer)
@@ -183,6 +221,7 @@ class Watch:
     def _on_leader(self, at: float, line: str) -> None:
         body, _, code = line.rpartition(" ")
         self.record.leader.append((at, code == "200" and bool(LEADER.match(body))))
+        self.record.no_leader.append((at, code == "200" and body.strip() == '""'))
 
     def _on_voters(self, at: float, line: str) -> None:
         body, _, code = line.rpartition(" ")
@@ -226,8 +265,12 @@ class Watch:
         )
 
     def _on_write(self, at: float, line: str) -> None:
-        index, _, code = line.partition(" ")
-        self.record.writes.append((at, index, code.strip()))
+        index, code, seconds, answer = ([*line.split(" ", 3), "", "", ""])[:4]
+        try:
+            took = float(seconds)
+        except ValueError:
+            took = WRITE_BOUND
+        self.record.writes.append(Write(at=at, index=index, status=code, seconds=took, answer=answer))
 
     def _pods(self) -> None:
         path = f"/api/v1/namespaces/{self.deployment.namespace}/pods"
@@ -303,15 +346,19 @@ class Watch:
         self._deregister()
         ROWS.append(self.summary)
         print(f"\nwatch: {self.summary.row()}")
-        failed = [(at, code) for at, _, code in self.record.writes if code != "200"]
+        failed = [write for write in self.record.writes if not write.ok]
         if failed:
-            stretches = leaderless_stretches(self.record.leader)
             after = self.action_started
+            excused = failed_with_a_leader(failed, self.record.no_leader)
+            print(f"watch: {self.label}: failed writes (seconds after the action started: sent-answered, status, answer; * counts):")
+            for write in failed:
+                mark = "*" if write in excused else " "
+                print(f"watch:  {mark} {write.sent - after:.2f}-{write.at - after:.2f} s {write.status} {write.answer}")
             print(
-                f"watch: {self.label}: failed writes (seconds after the action started, status): "
-                + ", ".join(f"{at - after:.2f} s {code}" for at, code in failed)
-                + "; without a leader: "
-                + (", ".join(f"{start - after:.2f}-{end - after:.2f} s" for start, end in stretches) or "never")
+                f"watch: {self.label}: no leader, by the agent's answer: "
+                + (", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in leaderless_stretches(_has(self.record.no_leader))) or "never")
+                + "; no leader seen (any other answer too): "
+                + (", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in leaderless_stretches(self.record.leader)) or "never")
             )
 
     def _restarts(self) -> dict[str, int]:
@@ -333,7 +380,7 @@ class Watch:
         cluster that may still be settling (a client just back, a 500 "No cluster leader"): it is
         tried until an answer is a 200 with the key list, for up to KEYS_READ_SECONDS; a store
         that never answers so fails the test, naming its last answer."""
-        acknowledged = {index for _, index, code in self.record.writes if code == "200"}
+        acknowledged = {write.index for write in self.record.writes if write.ok}
         deadline = time.monotonic() + KEYS_READ_SECONDS
         while True:
             out = self.toolbox.sh(
@@ -352,7 +399,6 @@ class Watch:
             time.sleep(1)
 
     def _summarise(self, seconds: float) -> Summary:
-        stretches = leaderless_stretches(self.record.leader)
         longest = max((end - start for start, end in leaderless_stretches(self.record.leader, widened=False)), default=0.0)
         known = [v for _, v in self.record.voters if v is not None]
         clients_not_ready = sum(
@@ -364,8 +410,8 @@ class Watch:
             polls=len(self.record.leader),
             fewest_voters=min(known) if known else None,
             longest_leaderless=longest,
-            failed_writes=sum(1 for _, _, code in self.record.writes if code != "200"),
-            failed_writes_with_a_leader=len(failed_with_a_leader(self.record.writes, stretches)),
+            failed_writes=sum(1 for write in self.record.writes if not write.ok),
+            failed_writes_with_a_leader=len(failed_with_a_leader(self.record.writes, self.record.no_leader)),
             lost_writes=self._acknowledged_keys_lost(),
             clients_not_ready=clients_not_ready,
             restarts=self._restarts(),

@@ -43,19 +43,34 @@ def test_no_samples_and_a_leader_throughout_have_no_stretch() -> None:
     assert watch.leaderless_stretches([(0.0, True), (0.25, True)]) == []
 
 
-def test_a_write_answered_during_or_within_its_bound_after_a_stretch_is_inside_it() -> None:
-    stretches = watch.leaderless_stretches(LEADER)
-    writes = [
-        (1.0, "1", "500"),  # answered inside the first stretch
-        (2.4, "2", "000"),  # timed out: its second began at 1.4 s, inside the stretch
-        (0.3, "0", "200"),
-        (3.2, "4", "500"),  # inside the open stretch at the end
+# The agent answered "no leader" (200, empty body) at 0.75-1.25 s; at 3.0 s it answered 500 (no server reachable).
+NO_LEADER = [(0.0, False), (0.25, False), (0.5, False), (0.75, True), (1.0, True), (1.25, True), (1.5, False), (2.75, False), (3.0, False)]
+
+
+def write(at: float, status: str, seconds: float = 1.0, answer: str = "") -> object:
+    return watch.Write(at=at, index=str(at), status=status, seconds=seconds, answer=answer)
+
+
+def test_a_failed_write_is_explained_by_an_answer_that_says_there_is_no_leader() -> None:
+    explained = [
+        write(2.2, "500", 0.01, "No cluster leader"),
+        write(2.4, "500", 0.2, "rpc error making call: leadership lost while committing log"),
     ]
-    assert watch.failed_with_a_leader(writes, stretches) == []
+    assert watch.failed_with_a_leader(explained, NO_LEADER) == []
 
 
-def test_a_write_failed_while_a_leader_was_seen_throughout_its_second_counts() -> None:
-    stretches = watch.leaderless_stretches(LEADER)
-    writes = [(2.6, "3", "500"), (0.4, "0", "000"), (2.0, "2", "200")]
-    # 2.6 s: its second (1.6-2.6 s) saw a leader throughout; 0.4 s: before any stretch began.
-    assert watch.failed_with_a_leader(writes, stretches) == [(2.6, "500"), (0.4, "000")]
+def test_a_write_unanswered_while_the_agent_said_no_leader_is_explained() -> None:
+    # Sent at 0.4 s, cut at 1.4 s: "no leader" was heard from 0.75 s (widened: from 0.5 s).
+    assert watch.failed_with_a_leader([write(1.4, "000")], NO_LEADER) == []
+    # Sent at 1.6 s: the stretch (widened to 1.5 s) had ended before it.
+    assert watch.failed_with_a_leader([write(2.6, "000")], NO_LEADER) == [write(2.6, "000")]
+
+
+def test_other_failures_count_even_inside_a_stretch_without_a_leader() -> None:
+    """An EOF from a stopping server, or the client agent's own 500, is not Consul lacking a leader."""
+    counted = [write(1.0, "500", 0.02, "rpc error making call: EOF"), write(3.1, "500", 0.01, "No known Consul servers"), write(2.7, "000")]
+    assert watch.failed_with_a_leader(counted, NO_LEADER) == counted
+
+
+def test_acknowledged_writes_never_count() -> None:
+    assert watch.failed_with_a_leader([write(0.3, "200", 0.01)], NO_LEADER) == []
