@@ -496,6 +496,67 @@ def test_a_snapshot_restores_a_wiped_cluster_with_make_restore_and_a_damaged_one
     assert [api("GET", f"/v1/kv/snap/key-{i}?raw") for i in range(5)] == [(200, f"value-{i}") for i in range(5)]
 
 
+def test_the_documented_procedure_switches_tls_off_through_a_snapshot_and_keeps_the_data(module_deployment, toolbox, tmp_path):
+    """README, "Settings a running cluster refuses": TLS switched off on a deployed stack, step by
+    step as documented (a snapshot, pulumi destroy, the servers' claims deleted, the new setting,
+    pulumi up, make restore, the ACL Job again, the clients restarted). The data and the ACLs come
+    back; the agents speak plain HTTP and RPC."""
+    deployment = module_deployment
+    ns, cluster = deployment.namespace, deployment.cluster
+    assert deployment.api.exists(f"/apis/batch/v1/namespaces/{ns}/cronjobs/consul-snapshot"), "the procedure needs snapshots on"
+    old_token = deployment.management_token()
+    before = consul_http(
+        in_pod(deployment, "consul-server-0"), "PUT", f"{LOCAL_AGENT}/v1/kv/switch/kept", old_token, body="before", bound=5
+    )
+    assert before == (200, "true")
+    started = time.monotonic()
+
+    # kubectl -n consul create job --from=cronjob/consul-snapshot snapshot-before
+    log = run_job_from_cronjob(deployment, "snapshot-before")
+    saved = re.search(r"^saved (consul-\S+\.snap);", log, re.MULTILINE)
+    assert saved, log
+    snapshot = saved.group(1)
+    # pulumi destroy; kubectl -n consul delete pvc -l app.kubernetes.io/component=server
+    deployment.destroy()
+    deployment.kubectl("delete", "pvc", "-l", "app.kubernetes.io/component=server", timeout=180)
+    # pulumi config set consul:tls false; pulumi up
+    deployment.set(tls=False)
+    assert deployment.up("TLS off: a new cluster").summary.result == "succeeded"
+    cluster.wait("a new cluster of three", lambda: servers_formed(deployment, 3), FORMED)
+    # make restore SNAPSHOT=<the file> NAMESPACE=consul
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(f'#!/bin/sh\nexec {KUBE_BIN} kubectl --kubeconfig={cluster.kubeconfig} "$@"\n')
+    kubectl.chmod(0o755)
+    restored = make_restore(deployment, kubectl, snapshot)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    # kubectl -n consul delete job consul-acl-bootstrap --cascade=foreground; pulumi up --refresh
+    deployment.kubectl("delete", "job", "consul-acl-bootstrap", "--cascade=foreground", "--wait=true")
+    assert deployment.stack.up(refresh=True, color="never", on_output=lambda line: None).summary.result == "succeeded"
+    cluster.wait("rollouts finished", deployment.rolled_out, 300)
+    assert job(deployment, "consul-acl-bootstrap")["status"].get("succeeded") == 1
+    # kubectl -n consul rollout restart daemonset/consul-client
+    deployment.kubectl("rollout", "restart", "daemonset/consul-client")
+    deployment.kubectl("rollout", "status", "daemonset/consul-client", "--timeout=300s", timeout=330)
+    members = lambda: {(m["Name"], m["Status"]) for m in from_server(deployment, "/v1/agent/members")}  # noqa: E731
+    cluster.wait("every agent a live member", lambda: {(n, 1) for n in [*SERVERS, *REAL_NODES]} <= members(), 120)
+    print(f"\nbed: TLS off by the documented procedure: {time.monotonic() - started:.1f} s from the snapshot to every client back")
+
+    # The data written before, through a workload's agent, with the new stack's management token.
+    token = deployment.management_token()
+    assert token != old_token
+    agent = f"http://consul-client.{ns}.svc:8500"
+    assert consul_http(toolbox.sh, "GET", f"{agent}/v1/kv/switch/kept?raw", token, bound=5) == (200, "before")
+    assert consul_http(toolbox.sh, "GET", f"{agent}/v1/kv/switch/kept?raw", "", bound=5)[0] == 403
+    # The restored ACL state holds the destroyed stack's management token too.
+    old = consul_http(toolbox.sh, "GET", f"{agent}/v1/kv/switch/kept?raw", old_token, bound=5)
+    print(f"bed: TLS off: the destroyed stack's management token after the restore: HTTP {old[0]}")
+    # TLS off: every server answers plain HTTP on 8500 from another pod, and nothing listens on 8501.
+    for pod in deployment.pods("server"):
+        ip = pod["status"]["podIP"]
+        assert consul_http(toolbox.sh, "GET", f"http://{ip}:8500/v1/status/leader", "", bound=5)[0] == 200
+        assert toolbox.sh(f"curl -sk -m 3 https://{ip}:8501/v1/status/leader").returncode != 0
+
+
 def interrupt_pulumi() -> list[int]:
     """Ctrl-C to the `pulumi` processes this test process started: what a user does to an up that hangs."""
     interrupted = []
