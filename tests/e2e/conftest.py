@@ -477,9 +477,10 @@ def quorum(servers: int) -> int:
 
 def bounds_broken(watch: Any, servers: int) -> list[str]:
     """Each of the issue's bounds that a finished Watch saw broken: fewer voters than a quorum of
-    the cluster's full size `servers`, a stretch over 2 s without a leader, a write failed outside
-    such a stretch (see watch.failed_with_a_leader), a lost write, a client agent NotReady in any sample, the watch's registration missing from the
-    catalog or unanswered by DNS in any sample. [] when the operation kept them all."""
+    the cluster's full size `servers`, a stretch over 2 s without a leader, a write that failed
+    for another reason than a missing leader (watch.failed_with_a_leader), a lost write, a client
+    agent NotReady in any sample, the watch's registration missing from the catalog or unanswered
+    by DNS in any sample. [] when the operation kept them all."""
     summary = watch.summary
     broken = []
     if summary.fewest_voters is None or summary.fewest_voters < quorum(servers):
@@ -488,7 +489,7 @@ def bounds_broken(watch: Any, servers: int) -> list[str]:
         broken.append(f"{summary.longest_leaderless:.1f} s without a leader")
     if summary.failed_writes_with_a_leader:
         broken.append(
-            f"{summary.failed_writes_with_a_leader} of {len(watch.record.writes)} writes failed outside a stretch without a leader "
+            f"{summary.failed_writes_with_a_leader} of {len(watch.record.writes)} writes failed, not for want of a leader "
             f"({summary.failed_writes} failed in all)"
         )
     if summary.lost_writes:

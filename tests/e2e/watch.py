@@ -176,7 +176,7 @@ class Summary:
 
 TABLE_HEADER = (
     "| operation | time | leader polls | fewest voters | longest without a leader | failed writes (1 s bound) "
-    "| of them outside a leaderless stretch | lost writes "
+    "| of them not for want of a leader | lost writes "
     "| client NotReady samples | container restarts | registration missing samples | DNS lookups unanswered |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
