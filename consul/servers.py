@@ -257,6 +257,12 @@ class ConsulServers(pulumi.ComponentResource):
         )
 
 
+def management_token_from_file(prefix: str = "") -> str:
+    """A shell command that prints the management token from this pod's own token file, after
+    `prefix` (a header name for curl's stdin): never onto a command line or into the environment."""
+    return f'sed -n \'s/.*"initial_management": *"\\([^"]*\\)".*/{prefix}\\1/p\' "{cfg.ACL_DIR}/$POD_NAME.json"'
+
+
 def leadership_handoff(acls: bool) -> str:
     """The server's preStop: when this pod is the Raft leader, it hands leadership to an
     up-to-date follower before it stops, so stopping it (a roll, a drain) costs no election
@@ -268,8 +274,7 @@ def leadership_handoff(acls: bool) -> str:
     transfer = f"curl -sSf -m 10 -X POST{{header}} {cfg.LOCAL_HTTP_URL}/v1/operator/raft/transfer-leader"
     if not acls:
         return leader_is_this_pod + transfer.format(header="")
-    token_header = f'sed -n \'s/.*"initial_management": *"\\([^"]*\\)".*/X-Consul-Token: \\1/p\' "{cfg.ACL_DIR}/$POD_NAME.json"'
-    return leader_is_this_pod + token_header + " | " + transfer.format(header=" -H @-")
+    return leader_is_this_pod + management_token_from_file("X-Consul-Token: ") + " | " + transfer.format(header=" -H @-")
 
 
 # Memberlist's dead-node reclaim time in Consul (30 s, not configurable), and a margin: the others
@@ -315,13 +320,7 @@ def rejoin_wait(
     it, and after `max_seconds` whatever it sees. SIGTERM ends the wait at once."""
     scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
     ca = f" -ca-file={cfg.CA_FILE}" if tls else ""
-    token = (
-        "token=$(mktemp)\n"
-        f'sed -n \'s/.*"initial_management": *"\\([^"]*\\)".*/\\1/p\' "{cfg.ACL_DIR}/$POD_NAME.json" > "$token"\n'
-        'auth="-token-file=$token"\n'
-        if acls
-        else 'auth=""\n'
-    )
+    token = "token=$(mktemp)\n" + management_token_from_file() + ' > "$token"\nauth="-token-file=$token"\n' if acls else 'auth=""\n'
     return (
         'errors=$(mktemp)\ntoken=""\n'
         # The token file is on the pod's /tmp, which the agent's container mounts too.
