@@ -310,14 +310,15 @@ def rejoin_wait(
 
     So the script asks each other server (`consul members` against its API) how it sees this
     pod's name: not a member (a new server) or at this pod's address (a restart in place) lets it
-    start; alive or suspect at another address makes it wait; failed or left makes it wait out the
-    reclaim time from when that server first answered so (a force-leave changes serf's status,
-    not memberlist's dead-node timer). Only a server that has a leader holds it back: without one
+    start; alive at another address (serf shows a suspect member as alive) makes it wait; failed
+    or left makes it wait out the reclaim time from when that server first answered so (a
+    force-leave changes serf's status, not memberlist's dead-node timer). Only a server that has a leader holds it back: without one
     there is no leader to depose, and this server may be needed for a quorum. A server that is
     down (connection refused, no such host: a first formation, every server restarted together)
-    holds nothing back; one that answers neither yes nor no (a timeout, a 403, a TLS error) is
-    asked again for `unsure_seconds`. It starts after two rounds in a row in which nothing held
-    it, and after `max_seconds` whatever it sees. SIGTERM ends the wait at once."""
+    holds nothing back; one that answers neither yes nor no (a timeout, a 403, a TLS error, a
+    table without its own row, as a token without node:read gets) is asked again for
+    `unsure_seconds`. It starts after two rounds in a row in which nothing held it, and after
+    `max_seconds` whatever it sees. SIGTERM ends the wait at once."""
     scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
     ca = f" -ca-file={cfg.CA_FILE}" if tls else ""
     token = "token=$(mktemp)\n" + management_token_from_file() + ' > "$token"\nauth="-token-file=$token"\n' if acls else 'auth=""\n'
@@ -326,6 +327,8 @@ def rejoin_wait(
         # The token file is on the pod's /tmp, which the agent's container mounts too.
         + 'trap \'rm -f "$errors" ${token:+"$token"}\' EXIT\n'
         + "trap 'exit 143' TERM INT\n"
+        # Nothing here is a file pattern: an IPv6 address in brackets is not one either.
+        + "set -f\n"
         + token
         + f"""hosts=$(tr -d '\\n' < "{cfg.JOIN_DIR}/$POD_NAME.json" | sed 's/[][{{}}" ]//g; s/.*retry_join://; s/,retry_interval:.*//; s/:[0-9]*//g' | tr ',' ' ')
 start=$(date +%s)
@@ -339,9 +342,15 @@ while :; do
   for host in $hosts; do
     api="-http-addr={scheme}://$host:{port}{ca}"
     if ! table=$(timeout 3 consul members $api $auth 2>"$errors"); then
+      [ -s "$errors" ] || echo "no answer within 3 s" > "$errors"
       grep -qE 'connection refused|no such host' "$errors" || unsure="$host: $(head -c 200 "$errors" | tr '\\n' ' ')"
       continue
     fi
+    # A server lists itself; a table without it was filtered (a token without node:read).
+    printf '%s\\n' "$table" | awk -v self="${{host%%.*}}" '$1 == self {{found = 1}} END {{exit !found}}' || {{
+      unsure="$host: its members table does not list it"
+      continue
+    }}
     seen=$(date +%s)
     set -- $(printf '%s\\n' "$table" | awk -v me="$POD_NAME" '$1 == me {{print $2, $3}}')
     [ $# -eq 2 ] || continue
