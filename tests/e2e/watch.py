@@ -8,10 +8,14 @@ Each sampler runs in its own thread, so a slow answer never delays another:
   - writes: a KV write every interval, each bounded to 1 s, with its HTTP status (000: no answer in
     time), its seconds and, failed, the start of its answer; every acknowledged key is read back
     at the end. A failed write counts against the issue's bound unless Consul had no leader for
-    it: its answer says so ("No cluster leader", "leadership lost"...), or it got no answer in
-    time while the leader sampler heard "no leader" (HTTP 200 with an empty body) at some point
-    between the write's start and its end, widened to the samples around. A 500 from the client
-    agent (no server reachable) or a sampler's own timeout is not "no leader";
+    it: its answer says so ("No cluster leader", "leadership lost"...) or it got none in time, and
+    the leader sampler heard "no leader" (HTTP 200 with an empty body) at some point between the
+    write's start and its end, widened to the samples around. A 500 from the client agent (no
+    server reachable) or a sampler's own timeout is not "no leader". The writes it counts are
+    split by whether some agent pod was down meanwhile (not Ready, gone, or its container
+    restarted: from its last sample serving to its first serving again): a Consul client never
+    retries a write whose server stops under it, an open defect; a write failed with a leader and
+    every agent serving has no excuse;
   - pods: every pod of the namespace from the API: readiness and ``restartCount``;
   - registration: a service the watch registers with that client agent before the action, looked
     up in the catalog (`?stale`, any server's view); a sample counts as missing only when the
@@ -118,9 +122,13 @@ def _has(no_leader: list[tuple[float, bool]]) -> list[tuple[float, bool]]:
     return [(at, not none) for at, none in no_leader]
 
 
+def _overlaps(write: Write, stretches: list[tuple[float, float]]) -> bool:
+    return any(start <= write.at and write.sent <= end for start, end in stretches)
+
+
 def failed_with_a_leader(writes: list[Write], no_leader: list[tuple[float, bool]]) -> list[Write]:
     """The failed writes Consul's want of a leader does not explain, which the issue's bound counts.
-    Explained: an answer that says there is no leader, or no answer within the bound while some
+    Explained: an answer that says there is no leader, or no answer within the bound, while some
     sample of `no_leader` (time, the agent answered "no leader") between the write's start and its
     end, widened to the samples around, said so."""
     stretches = leaderless_stretches(_has(no_leader))
@@ -128,9 +136,38 @@ def failed_with_a_leader(writes: list[Write], no_leader: list[tuple[float, bool]
         write
         for write in writes
         if not write.ok
-        and not any(text in write.answer for text in NO_LEADER_ANSWERS)
-        and not (write.status in ("000", "0") and any(start <= write.at and write.sent <= end for start, end in stretches))
+        and not ((write.status in ("000", "0") or any(text in write.answer for text in NO_LEADER_ANSWERS)) and _overlaps(write, stretches))
     ]
+
+
+def agents_down(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]) -> list[tuple[float, float]]:
+    """The stretches in which some agent pod was not serving, from the pod sampler's (time, {name:
+    (Ready, UID, restarts)}): from its last sample Ready to its first Ready again (a replacement
+    under the same name counts as it), or, when it was Ready in both, between the two samples
+    around a container restart or a new UID. A pod first seen not Ready is down from that sample;
+    one still down at the end, to the last sample."""
+    stretches: list[tuple[float, float]] = []
+    serving: dict[str, tuple[float, str, int]] = {}
+    down_since: dict[str, float] = {}
+    for at, state in pods:
+        for name in set(serving) | set(down_since) | set(state):
+            ready, uid, restarts = state.get(name, (False, "", 0))
+            if not ready:
+                down_since.setdefault(name, serving[name][0] if name in serving else at)
+                continue
+            if name in down_since:
+                stretches.append((down_since.pop(name), at))
+            elif name in serving and serving[name][1:] != (uid, restarts):
+                stretches.append((serving[name][0], at))
+            serving[name] = (at, uid, restarts)
+    if pods:
+        stretches.extend((since, pods[-1][0]) for since in down_since.values())
+    return sorted(stretches)
+
+
+def failed_with_every_agent_up(writes: list[Write], down: list[tuple[float, float]]) -> list[Write]:
+    """Of `writes` (failed with a leader), those during which every agent pod was serving."""
+    return [write for write in writes if not _overlaps(write, down)]
 
 
 @dataclass
@@ -159,6 +196,7 @@ class Summary:
     longest_leaderless: float
     failed_writes: int
     failed_writes_with_a_leader: int
+    failed_writes_with_every_agent_up: int
     lost_writes: int
     clients_not_ready: int
     restarts: dict[str, int]
@@ -169,16 +207,16 @@ class Summary:
         restarted = sum(self.restarts.values())
         return (
             f"| {self.operation} | {self.seconds:.1f} s | {self.polls} | {self.fewest_voters} | {self.longest_leaderless:.1f} s "
-            f"| {self.failed_writes} | {self.failed_writes_with_a_leader} | {self.lost_writes} | {self.clients_not_ready} | {restarted} "
+            f"| {self.failed_writes} | {self.failed_writes_with_a_leader} | {self.failed_writes_with_every_agent_up} | {self.lost_writes} | {self.clients_not_ready} | {restarted} "
             f"| {self.registration_missing} | {self.dns_unanswered} |"
         )
 
 
 TABLE_HEADER = (
     "| operation | time | leader polls | fewest voters | longest without a leader | failed writes (1 s bound) "
-    "| of them not for want of a leader | lost writes "
+    "| of them not for want of a leader | of those, with every agent pod serving | lost writes "
     "| client NotReady samples | container restarts | registration missing samples | DNS lookups unanswered |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 ROWS: list[Summary] = []
 
@@ -349,16 +387,22 @@ class Watch:
         failed = [write for write in self.record.writes if not write.ok]
         if failed:
             after = self.action_started
-            excused = failed_with_a_leader(failed, self.record.no_leader)
-            print(f"watch: {self.label}: failed writes (seconds after the action started: sent-answered, status, answer; * counts):")
+            counted = failed_with_a_leader(failed, self.record.no_leader)
+            unexcused = failed_with_every_agent_up(counted, agents_down(self.record.pods))
+            print(
+                f"watch: {self.label}: failed writes (seconds after the action started: sent-answered, status, answer; "
+                "* counts, ** with every agent pod serving):"
+            )
             for write in failed:
-                mark = "*" if write in excused else " "
+                mark = "**" if write in unexcused else "* " if write in counted else "  "
                 print(f"watch:  {mark} {write.sent - after:.2f}-{write.at - after:.2f} s {write.status} {write.answer}")
             print(
                 f"watch: {self.label}: no leader, by the agent's answer: "
                 + (", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in leaderless_stretches(_has(self.record.no_leader))) or "never")
                 + "; no leader seen (any other answer too): "
                 + (", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in leaderless_stretches(self.record.leader)) or "never")
+                + "; some agent pod down: "
+                + (", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in agents_down(self.record.pods)) or "never")
             )
 
     def _restarts(self) -> dict[str, int]:
@@ -404,6 +448,7 @@ class Watch:
         clients_not_ready = sum(
             1 for _, state in self.record.pods for name, (ok, _, _) in state.items() if name.startswith("consul-client") and not ok
         )
+        with_a_leader = failed_with_a_leader(self.record.writes, self.record.no_leader)
         return Summary(
             operation=self.label,
             seconds=seconds,
@@ -411,7 +456,8 @@ class Watch:
             fewest_voters=min(known) if known else None,
             longest_leaderless=longest,
             failed_writes=sum(1 for write in self.record.writes if not write.ok),
-            failed_writes_with_a_leader=len(failed_with_a_leader(self.record.writes, self.record.no_leader)),
+            failed_writes_with_a_leader=len(with_a_leader),
+            failed_writes_with_every_agent_up=len(failed_with_every_agent_up(with_a_leader, agents_down(self.record.pods))),
             lost_writes=self._acknowledged_keys_lost(),
             clients_not_ready=clients_not_ready,
             restarts=self._restarts(),

@@ -51,10 +51,10 @@ def write(at: float, status: str, seconds: float = 1.0, answer: str = "") -> obj
     return watch.Write(at=at, index=str(at), status=status, seconds=seconds, answer=answer)
 
 
-def test_a_failed_write_is_explained_by_an_answer_that_says_there_is_no_leader() -> None:
+def test_a_failed_write_is_explained_by_an_answer_that_says_there_is_no_leader_while_the_agent_said_so() -> None:
     explained = [
-        write(2.2, "500", 0.01, "No cluster leader"),
-        write(2.4, "500", 0.2, "rpc error making call: leadership lost while committing log"),
+        write(1.0, "500", 0.01, "No cluster leader"),
+        write(1.6, "500", 0.2, "rpc error making call: leadership lost while committing log"),
     ]
     assert watch.failed_with_a_leader(explained, NO_LEADER) == []
 
@@ -74,3 +74,47 @@ def test_other_failures_count_even_inside_a_stretch_without_a_leader() -> None:
 
 def test_acknowledged_writes_never_count() -> None:
     assert watch.failed_with_a_leader([write(0.3, "200", 0.01)], NO_LEADER) == []
+
+
+def test_an_answer_that_says_no_leader_counts_when_the_agent_heard_a_leader_throughout() -> None:
+    """A lone server that can't hear the leader, or a leadership transfer, fails a write while a
+    workload's agent sees a leader: that is not the cluster lacking one."""
+    counted = [write(2.2, "500", 0.01, "No cluster leader"), write(2.5, "500", 0.01, "leadership transfer in progress")]
+    assert watch.failed_with_a_leader(counted, NO_LEADER) == counted
+
+
+def pods(*samples: tuple[float, dict[str, tuple[bool, str, int]]]) -> list[tuple[float, dict[str, tuple[bool, str, int]]]]:
+    return list(samples)
+
+
+UP = (True, "uid-a", 0)
+
+
+def test_an_agent_pod_is_down_from_its_last_sample_serving_to_its_first_serving_again() -> None:
+    samples = pods(
+        (0.0, {"consul-server-0": UP, "consul-client-x": UP}),
+        (0.5, {"consul-server-0": (False, "uid-a", 0), "consul-client-x": UP}),
+        (1.0, {"consul-client-x": UP}),
+        (1.5, {"consul-server-0": (False, "uid-b", 0), "consul-client-x": UP}),
+        (2.0, {"consul-server-0": (True, "uid-b", 0), "consul-client-x": UP}),
+        (2.5, {"consul-server-0": (True, "uid-b", 0), "consul-client-x": UP}),
+    )
+    assert watch.agents_down(samples) == [(0.0, 2.0)]
+
+
+def test_a_container_restart_between_two_ready_samples_is_a_stretch_down() -> None:
+    samples = pods(
+        (0.0, {"consul-server-0": UP}), (0.5, {"consul-server-0": (True, "uid-a", 1)}), (1.0, {"consul-server-0": (True, "uid-a", 1)})
+    )
+    assert watch.agents_down(samples) == [(0.0, 0.5)]
+
+
+def test_a_pod_still_down_at_the_end_is_down_to_the_last_sample_and_a_new_one_from_its_first() -> None:
+    samples = pods((0.0, {"consul-server-0": UP}), (0.5, {"consul-server-3": (False, "uid-c", 0)}), (1.0, {}))
+    assert watch.agents_down(samples) == [(0.0, 1.0), (0.5, 1.0)]
+
+
+def test_a_failed_write_with_a_leader_is_excused_only_while_an_agent_pod_is_down() -> None:
+    down = [(0.0, 2.0)]
+    during, after = write(1.5, "500", 0.02, "rpc error making call: EOF"), write(3.0, "500", 0.02, "rpc error making call: EOF")
+    assert watch.failed_with_every_agent_up([during, after], down) == [after]
