@@ -8,7 +8,7 @@ Each sampler runs in its own thread, so a slow answer never delays another:
   - writes: a KV write every interval, each bounded to 1 s, with its HTTP status (000: no answer in
     time), its seconds and, failed, the start of its answer; every acknowledged key is read back
     at the end. A failed write counts against the issue's bound unless Consul had no leader for
-    it: its answer says so ("No cluster leader", "leadership lost"...) or it got none in time, and
+    it: its answer says so ("No cluster leader", "leadership lost"...) or it got no HTTP answer (000), and
     the leader sampler heard "no leader" (HTTP 200 with an empty body) at some point between the
     write's start and its end, widened to the samples around. A 500 from the client agent (no
     server reachable) or a sampler's own timeout is not "no leader". The writes it counts are
@@ -140,18 +140,37 @@ def failed_with_a_leader(writes: list[Write], no_leader: list[tuple[float, bool]
     ]
 
 
+# A pod gone this long while every pod left serves was removed (a scale-down), not replaced.
+GONE_SECONDS = 5.0
+
+
+def _kind(name: str) -> str:
+    """consul-server-0 -> consul-server; consul-client-x7k2p -> consul-client."""
+    return name.rsplit("-", 1)[0]
+
+
 def agents_down(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]) -> list[tuple[float, float]]:
     """The stretches in which some agent pod was not serving, from the pod sampler's (time, {name:
     (Ready, UID, restarts)}): from its last sample Ready to its first Ready again (a replacement
     under the same name counts as it), or, when it was Ready in both, between the two samples
-    around a container restart or a new UID. A pod first seen not Ready is down from that sample;
-    one still down at the end, to the last sample."""
+    around a container restart or a new UID. A pod first seen not Ready is down from that sample.
+    A pod gone from the samples (a DaemonSet's pods are replaced under new names) is down until
+    a pod of its kind first seen after it went is Ready, or, when none comes, until it has been
+    gone GONE_SECONDS with every pod left serving. One still down at the end, to the last sample."""
     stretches: list[tuple[float, float]] = []
     serving: dict[str, tuple[float, str, int]] = {}
     down_since: dict[str, float] = {}
+    gone_at: dict[str, float] = {}
+    first_seen: dict[str, float] = {}
     for at, state in pods:
-        for name in set(serving) | set(down_since) | set(state):
+        for name in state:
+            first_seen.setdefault(name, at)
+        for name in sorted(set(serving) | set(down_since) | set(state)):
             ready, uid, restarts = state.get(name, (False, "", 0))
+            if name in state:
+                gone_at.pop(name, None)
+            else:
+                gone_at.setdefault(name, at)
             if not ready:
                 down_since.setdefault(name, serving[name][0] if name in serving else at)
                 continue
@@ -160,6 +179,13 @@ def agents_down(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]) -> l
             elif name in serving and serving[name][1:] != (uid, restarts):
                 stretches.append((serving[name][0], at))
             serving[name] = (at, uid, restarts)
+        every_pod_serving = all(ready for ready, _, _ in state.values())
+        for name, went in list(gone_at.items()):
+            replaced = any(_kind(other) == _kind(name) and first_seen[other] >= went and ready for other, (ready, _, _) in state.items())
+            if replaced or (every_pod_serving and at - went >= GONE_SECONDS):
+                stretches.append((down_since.pop(name), at))
+                serving.pop(name, None)
+                del gone_at[name]
     if pods:
         stretches.extend((since, pods[-1][0]) for since in down_since.values())
     return sorted(stretches)

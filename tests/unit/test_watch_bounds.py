@@ -118,3 +118,37 @@ def test_a_failed_write_with_a_leader_is_excused_only_while_an_agent_pod_is_down
     down = [(0.0, 2.0)]
     during, after = write(1.5, "500", 0.02, "rpc error making call: EOF"), write(3.0, "500", 0.02, "rpc error making call: EOF")
     assert watch.failed_with_every_agent_up([during, after], down) == [after]
+
+
+def test_a_pod_replaced_under_a_new_name_is_down_until_its_replacement_is_ready() -> None:
+    """A DaemonSet roll: consul-client-x goes, consul-client-y comes; the watch goes on long after."""
+    samples = pods(
+        (0.0, {"consul-client-x": UP, "consul-server-0": UP}),
+        (1.0, {"consul-server-0": UP}),
+        (1.5, {"consul-client-y": (False, "uid-y", 0), "consul-server-0": UP}),
+        (2.0, {"consul-client-y": (True, "uid-y", 0), "consul-server-0": UP}),
+        (100.0, {"consul-client-y": (True, "uid-y", 0), "consul-server-0": UP}),
+    )
+    assert watch.agents_down(samples) == [(0.0, 2.0), (1.5, 2.0)]
+
+
+def test_a_pod_removed_for_good_is_down_until_it_has_been_gone_a_while_with_every_other_pod_serving() -> None:
+    """A scale-down: consul-server-3 goes and nothing replaces it."""
+    samples = pods(
+        (0.0, {"consul-server-0": UP, "consul-server-3": UP}),
+        (1.0, {"consul-server-0": UP}),
+        (5.5, {"consul-server-0": UP}),
+        (6.0, {"consul-server-0": UP}),
+        (100.0, {"consul-server-0": UP}),
+    )
+    assert watch.agents_down(samples) == [(0.0, 6.0)]
+
+
+def test_a_server_deleted_and_re_created_under_its_name_is_down_until_it_is_ready_again() -> None:
+    samples = pods(
+        (0.0, {"consul-server-0": UP, "consul-server-1": UP}),
+        (0.5, {"consul-server-1": UP}),
+        (1.0, {"consul-server-0": (False, "uid-b", 0), "consul-server-1": UP}),
+        (40.0, {"consul-server-0": (True, "uid-b", 0), "consul-server-1": UP}),
+    )
+    assert watch.agents_down(samples) == [(0.0, 40.0)]
