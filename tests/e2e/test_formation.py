@@ -39,6 +39,8 @@ pytestmark = pytest.mark.e2e
 
 SERVERS = ["consul-server-0", "consul-server-1", "consul-server-2"]
 LOCAL_API = "http://127.0.0.1:8500"
+# The Raft transport's dial timeout (10 s, fixed in Consul), the leader's backoff, and a margin.
+RETURNED_SERVER_HEARS_LEADER = 30
 # A server evicted or deleted: terminated (without leaving Raft, 30 s grace at most), re-created by the
 # StatefulSet on a node its anti-affinity allows, started, and Ready once it sees a leader.
 SERVER_BACK = 90
@@ -324,7 +326,20 @@ def test_a_deleted_server_comes_back_on_its_own_claim_with_its_raft_identity(mod
     started = time.monotonic()
     deployment.kubectl("delete", "pod", "consul-server-1", "--wait=true")
     deployment.cluster.wait("consul-server-1 re-created, three voters and a leader", lambda: servers_formed(deployment, 3), SERVER_BACK)
-    print(f"\nbed: formation: deleted consul-server-1 back with three voters {time.monotonic() - started:.1f} s after the delete")
+    formed = time.monotonic()
+
+    # Its own view next: the leader reaches the new address up to the Raft transport's 10 s dial
+    # timeout (to the old pod IP) after it lists it; until then the server has no state to answer from.
+    def hears_the_leader() -> bool:
+        run = in_pod(deployment, "consul-server-1")
+        configuration, _ = consul_http(run, "GET", f"{LOCAL_API}/v1/operator/raft/configuration?stale", token, bound=5)
+        return bool(leader_seen(run)) and configuration == 200
+
+    deployment.cluster.wait("consul-server-1 hears the leader and answers from its state", hears_the_leader, RETURNED_SERVER_HEARS_LEADER)
+    print(
+        f"\nbed: formation: deleted consul-server-1 back with three voters {formed - started:.1f} s after the delete, "
+        f"hearing the leader {time.monotonic() - formed:.1f} s later"
+    )
 
     pod = deployment.api.get(f"/api/v1/namespaces/{ns}/pods/consul-server-1")
     assert [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v] == [
