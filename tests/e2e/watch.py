@@ -191,6 +191,11 @@ def agents_down(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]) -> l
     return sorted(stretches)
 
 
+def _spans(stretches: list[tuple[float, float]], after: float) -> str:
+    """Stretches as "a-b s" in seconds after `after`, or "never"."""
+    return ", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in stretches) or "never"
+
+
 def failed_with_every_agent_up(writes: list[Write], down: list[tuple[float, float]]) -> list[Write]:
     """Of `writes` (failed with a leader), those during which every agent pod was serving."""
     return [write for write in writes if not _overlaps(write, down)]
@@ -406,7 +411,8 @@ class Watch:
         time.sleep(1)
         seconds = self._now() - self.action_started
         self._halt()
-        self.summary = self._summarise(seconds)
+        down = agents_down(self.record.pods)
+        self.summary = self._summarise(seconds, down)
         self._deregister()
         ROWS.append(self.summary)
         print(f"\nwatch: {self.summary.row()}")
@@ -414,7 +420,7 @@ class Watch:
         if failed:
             after = self.action_started
             counted = failed_with_a_leader(failed, self.record.no_leader)
-            unexcused = failed_with_every_agent_up(counted, agents_down(self.record.pods))
+            unexcused = failed_with_every_agent_up(counted, down)
             print(
                 f"watch: {self.label}: failed writes (seconds after the action started: sent-answered, status, answer; "
                 "* counts, ** with every agent pod serving):"
@@ -424,11 +430,11 @@ class Watch:
                 print(f"watch:  {mark} {write.sent - after:.2f}-{write.at - after:.2f} s {write.status} {write.answer}")
             print(
                 f"watch: {self.label}: no leader, by the agent's answer: "
-                + (", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in leaderless_stretches(_has(self.record.no_leader))) or "never")
+                + _spans(leaderless_stretches(_has(self.record.no_leader)), after)
                 + "; no leader seen (any other answer too): "
-                + (", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in leaderless_stretches(self.record.leader)) or "never")
+                + _spans(leaderless_stretches(self.record.leader), after)
                 + "; some agent pod down: "
-                + (", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in agents_down(self.record.pods)) or "never")
+                + _spans(down, after)
             )
 
     def _restarts(self) -> dict[str, int]:
@@ -468,7 +474,8 @@ class Watch:
                 )
             time.sleep(1)
 
-    def _summarise(self, seconds: float) -> Summary:
+    def _summarise(self, seconds: float, down: list[tuple[float, float]]) -> Summary:
+        """The watch's figures; `down`: agents_down of its pod samples."""
         longest = max((end - start for start, end in leaderless_stretches(self.record.leader, widened=False)), default=0.0)
         known = [v for _, v in self.record.voters if v is not None]
         clients_not_ready = sum(
@@ -483,7 +490,7 @@ class Watch:
             longest_leaderless=longest,
             failed_writes=sum(1 for write in self.record.writes if not write.ok),
             failed_writes_with_a_leader=len(with_a_leader),
-            failed_writes_with_every_agent_up=len(failed_with_every_agent_up(with_a_leader, agents_down(self.record.pods))),
+            failed_writes_with_every_agent_up=len(failed_with_every_agent_up(with_a_leader, down)),
             lost_writes=self._acknowledged_keys_lost(),
             clients_not_ready=clients_not_ready,
             restarts=self._restarts(),
