@@ -104,6 +104,11 @@ def sweep() -> list[str]:
     return removed
 
 
+def switch_port(node: NodeAddress) -> str:
+    """The switch's end of the node's link."""
+    return f"veth{node.index}"
+
+
 def create(nodes: list[NodeAddress]) -> None:
     """The switch, the machine's link to it, and one namespace per node with its routes."""
     sweep()
@@ -116,7 +121,7 @@ def create(nodes: list[NodeAddress]) -> None:
     ip("link", "set", HOST_LINK, "up")
     for node in nodes:
         ip("netns", "add", node.namespace)
-        veth = f"veth{node.index}"
+        veth = switch_port(node)
         ip("-n", SWITCH, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", node.namespace)
         ip("-n", SWITCH, "link", "set", veth, "master", BRIDGE, "up")
         ip("-n", node.namespace, "addr", "add", f"{node.ip}/{NODE_LAN.prefixlen}", "dev", "eth0")
@@ -167,3 +172,17 @@ def consul_cut_off(node: NodeAddress, others: list[NodeAddress]) -> Iterator[Non
     finally:
         for rule in rules:
             _iptables(node, "-D", *rule)
+
+
+@contextlib.contextmanager
+def unplugged(node: NodeAddress) -> Iterator[None]:
+    """A node lost to the network, as when its cable or its switch port fails: the switch's end of
+    its link goes down, so nothing reaches the node or leaves it (the API server, the other nodes,
+    their pods), while its kubelet, containerd and pods run on. The link comes back up when the
+    block is left, whatever happened."""
+    port = switch_port(node)
+    try:
+        ip("-n", SWITCH, "link", "set", port, "down")
+        yield
+    finally:
+        ip("-n", SWITCH, "link", "set", port, "up", check=False)

@@ -17,17 +17,21 @@ import pytest
 from conftest import (
     LEADER_LOST,
     LOCAL_AGENT,
+    REAL_NODES,
     assert_bounds,
     consul_cli,
     consul_http,
     in_pod,
     leader_seen,
+    node_of,
     ready,
     restarts,
     servers_formed,
     servers_held_down,
 )
 from watch import Watch
+
+from testbed.cluster import network
 
 pytestmark = pytest.mark.e2e
 
@@ -213,6 +217,44 @@ def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_vote
     assert peers.returncode == 0, peers.stderr
     rows = [line.split() for line in peers.stdout.strip().splitlines()[1:]]
     assert sorted((row[0], row[4]) for row in rows) == [(name, "true") for name in SERVERS]
+    assert_bounds(watch, 3, open_defect=LEADER_LOST)
+
+
+# Longer than the node controller's grace period (50 s): Kubernetes marks the node NotReady and
+# its pods not Ready, and takes them out of the Services' endpoints, before the node comes back.
+NODE_LOST_SECONDS = 60
+# The node back: its kubelet reports again, and its pods are Ready again (a status sync, 10 s).
+NODE_BACK = 120
+
+
+def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_nothing(formed, toolbox):
+    """A follower's node lost to the network for a minute (its link down: no API server, no other
+    node), then back. Its pods run on unseen. The other two servers keep the quorum and the
+    leader, the workload's agent on another node keeps writing, and when the node is back its
+    server and client rejoin without a restart."""
+    deployment = formed
+    leader = leader_seen(in_pod(deployment, "consul-server-0"))
+    follower = next(
+        p["metadata"]["name"]
+        for p in deployment.pods("server")
+        if f"{p['status']['podIP']}:8300" != leader and p["spec"]["nodeName"] != REAL_NODES[0]
+    )
+    node = node_of(deployment, follower)
+    address = next(a for a in deployment.cluster.addresses if a.name == node)
+    servers_before = restart_counts(deployment, "server")
+    clients_before = restart_counts(deployment, "client")
+    with Watch(deployment, toolbox, f"one node ({node}, with {follower}) lost {NODE_LOST_SECONDS} s") as watch:
+        with watch.node_lost(node), network.unplugged(address):
+            time.sleep(NODE_LOST_SECONDS)
+        back = time.monotonic()
+        deployment.cluster.wait(f"{node} back: three voters and a leader", lambda: servers_formed(deployment, 3), NODE_BACK)
+        deployment.cluster.wait(
+            f"{node} back: every client agent Ready", lambda: all(ready(p) for p in deployment.pods("client")), NODE_BACK
+        )
+        deployment.cluster.wait(f"{node} back: every client sees the leader", lambda: every_client_sees_a_leader(deployment), NODE_BACK)
+        print(f"\nbed: restarts: {node} back, every agent Ready and seeing the leader {time.monotonic() - back:.1f} s later")
+    assert restart_counts(deployment, "server") == servers_before
+    assert restart_counts(deployment, "client") == clients_before
     assert_bounds(watch, 3, open_defect=LEADER_LOST)
 
 

@@ -16,7 +16,11 @@ Each sampler runs in its own thread, so a slow answer never delays another:
     restarted: from its last sample serving to its first serving again): a Consul client never
     retries a write whose server stops under it, an open defect; a write failed with a leader and
     every agent serving has no excuse;
-  - pods: every pod of the namespace from the API: readiness and ``restartCount``;
+  - pods: every pod of the namespace from the API: readiness and ``restartCount``. A pod on a
+    node the test has cut off from the network (`Watch.node_lost`) is not serving, whatever the
+    API still says, until it is Ready again after the node is back; its client agent's NotReady
+    samples are not counted against the bound (a lost node's agent can't serve), its down
+    stretch is;
   - registration: a service the watch registers with that client agent before the action, looked
     up in the catalog (`?stale`, any server's view); a sample counts as missing only when the
     catalog answered without it;
@@ -28,10 +32,12 @@ on standard input; the pod sampler reads the API. Each line is timed when it arr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +197,17 @@ def agents_down(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]) -> l
     return sorted(stretches)
 
 
+def clients_not_ready(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]], cut_off: list[tuple[float, frozenset[str]]]) -> int:
+    """The client agent pods not serving, summed over the pod samples, but for those on a node the
+    test had cut off (`cut_off`: the pod names, one entry per pod sample)."""
+    return sum(
+        1
+        for (_, state), (_, lost) in zip(pods, cut_off, strict=True)
+        for name, (serving, _, _) in state.items()
+        if name.startswith("consul-client") and not serving and name not in lost
+    )
+
+
 def _spans(stretches: list[tuple[float, float]], after: float) -> str:
     """Stretches as "a-b s" in seconds after `after`, or "never"."""
     return ", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in stretches) or "never"
@@ -212,6 +229,8 @@ class Record:
     writes: list[Write] = field(default_factory=list)
     # (time, {pod name: (Ready and not terminating, its UID, its containers' restarts)})
     pods: list[tuple[float, dict[str, tuple[bool, str, int]]]] = field(default_factory=list)
+    # (time, the pods on a node the test cut off, or not Ready since it came back), one per pods sample
+    cut_off: list[tuple[float, frozenset[str]]] = field(default_factory=list)
     # (time, the catalog lists the watch's service; None: the catalog did not answer)
     registered: list[tuple[float, bool | None]] = field(default_factory=list)
     # (time, consul-dns gave an A record for it)
@@ -268,6 +287,8 @@ class Watch:
         self._threads: list[threading.Thread] = []
         self.started = 0.0
         self.summary: Summary | None = None
+        # The nodes the test has cut off from the network now (replaced whole, read by the pod sampler).
+        self.lost_nodes: frozenset[str] = frozenset()
 
     def _now(self) -> float:
         return time.monotonic() - self.started
@@ -343,6 +364,7 @@ class Watch:
 
     def _pods(self) -> None:
         path = f"/api/v1/namespaces/{self.deployment.namespace}/pods"
+        cut_off: set[str] = set()
         while not self._stop.is_set():
             try:
                 items = self.deployment.api.items(path)
@@ -350,14 +372,23 @@ class Watch:
                 self._stop.wait(INTERVAL)
                 continue
             state = {}
+            lost = self.lost_nodes
             for pod in items:
                 if pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") not in ("server", "client"):
                     continue
+                name = pod["metadata"]["name"]
                 conditions = pod.get("status", {}).get("conditions", [])
                 ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+                if pod.get("spec", {}).get("nodeName") in lost:
+                    cut_off.add(name)
+                elif ready:
+                    cut_off.discard(name)
                 restarts = sum(s.get("restartCount", 0) for s in pod.get("status", {}).get("containerStatuses", []))
-                state[pod["metadata"]["name"]] = (ready and not pod["metadata"].get("deletionTimestamp"), pod["metadata"]["uid"], restarts)
-            self.record.pods.append((self._now(), state))
+                serving = ready and not pod["metadata"].get("deletionTimestamp") and name not in cut_off
+                state[name] = (serving, pod["metadata"]["uid"], restarts)
+            now = self._now()
+            self.record.pods.append((now, state))
+            self.record.cut_off.append((now, frozenset(cut_off)))
             self._stop.wait(INTERVAL)
 
     def __enter__(self) -> Watch:
@@ -397,6 +428,15 @@ class Watch:
         self.action_started = self._now()
         self.dns = dns
         return self
+
+    @contextlib.contextmanager
+    def node_lost(self, node: str) -> Iterator[None]:
+        """Around the block in which the test cuts `node` off from the network: see the pod sampler."""
+        self.lost_nodes = self.lost_nodes | {node}
+        try:
+            yield
+        finally:
+            self.lost_nodes = self.lost_nodes - {node}
 
     def _halt(self) -> None:
         self._stop.set()
@@ -478,9 +518,6 @@ class Watch:
         """The watch's figures; `down`: agents_down of its pod samples."""
         longest = max((end - start for start, end in leaderless_stretches(self.record.leader, widened=False)), default=0.0)
         known = [v for _, v in self.record.voters if v is not None]
-        clients_not_ready = sum(
-            1 for _, state in self.record.pods for name, (ok, _, _) in state.items() if name.startswith("consul-client") and not ok
-        )
         with_a_leader = failed_with_a_leader(self.record.writes, self.record.no_leader)
         return Summary(
             operation=self.label,
@@ -492,7 +529,7 @@ class Watch:
             failed_writes_with_a_leader=len(with_a_leader),
             failed_writes_with_every_agent_up=len(failed_with_every_agent_up(with_a_leader, down)),
             lost_writes=self._acknowledged_keys_lost(),
-            clients_not_ready=clients_not_ready,
+            clients_not_ready=clients_not_ready(self.record.pods, self.record.cut_off),
             restarts=self._restarts(),
             registration_missing=sum(1 for at, listed in self.record.registered if at >= self.action_started and listed is False),
             dns_unanswered=sum(1 for at, answered in self.record.dns if at >= self.action_started and not answered),

@@ -152,3 +152,15 @@ def test_a_server_deleted_and_re_created_under_its_name_is_down_until_it_is_read
         (40.0, {"consul-server-0": (True, "uid-b", 0), "consul-server-1": UP}),
     )
     assert watch.agents_down(samples) == [(0.0, 40.0)]
+
+
+def test_a_client_on_a_node_cut_off_is_not_counted_not_ready_but_one_elsewhere_is() -> None:
+    pods = [
+        (0.0, {"consul-client-a": (True, "a", 0), "consul-client-b": (True, "b", 0)}),
+        (0.25, {"consul-client-a": (False, "a", 0), "consul-client-b": (True, "b", 0)}),
+        (0.5, {"consul-client-a": (False, "a", 0), "consul-client-b": (False, "b", 0)}),
+        (0.75, {"consul-client-a": (True, "a", 0), "consul-client-b": (False, "b", 0)}),
+    ]
+    cut_off = [(0.0, frozenset()), (0.25, frozenset({"consul-client-a"})), (0.5, frozenset({"consul-client-a"})), (0.75, frozenset())]
+    assert watch.clients_not_ready(pods, cut_off) == 2
+    assert watch.clients_not_ready(pods, [(at, frozenset()) for at, _ in cut_off]) == 4
