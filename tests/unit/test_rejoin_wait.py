@@ -116,11 +116,12 @@ def run(
     filtered: bool = False,
     hangs: str = "",
     pod_ip: str = POD_IP,
+    cwd: Path | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], int, list[str]]:
-    """The script run to its end. Returns the run, the seconds it says it waited, and the calls."""
+    """The script run to its end (in `cwd`). Returns the run, the seconds it says it waited, and the calls."""
     files = script_files(tmp_path, table, error, leader, filtered=filtered, hangs=hangs)
     argv, env = command(files, shell, reclaim, most, unsure, pod_ip=pod_ip)
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
     waited = re.search(r"starting after (\d+) s", done.stdout)
     assert done.returncode == 0, done.stderr
@@ -204,6 +205,16 @@ def test_a_server_that_never_answers_is_cut_off_and_asked_again_for_a_while(tmp_
 
 def test_an_ipv6_pod_address_in_brackets_is_this_pod(tmp_path: Path, shell: list[str]) -> None:
     done, waited, _ = run(tmp_path, shell, member("[fd00::9]", "alive"), pod_ip="fd00::9")
+    assert STARTS in done.stdout
+    assert waited == 1, done.stdout
+
+
+def test_an_ipv6_address_is_never_taken_for_a_file_pattern(tmp_path: Path, shell: list[str]) -> None:
+    """ "[fd00::9]:8301" is also a pattern that matches a file named "9:8301": the script expands none."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    (workdir / "9:8301").touch()
+    done, waited, _ = run(tmp_path, shell, member("[fd00::9]", "alive"), pod_ip="fd00::9", cwd=workdir)
     assert STARTS in done.stdout
     assert waited == 1, done.stdout
 
