@@ -134,6 +134,12 @@ class Deployment:
         for key, value in values.items():
             set_config(self.stack, key, value, secret=key in secrets)
 
+    def unset(self, *keys: str) -> None:
+        """`pulumi config rm consul:<key>` for each key that is set."""
+        for key in keys:
+            if f"consul:{key}" in self.stack.get_all_config():
+                self.stack.remove_config(f"consul:{key}")
+
     def up(self, what: str) -> Any:
         """`pulumi up`, then until every rollout is done, as `kubectl rollout status` would say."""
         started = time.monotonic()
