@@ -241,6 +241,10 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
     )
     node = node_of(deployment, follower)
     address = next(a for a in deployment.cluster.addresses if a.name == node)
+    dns_nodes = sorted(
+        p["spec"]["nodeName"] for p in deployment.api.items("/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dkube-dns")
+    )
+    print(f"\nbed: restarts: losing {node}; the cluster DNS (CoreDNS) runs on {dns_nodes}")
     servers_before = restart_counts(deployment, "server")
     clients_before = restart_counts(deployment, "client")
     with Watch(deployment, toolbox, f"one node ({node}, with {follower}) lost {NODE_LOST_SECONDS} s") as watch:

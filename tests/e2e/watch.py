@@ -1,7 +1,8 @@
 """What Consul and the cluster report while an operation runs, sampled from before it until after it.
 
 Each sampler runs in its own thread, so a slow answer never delays another:
-  - leader: the client agent a workload uses (the toolbox pod's node), `/v1/status/leader`; a
+  - leader: the client agent a workload uses (the toolbox pod's node, through the node-local
+    Service's clusterIP: no cluster DNS in the way), `/v1/status/leader`; a
     leader is HTTP 200 with an ``"ip:8300"`` body (a client without servers answers 500);
   - voters: `/v1/operator/raft/configuration?stale` (any server's own view, so it answers while
     there is no leader), counting the servers with ``Voter: true``;
@@ -71,6 +72,14 @@ WRITES_LOOP = (
 )
 # What Consul answers a write it could not commit for want of a leader.
 NO_LEADER_ANSWERS = ("No cluster leader", "leadership lost", "leadership transfer in progress", "not leader")
+
+
+def client_agent_url(api: Any, namespace: str) -> str:
+    """The node-local `consul-client` Service by its clusterIP, not its name: the watch measures
+    Consul, not the cluster DNS (with a CoreDNS replica on a lost node, lookups sent to it go
+    unanswered until Kubernetes marks the node NotReady)."""
+    ip: str = api.get(f"/api/v1/namespaces/{namespace}/services/consul-client")["spec"]["clusterIP"]
+    return f"http://{ip}:8500"
 
 
 def consul_dns_ip(api: Any, namespace: str) -> str | None:
@@ -278,7 +287,7 @@ class Watch:
         self.deployment = deployment
         self.toolbox = toolbox
         self.label = label
-        self.agent = agent or f"http://consul-client.{deployment.namespace}.svc:8500"
+        self.agent = agent or client_agent_url(deployment.api, deployment.namespace)
         self.prefix = f"watch/{label.replace(' ', '-')}"
         self.service = "watch-" + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:50]
         self.record = Record()
