@@ -208,6 +208,7 @@ class ConsulClients(pulumi.ComponentResource):
                 spec=core.ServiceSpecArgs(
                     type="ClusterIP",
                     cluster_ip=args.dns.cluster_ip,
+                    traffic_distribution=args.dns.traffic_distribution.value or None,
                     selector=labels.selector,
                     ports=[
                         core.ServicePortArgs(name="dns-udp", port=DNS_PORT, target_port="dns-udp", protocol="UDP"),

@@ -194,14 +194,24 @@ class CoreDnsForward(enum.Enum):
     REMOVED = "removed"  # the block is taken out again (the step before pulumi destroy)
 
 
+class DnsTrafficDistribution(enum.Enum):
+    """Which client agents a DNS lookup through consul-dns reaches (the Service's trafficDistribution)."""
+
+    ANY = ""  # any Ready agent in the cluster (Kubernetes' default)
+    SAME_NODE = "PreferSameNode"  # the caller's own node's agent while it is Ready, any other otherwise (Kubernetes 1.34+)
+    SAME_ZONE = "PreferSameZone"  # an agent in the caller's zone while one is Ready (Kubernetes 1.34+)
+    CLOSE = "PreferClose"  # the older name of PreferSameZone (Kubernetes 1.31+)
+
+
 @dataclass(frozen=True)
 class DnsSpec:
     """The DNS Service (53 -> 8600, UDP and TCP) and the cluster DNS's forward of the Consul
-    domain to it. Defaults: declared, cluster-assigned IP, CoreDNS untouched."""
+    domain to it. Defaults: declared, cluster-assigned IP, any Ready agent, CoreDNS untouched."""
 
     enabled: bool = True
     cluster_ip: str | None = None
     coredns_forward: CoreDnsForward = CoreDnsForward.OFF
+    traffic_distribution: DnsTrafficDistribution = DnsTrafficDistribution.ANY
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from .model import (
     ClusterSpec,
     CoreDnsForward,
     DnsSpec,
+    DnsTrafficDistribution,
     KubernetesAuthSpec,
     Placement,
     Resources,
@@ -614,7 +615,10 @@ def _dns(reader: _Reader) -> DnsSpec:
         raise SettingsError(
             "coreDnsForward", forward.value, f"must not be on while {PROJECT}:dnsService is false (it forwards to consul-dns)"
         )
-    return DnsSpec(enabled=enabled, cluster_ip=cluster_ip or None, coredns_forward=forward)
+    distribution = reader.choice("dnsTrafficDistribution", tuple(DnsTrafficDistribution))
+    if distribution is not DnsTrafficDistribution.ANY and not enabled:
+        raise SettingsError("dnsTrafficDistribution", distribution.value, f"must be empty when {PROJECT}:dnsService is false")
+    return DnsSpec(enabled=enabled, cluster_ip=cluster_ip or None, coredns_forward=forward, traffic_distribution=distribution)
 
 
 def _security(reader: _Reader) -> SecuritySpec:

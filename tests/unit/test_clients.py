@@ -377,6 +377,12 @@ def test_dns_service_off():
     assert rendered.outputs["dnsServiceName"] is None
 
 
+def test_dns_lookups_reach_any_ready_agent_unless_a_traffic_distribution_is_set():
+    assert "trafficDistribution" not in render("ci-defaults").one("Service", "consul-dns")["spec"]
+    same_node = render("ci-defaults", dnsTrafficDistribution="PreferSameNode").one("Service", "consul-dns")
+    assert same_node["spec"]["trafficDistribution"] == "PreferSameNode"
+
+
 def test_dns_service_fixed_cluster_ip():
     assert render("ci-defaults", dnsClusterIP="10.96.0.53").one("Service", "consul-dns")["spec"]["clusterIP"] == "10.96.0.53"
 

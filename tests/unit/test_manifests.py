@@ -53,6 +53,7 @@ CASES: dict[str, tuple[str, dict[str, object]]] = {
             "clientNodeSelector": {"kubernetes.io/os": "linux"},
             "clientExtraConfig": {"log_level": "warn"},
             "dnsClusterIP": "10.96.0.53",
+            "dnsTrafficDistribution": "PreferSameNode",
         },
     ),
     "no-ui-no-dns": ("ci-defaults", {"uiServiceType": "None", "dnsService": False}),

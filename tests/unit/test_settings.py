@@ -371,6 +371,11 @@ INVALID = [
         "10.96.0.300",
         'invalid consul:dnsClusterIP "10.96.0.300": must be empty (assigned by the cluster) or an IP address in the Service CIDR',
     ),
+    (
+        "dnsTrafficDistribution",
+        "PreferLocal",
+        'invalid consul:dnsTrafficDistribution "PreferLocal": must be "" or "PreferSameNode" or "PreferSameZone" or "PreferClose"',
+    ),
     # A trailing newline (a stray line break in a stack file) is not part of any name.
     (
         "namespace",
@@ -407,6 +412,10 @@ COMBINATIONS: list[tuple[dict[str, object], str]] = [
     (
         {"clientHostPorts": True, "clientHostNetwork": True},
         "invalid consul:clientHostPorts true: must be false when consul:clientHostNetwork is true: the host network already puts the agent on the node's address",
+    ),
+    (
+        {"dnsService": False, "dnsTrafficDistribution": "PreferSameNode"},
+        'invalid consul:dnsTrafficDistribution "PreferSameNode": must be empty when consul:dnsService is false',
     ),
     (
         {"dnsService": False, "dnsClusterIP": "10.96.0.53"},
