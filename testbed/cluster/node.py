@@ -33,6 +33,11 @@ BED_RUN = Path("/run/consul-testbed")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CNI_BIN = "/usr/lib/cni"
+# Every kubelet on the machine binds its device-plugin registry here (a fixed path, not under
+# --root-dir), removing the file first: two kubelets starting at once can both remove it and one
+# then fails to bind ("address already in use"). So the next kubelet starts only once this one has
+# bound it.
+DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
 
 
 @dataclass(frozen=True)
@@ -249,7 +254,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             time.sleep(0.2)
 
     def start_agents(self) -> None:
-        """The kubelet and kube-proxy (the images must be imported before: nothing is pulled)."""
+        """The kubelet and kube-proxy (the images must be imported before: nothing is pulled),
+        returning once the kubelet has bound the machine's device-plugin socket."""
+        before = _identity(DEVICE_PLUGIN_SOCKET)
         kubeconfig = self._kubeconfig(self.state / "kubelet.kubeconfig", f"system:node:{self.name}", self._token)
         self._run(
             "kubelet",
@@ -264,6 +271,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--v=1",
         )
         self._run("kube-proxy", str(self.kube_binary), "kube-proxy", f"--config={self._proxy_config()}", "--v=1")
+        deadline = time.monotonic() + 60
+        while _identity(DEVICE_PLUGIN_SOCKET) in (before, None):
+            if self.processes["kubelet"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the kubelet did not bind {DEVICE_PLUGIN_SOCKET}:\n{self.log_tail('kubelet')}")
+            time.sleep(0.1)
 
     def alive(self) -> list[str]:
         return [name for name, p in self.processes.items() if p.poll() is None]
@@ -282,6 +294,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             for task in subprocess.run([*ctr, "tasks", "ls", "-q"], capture_output=True, text=True).stdout.split():
                 subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
         _terminate(self.processes.get("containerd"))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, change time) of a file, None when there is none: a file made again differs."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_ctime_ns
 
 
 def _terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
