@@ -520,7 +520,7 @@ def test_the_documented_procedure_switches_tls_off_through_a_snapshot_and_keeps_
     # pulumi destroy; kubectl -n consul delete pvc -l app.kubernetes.io/component=server
     deployment.destroy()
     deployment.kubectl("delete", "pvc", "-l", "app.kubernetes.io/component=server", timeout=180)
-    # pulumi config set consul:tls false; pulumi config rm consul:tlsCaCert consul:tlsCaKey consul:tlsTrustedCaCerts
+    # pulumi config set consul:tls false; pulumi config rm-all consul:tlsCaCert consul:tlsCaKey consul:tlsTrustedCaCerts
     # (this module's CA rotation left its CA in the stack, as a user's own CA would be); pulumi up
     deployment.set(tls=False)
     deployment.unset("tlsCaCert", "tlsCaKey", "tlsTrustedCaCerts")

@@ -220,9 +220,14 @@ def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_vote
     assert_bounds(watch, 3, open_defect=LEADER_LOST)
 
 
-# Longer than the node controller's grace period (50 s): Kubernetes marks the node NotReady and
-# its pods not Ready, and takes them out of the Services' endpoints, before the node comes back.
-NODE_LOST_SECONDS = 60
+# What a lost node still costs (issue #19, open): the lost server's higher Raft term deposes the
+# leader when the node is back (no pre-vote), and a client whose server was on the lost node sends
+# it writes until serf declares it failed, without retrying them.
+NODE_LOST = ("without a leader", "writes failed with a leader while an agent pod was down")
+# Longer than the node controller's grace period (50 s from the node's last lease renewal, checked
+# every 5 s): Kubernetes marks the node NotReady and its pods not Ready, and takes them out of the
+# Services' endpoints, before the node comes back.
+NODE_LOST_SECONDS = 70
 # The node back: its kubelet reports again, and its pods are Ready again (a status sync, 10 s).
 NODE_BACK = 120
 
@@ -234,6 +239,7 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
     server and client rejoin without a restart."""
     deployment = formed
     leader = leader_seen(in_pod(deployment, "consul-server-0"))
+    assert leader, "no leader before the node is lost"
     follower = next(
         p["metadata"]["name"]
         for p in deployment.pods("server")
@@ -248,8 +254,11 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
     servers_before = restart_counts(deployment, "server")
     clients_before = restart_counts(deployment, "client")
     with Watch(deployment, toolbox, f"one node ({node}, with {follower}) lost {NODE_LOST_SECONDS} s") as watch:
+        assert leader_seen(in_pod(deployment, "consul-server-0")) == leader, "the leader moved before the node was lost"
         with watch.node_lost(node), network.unplugged(address):
             time.sleep(NODE_LOST_SECONDS)
+            status = deployment.api.get(f"/api/v1/nodes/{node}")["status"]["conditions"]
+            assert next(c["status"] for c in status if c["type"] == "Ready") == "Unknown", status
         back = time.monotonic()
         deployment.cluster.wait(f"{node} back: three voters and a leader", lambda: servers_formed(deployment, 3), NODE_BACK)
         deployment.cluster.wait(
@@ -259,7 +268,8 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
         print(f"\nbed: restarts: {node} back, every agent Ready and seeing the leader {time.monotonic() - back:.1f} s later")
     assert restart_counts(deployment, "server") == servers_before
     assert restart_counts(deployment, "client") == clients_before
-    assert_bounds(watch, 3, open_defect=LEADER_LOST)
+    # DNS is asserted: with PreferSameNode (the bed's stack) no lookup goes to the lost node's agent.
+    assert_bounds(watch, 3, open_defect=NODE_LOST)
 
 
 # Consul's default server_rejoin_age_max: a server whose data was last seen running longer ago

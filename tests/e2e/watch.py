@@ -79,7 +79,7 @@ def client_agent_url(api: Any, namespace: str) -> str:
     Consul, not the cluster DNS (with a CoreDNS replica on a lost node, lookups sent to it go
     unanswered until Kubernetes marks the node NotReady)."""
     ip: str = api.get(f"/api/v1/namespaces/{namespace}/services/consul-client")["spec"]["clusterIP"]
-    return f"http://{ip}:8500"
+    return f"http://[{ip}]:8500" if ":" in ip else f"http://{ip}:8500"
 
 
 def consul_dns_ip(api: Any, namespace: str) -> str | None:
@@ -209,9 +209,10 @@ def agents_down(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]) -> l
 def clients_not_ready(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]], cut_off: list[tuple[float, frozenset[str]]]) -> int:
     """The client agent pods not serving, summed over the pod samples, but for those on a node the
     test had cut off (`cut_off`: the pod names, one entry per pod sample)."""
+    # cut_off is appended first: a sample the pod sampler is still adding has no pods entry yet.
     return sum(
         1
-        for (_, state), (_, lost) in zip(pods, cut_off, strict=True)
+        for (_, state), (_, lost) in zip(pods, cut_off, strict=False)
         for name, (serving, _, _) in state.items()
         if name.startswith("consul-client") and not serving and name not in lost
     )
@@ -375,13 +376,14 @@ class Watch:
         path = f"/api/v1/namespaces/{self.deployment.namespace}/pods"
         cut_off: set[str] = set()
         while not self._stop.is_set():
+            # Read before the list: a list asked for before the cut is not excused.
+            lost = self.lost_nodes
             try:
                 items = self.deployment.api.items(path)
             except Exception:  # noqa: BLE001 - an API hiccup is a missing sample, not a verdict
                 self._stop.wait(INTERVAL)
                 continue
             state = {}
-            lost = self.lost_nodes
             for pod in items:
                 if pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") not in ("server", "client"):
                     continue
@@ -396,8 +398,8 @@ class Watch:
                 serving = ready and not pod["metadata"].get("deletionTimestamp") and name not in cut_off
                 state[name] = (serving, pod["metadata"]["uid"], restarts)
             now = self._now()
-            self.record.pods.append((now, state))
             self.record.cut_off.append((now, frozenset(cut_off)))
+            self.record.pods.append((now, state))
             self._stop.wait(INTERVAL)
 
     def __enter__(self) -> Watch:
