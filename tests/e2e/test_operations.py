@@ -504,7 +504,11 @@ def test_the_documented_procedure_switches_tls_off_through_a_snapshot_and_keeps_
     back; the agents speak plain HTTP and RPC."""
     deployment = module_deployment
     ns, cluster = deployment.namespace, deployment.cluster
-    assert deployment.api.exists(f"/apis/batch/v1/namespaces/{ns}/cronjobs/consul-snapshot"), "the procedure needs snapshots on"
+    # The procedure starts from a snapshot: pulumi config set consul:snapshots true; pulumi up (when not on yet).
+    if not deployment.api.exists(f"/apis/batch/v1/namespaces/{ns}/cronjobs/consul-snapshot"):
+        deployment.set(snapshots=True)
+        assert deployment.up("snapshots on").summary.result == "succeeded"
+        cluster.wait("three voters and a leader", lambda: servers_formed(deployment, 3), FORMED)
     old_token = deployment.management_token()
     before = consul_http(
         in_pod(deployment, "consul-server-0"), "PUT", f"{LOCAL_AGENT}/v1/kv/switch/kept", old_token, body="before", bound=5
