@@ -206,6 +206,16 @@ def agents_down(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]) -> l
     return sorted(stretches)
 
 
+def still_cut_off(cut_off: frozenset[str], pod: str, node: str | None, ready: bool, lost: frozenset[str]) -> frozenset[str]:
+    """The pods counted as cut off after one pod's sample: a pod on a node lost now is; one that
+    was stays so until the API reports it Ready with its node back."""
+    if node in lost:
+        return cut_off | {pod}
+    if ready:
+        return cut_off - {pod}
+    return cut_off
+
+
 def clients_not_ready(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]], cut_off: list[tuple[float, frozenset[str]]]) -> int:
     """The client agent pods not serving, summed over the pod samples, but for those on a node the
     test had cut off (`cut_off`: the pod names, one entry per pod sample)."""
@@ -374,7 +384,7 @@ class Watch:
 
     def _pods(self) -> None:
         path = f"/api/v1/namespaces/{self.deployment.namespace}/pods"
-        cut_off: set[str] = set()
+        cut_off: frozenset[str] = frozenset()
         while not self._stop.is_set():
             # Read before the list: a list asked for before the cut is not excused.
             lost = self.lost_nodes
@@ -390,15 +400,12 @@ class Watch:
                 name = pod["metadata"]["name"]
                 conditions = pod.get("status", {}).get("conditions", [])
                 ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-                if pod.get("spec", {}).get("nodeName") in lost:
-                    cut_off.add(name)
-                elif ready:
-                    cut_off.discard(name)
+                cut_off = still_cut_off(cut_off, name, pod.get("spec", {}).get("nodeName"), ready, lost)
                 restarts = sum(s.get("restartCount", 0) for s in pod.get("status", {}).get("containerStatuses", []))
                 serving = ready and not pod["metadata"].get("deletionTimestamp") and name not in cut_off
                 state[name] = (serving, pod["metadata"]["uid"], restarts)
             now = self._now()
-            self.record.cut_off.append((now, frozenset(cut_off)))
+            self.record.cut_off.append((now, cut_off))
             self.record.pods.append((now, state))
             self._stop.wait(INTERVAL)
 

@@ -164,3 +164,16 @@ def test_a_client_on_a_node_cut_off_is_not_counted_not_ready_but_one_elsewhere_i
     cut_off = [(0.0, frozenset()), (0.25, frozenset({"consul-client-a"})), (0.5, frozenset({"consul-client-a"})), (0.75, frozenset())]
     assert watch.clients_not_ready(pods, cut_off) == 2
     assert watch.clients_not_ready(pods, [(at, frozenset()) for at, _ in cut_off]) == 4
+
+
+def test_a_pod_on_a_lost_node_is_cut_off_until_it_is_ready_with_its_node_back() -> None:
+    lost = frozenset({"node-3"})
+    cut = watch.still_cut_off(frozenset(), "consul-client-c", "node-3", True, lost)
+    assert cut == {"consul-client-c"}
+    # Ready by the API while the node is lost (the node controller has not noticed yet): still cut off.
+    assert watch.still_cut_off(cut, "consul-client-c", "node-3", True, lost) == {"consul-client-c"}
+    # The node back, the pod not Ready yet: still cut off; Ready: no longer.
+    assert watch.still_cut_off(cut, "consul-client-c", "node-3", False, frozenset()) == {"consul-client-c"}
+    assert watch.still_cut_off(cut, "consul-client-c", "node-3", True, frozenset()) == frozenset()
+    # A pod on another node never is.
+    assert watch.still_cut_off(frozenset(), "consul-client-a", "node-1", False, lost) == frozenset()
