@@ -23,7 +23,6 @@ from conftest import (
     consul_http,
     in_pod,
     leader_seen,
-    node_of,
     ready,
     restarts,
     servers_formed,
@@ -250,12 +249,8 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
     deployment = formed
     leader = leader_seen(in_pod(deployment, "consul-server-0"))
     assert leader, "no leader before the node is lost"
-    follower = next(
-        p["metadata"]["name"]
-        for p in deployment.pods("server")
-        if f"{p['status']['podIP']}:8300" != leader and p["spec"]["nodeName"] != REAL_NODES[0]
-    )
-    node = node_of(deployment, follower)
+    pod = next(p for p in deployment.pods("server") if f"{p['status']['podIP']}:8300" != leader and p["spec"]["nodeName"] != REAL_NODES[0])
+    follower, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
     address = next(a for a in deployment.cluster.addresses if a.name == node)
     dns_nodes = sorted(
         p["spec"]["nodeName"] for p in deployment.api.items("/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dkube-dns")
