@@ -10,6 +10,7 @@ samplers in a toolbox pod) and from the cluster's API (readiness, restart counts
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from typing import Any
 
@@ -88,6 +89,15 @@ def rejoined_within(rejoin: float) -> None:
     """The README's client rejoin bound, whose breach for servers at new addresses is an open defect."""
     if rejoin > CLIENT_REJOIN_BOUND:
         pytest.xfail(f"{REJOIN_DEFECT}: every client saw the leader {rejoin:.1f} s after it was elected")
+
+
+def leader_and_term(deployment) -> tuple[str, int]:
+    """The leader ("ip:8300") and its Raft term (`/v1/agent/self`'s stats): each election raises the term."""
+    leader = leader_seen(in_pod(deployment, "consul-server-0"))
+    pod = next(p["metadata"]["name"] for p in deployment.pods("server") if f"{p['status']['podIP']}:8300" == leader)
+    status, body = consul_http(in_pod(deployment, pod), "GET", f"{LOCAL_AGENT}/v1/agent/self", deployment.management_token(), bound=5)
+    assert status == 200, body
+    return leader, int(json.loads(body)["Stats"]["raft"]["term"])
 
 
 def kv(deployment, server: str, method: str, key: str, body: str | None = None) -> tuple[int, str]:
@@ -197,11 +207,15 @@ def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolb
     deployment = formed
     clients_before = restart_counts(deployment, "client")
     pods_before = uids(deployment, "server")
+    _, term = leader_and_term(deployment)
     with Watch(deployment, toolbox, "rolling restart of the servers") as watch:
         deployment.kubectl("rollout", "restart", "statefulset/consul-server")
         deployment.kubectl("rollout", "status", "statefulset/consul-server", "--timeout=600s", timeout=660)
         deployment.cluster.wait("three voters and a leader", lambda: servers_formed(deployment, 3), SERVERS_BACK)
     assert watch.summary is not None
+    # One election for each handoff (a stopping leader's transfer), none for a returning server.
+    handoffs = len(watch.record.leaders) - 1
+    assert leader_and_term(deployment)[1] - term == handoffs, f"leaders in turn: {watch.record.leaders}"
     after = uids(deployment, "server")
     assert [n for n in SERVERS if after[n] == pods_before[n]] == []
     assert restart_counts(deployment, "client") == clients_before
@@ -213,7 +227,7 @@ def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_vote
     keep the quorum throughout, and the third comes back as a voter."""
     deployment = formed
     token = deployment.management_token()
-    leader = leader_seen(in_pod(deployment, "consul-server-0"))
+    leader, term = leader_and_term(deployment)
     follower = next(p["metadata"]["name"] for p in reversed(deployment.pods("server")) if f"{p['status']['podIP']}:8300" != leader)
     with Watch(deployment, toolbox, f"one server ({follower}) held down 20 s") as watch:
         with servers_held_down(deployment, [follower]):
@@ -226,6 +240,8 @@ def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_vote
     assert peers.returncode == 0, peers.stderr
     rows = [line.split() for line in peers.stdout.strip().splitlines()[1:]]
     assert sorted((row[0], row[4]) for row in rows) == [(name, "true") for name in SERVERS]
+    # The follower's return cost no election: the same leader, in the same Raft term.
+    assert leader_and_term(deployment) == (leader, term)
     assert_bounds(watch, 3, open_defect=LEADER_LOST)
 
 

@@ -245,6 +245,8 @@ class Record:
     leader: list[tuple[float, bool]] = field(default_factory=list)
     # (time, the agent answered that there is no leader: HTTP 200 with an empty body)
     no_leader: list[tuple[float, bool]] = field(default_factory=list)
+    # The leaders named ("ip:8300"), in the order the agent named them, each once per stretch
+    leaders: list[str] = field(default_factory=list)
     voters: list[tuple[float, int | None]] = field(default_factory=list)
     writes: list[Write] = field(default_factory=list)
     # (time, {pod name: (Ready and not terminating, its UID, its containers' restarts)})
@@ -330,7 +332,10 @@ class Watch:
 
     def _on_leader(self, at: float, line: str) -> None:
         body, _, code = line.rpartition(" ")
-        self.record.leader.append((at, code == "200" and bool(LEADER.match(body))))
+        named = code == "200" and bool(LEADER.match(body))
+        self.record.leader.append((at, named))
+        if named and (not self.record.leaders or self.record.leaders[-1] != body.strip()):
+            self.record.leaders.append(body.strip())
         self.record.no_leader.append((at, code == "200" and body.strip() == '""'))
 
     def _on_voters(self, at: float, line: str) -> None:
