@@ -103,11 +103,6 @@ def leader_check(http_url: str) -> str:
     return f"curl -s {http_url}/v1/status/leader 2>/dev/null | grep -E '\".+\"'"
 
 
-def leader_readiness_probe(http_url: str) -> core.ProbeArgs:
-    """Ready means "this agent sees a leader"."""
-    return exec_probe(leader_check(http_url), period=3, failure_threshold=2, initial_delay=5)
-
-
 def serving_readiness_probe(port: str) -> core.ProbeArgs:
     """Ready means "this agent accepts connections on its HTTP API". Every HTTP endpoint a probe
     could call without a token is an RPC to the servers on a client (/v1/status/leader answers 500

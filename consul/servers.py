@@ -277,6 +277,20 @@ def leadership_handoff(acls: bool) -> str:
     return leader_is_this_pod + management_token_from_file("X-Consul-Token: ") + " | " + transfer.format(header=" -H @-")
 
 
+def voter_readiness(acls: bool) -> str:
+    """The server's readiness check: this server sees a leader, and its own Raft configuration
+    (`?stale`: as this server holds it) lists it as a voter. A server that joined afresh is a
+    non-voter until autopilot promotes it; a roll that went on meanwhile would leave fewer voters
+    than a quorum. Reading the configuration needs operator:read: the management token goes from
+    the pod's own token file into curl's stdin. The JSON's layout (pretty or not) does not matter."""
+    header, token = (" -H @-", management_token_from_file("X-Consul-Token: ") + " | ") if acls else ("", "")
+    return (
+        f"curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/leader | grep -qE '\".+\"'\n"
+        + f"{token}curl -s -m 2{header} '{cfg.LOCAL_HTTP_URL}/v1/operator/raft/configuration?stale'"
+        + " | tr -d ' \\t\\n' | tr '{' '\\n' | grep -F \"\\\"Node\\\":\\\"$POD_NAME\\\"\" | grep -qF '\"Voter\":true'"
+    )
+
+
 # Memberlist's dead-node reclaim time in Consul (30 s, not configurable), and a margin: the others
 # accept a failed member's new address only once it has been dead this long.
 RECLAIM_SECONDS = 32
@@ -318,7 +332,16 @@ def rejoin_wait(
     holds nothing back; one that answers neither yes nor no (a timeout, a 403, a TLS error, a
     table without its own row, as a token without node:read gets) is asked again for
     `unsure_seconds`. It starts after two rounds in a row in which nothing held it, and after
-    `max_seconds` whatever it sees. SIGTERM ends the wait at once."""
+    `max_seconds` whatever it sees. SIGTERM ends the wait at once.
+
+    Memberlist letting go is not enough: the leader's heartbeat to the old address may be in the
+    middle of a dial to the vanished pod IP, which waits out the Raft transport's fixed 10 s, and
+    Raft keeps that dial when autopilot updates the address. So just before it starts, the script
+    has the leader remove this server's entry at its old address (`remove-peer`, through any
+    server with a leader). When it joins, autopilot adds it afresh as a non-voter, the leader
+    replicates to the new address at once, and autopilot promotes it after its stabilization
+    time; until then the readiness probe (`voter_readiness`) holds the pod not Ready, so a roll
+    never stops the next server while this one is a non-voter."""
     scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
     ca = f" -ca-file={cfg.CA_FILE}" if tls else ""
     token = "token=$(mktemp)\n" + management_token_from_file() + ' > "$token"\nauth="-token-file=$token"\n' if acls else 'auth=""\n'
@@ -331,6 +354,26 @@ def rejoin_wait(
         + "set -f\n"
         + token
         + f"""hosts=$(tr -d '\\n' < "{cfg.JOIN_DIR}/$POD_NAME.json" | sed 's/[][{{}}" ]//g; s/.*retry_join://; s/,retry_interval:.*//; s/:[0-9]*//g' | tr ',' ' ')
+# The leader's Raft entry for this server at its old address goes, through the first server
+# that has a leader: the leader stops replicating to that address (each dial to a vanished pod
+# IP waits out the transport's 10 s), and when this server joins at its new address autopilot
+# adds it afresh and replicates to it at once, before its own election timer (1 to 2 s) fires.
+let_go_of_old_entry() {{
+  for host in $hosts; do
+    api="-http-addr={scheme}://$host:{port}{ca}"
+    peers=$(timeout 3 consul operator raft list-peers $api $auth 2>/dev/null) || continue
+    set -- $(printf '%s\n' "$peers" | awk -v me="$POD_NAME" '$1 == me {{print $2, $3}}')
+    [ $# -eq 2 ] || return 0
+    address=${{2%:*}}; address=${{address#[}}; address=${{address%]}}
+    [ "$address" = "$POD_IP" ] && return 0
+    if timeout 10 consul operator raft remove-peer $api $auth -id="$1" >/dev/null 2>"$errors"; then
+      echo "$host's leader let go of $POD_NAME's Raft entry at $2: it replicates to $POD_IP afresh"
+    else
+      echo "$host's leader kept $POD_NAME's Raft entry at $2: $(head -c 200 "$errors" | tr '\n' ' ')"
+    fi
+    return 0
+  done
+}}
 start=$(date +%s)
 failed_since=""
 clear=0
@@ -372,10 +415,12 @@ while :; do
   if [ -z "$hold" ]; then clear=$((clear + 1)); else clear=0; fi
   if [ "$clear" -ge 2 ]; then
     echo "starting after $((now - start)) s: no other server holds $POD_NAME at an old address${{unsure:+ (no answer from $unsure)}}"
+    let_go_of_old_entry
     exit 0
   fi
   if [ $((now - start)) -ge {max_seconds} ]; then
     echo "starting after $((now - start)) s although $hold"
+    let_go_of_old_entry
     exit 0
   fi
   if [ -n "$hold" ] && [ $((now - said)) -ge 10 ]; then
@@ -453,7 +498,7 @@ def _pod_spec(
                     core.ContainerPortArgs(name=port_name, container_port=port, protocol=protocol)
                     for port_name, port, protocol in server_ports(tls)
                 ],
-                readiness_probe=pods.leader_readiness_probe(cfg.LOCAL_HTTP_URL),
+                readiness_probe=pods.exec_probe(voter_readiness(secrets.features.acls), period=3, failure_threshold=2, initial_delay=5),
                 liveness_probe=liveness,
                 startup_probe=startup,
                 lifecycle=core.LifecycleArgs(

@@ -12,6 +12,7 @@ import pytest
 from harness import merged_agent_config, render
 
 from consul.agent_config import CHECKSUM_ANNOTATION as CONFIG_CHECKSUM_ANNOTATION
+from consul.servers import voter_readiness
 
 SELECTOR = {
     "app.kubernetes.io/name": "consul",
@@ -371,11 +372,8 @@ def test_servers_without_acls_hand_leadership_over_without_a_token():
 
 def test_servers_probes(default):
     c = container(default)
-    assert c["readinessProbe"]["exec"]["command"] == [
-        "/bin/sh",
-        "-ec",
-        "curl -s http://127.0.0.1:8500/v1/status/leader 2>/dev/null | grep -E '\".+\"'",
-    ]
+    # Ready: a leader seen, and a voter (test_server_readiness runs the check).
+    assert c["readinessProbe"]["exec"]["command"] == ["/bin/sh", "-ec", voter_readiness(acls=True)]
     assert (c["readinessProbe"]["periodSeconds"], c["readinessProbe"]["failureThreshold"]) == (3, 2)
     # Liveness must not depend on a leader: /v1/status/leader answers 200 with "" during elections.
     assert c["livenessProbe"]["httpGet"] == {"path": "/v1/status/leader", "port": 8501, "scheme": "HTTPS"}
