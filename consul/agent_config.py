@@ -75,8 +75,10 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, security: SecurityS
     A server never leaves on terminate (``leave_on_terminate: false``, no ``consul leave``
     preStop): a leave removes its voter slot, so a roll shrinks Raft to one voter while the
     returning server waits as a non-voter for autopilot, and servers deleted together shrink it
-    until they can no longer elect. A restarted server keeps its node ID (data on its claim) and
-    its voter slot; autopilot updates its address when it comes back at a new pod IP.
+    until they can no longer elect. A stopped server keeps its voter slot while it is away, and
+    its node ID (data on its claim); back at a new pod IP, its init container has the leader drop
+    the old entry just before it starts, autopilot adds it afresh and promotes it, and it is Ready
+    only as a voter (servers.rejoin_wait, servers.voter_readiness).
     ``autopilot.min_quorum`` (the declared size) keeps autopilot from pruning a server that is
     only being replaced; ``raft_multiplier: 1`` is Consul's production timing. How a server
     joins the others is a file of its own (``server_join_files``).
