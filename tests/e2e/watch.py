@@ -51,23 +51,29 @@ KEYS_READ_SECONDS = 60
 # Each sampler prints one line per sample; the token is read from standard input into a header file.
 _PRELUDE = 'read -r T; h=$(mktemp); printf "X-Consul-Token: %s\\n" "$T" > "$h"; trap \'rm -f "$h"\' EXIT; '
 
+# Each sample starts in the background on its tick, so an answer slow to come (a 1 s timeout, a
+# busy machine) never delays the next one; each prints its line with a single write.
 LEADER_LOOP = (
-    'while :; do out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; echo "$out"; sleep {interval}; done'
+    'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; echo "$out"; }} & '
+    "sleep {interval}; done"
 )
 VOTERS_LOOP = (
-    'while :; do out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/operator/raft/configuration?stale") || out="- 0"; '
-    'echo "$out" | tr -d "\\n"; echo; sleep {interval}; done'
+    'while :; do {{ out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/operator/raft/configuration?stale") || out="- 0"; '
+    'echo "$(printf "%s" "$out" | tr -d "\\n")"; }} & sleep {interval}; done'
 )
 CATALOG_LOOP = (
-    'while :; do out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/catalog/service/{service}?stale") || out="- 0"; '
-    'echo "$out" | tr -d "\\n"; echo; sleep {interval}; done'
+    'while :; do {{ out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/catalog/service/{service}?stale") || out="- 0"; '
+    'echo "$(printf "%s" "$out" | tr -d "\\n")"; }} & sleep {interval}; done'
 )
-DNS_LOOP = 'while :; do n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$n"; sleep {interval}; done'
+DNS_LOOP = (
+    'while :; do {{ n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$n"; }} & '
+    "sleep {interval}; done"
+)
 # Each write: "<index> <status> <seconds>", and for a failed one the start of its answer.
 WRITES_LOOP = (
-    'b=$(mktemp); i=0; while :; do out=$(curl -s -m {bound} -o "$b" -w \'%{{http_code}} %{{time_total}}\' -X PUT -H @"$h" --data "$i" '
+    'i=0; while :; do {{ b=$(mktemp); out=$(curl -s -m {bound} -o "$b" -w \'%{{http_code}} %{{time_total}}\' -X PUT -H @"$h" --data "$i" '
     '"{agent}/v1/kv/{prefix}/$i"); [ -n "$out" ] || out="000 {bound}"; '
-    'case "$out" in 200*) echo "$i $out";; *) echo "$i $out $(head -c 160 "$b" | tr -d "\\n")";; esac; : > "$b"; '
+    'case "$out" in 200*) echo "$i $out";; *) echo "$i $out $(head -c 160 "$b" | tr -d "\\n")";; esac; rm -f "$b"; }} & '
     "i=$((i+1)); sleep {interval}; done"
 )
 # What Consul answers a write it could not commit for want of a leader.
