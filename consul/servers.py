@@ -278,16 +278,26 @@ def leadership_handoff(acls: bool) -> str:
 
 
 def voter_readiness(acls: bool) -> str:
-    """The server's readiness check: this server sees a leader, and its own Raft configuration
-    (`?stale`: as this server holds it) lists it as a voter. A server that joined afresh is a
-    non-voter until autopilot promotes it; a roll that went on meanwhile would leave fewer voters
-    than a quorum. Reading the configuration needs operator:read: the management token goes from
-    the pod's own token file into curl's stdin. The JSON's layout (pretty or not) does not matter."""
+    """The server's readiness check, one call to its own Raft configuration (`?stale`: as this
+    server holds it): Ready when it names a leader and lists this server as a voter. A server that
+    joined afresh is a non-voter until autopilot promotes it; a roll that went on meanwhile would
+    leave fewer voters than a quorum. Reading the configuration needs operator:read: the
+    management token goes from the pod's own token file into curl's stdin. Refused (403: a token
+    that does not resolve yet, as in a secondary datacenter before ACL replication works), the
+    check falls back to "sees a leader", so that no server is held NotReady for good by its
+    token. The JSON's layout (pretty or not) does not matter."""
     header, token = (" -H @-", management_token_from_file("X-Consul-Token: ") + " | ") if acls else ("", "")
+    url = cfg.LOCAL_HTTP_URL
     return (
-        f"curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/leader | grep -qE '\".+\"'\n"
-        + f"{token}curl -s -m 2{header} '{cfg.LOCAL_HTTP_URL}/v1/operator/raft/configuration?stale'"
-        + " | tr -d ' \\t\\n' | tr '{' '\\n' | grep -F \"\\\"Node\\\":\\\"$POD_NAME\\\"\" | grep -qF '\"Voter\":true'"
+        f"out=$({token}curl -s -m 2{header} -w ' %{{http_code}}' '{url}/v1/operator/raft/configuration?stale') || exit 1\n"
+        + 'case "${out##* }" in\n'
+        + "  200) ;;\n"
+        + f"  403) curl -s -m 2 {url}/v1/status/leader | grep -qE '\".+\"'; exit ;;\n"
+        + "  *) exit 1 ;;\n"
+        + "esac\n"
+        + "servers=$(printf '%s' \"${out% *}\" | tr -d ' \\t\\n' | tr '{' '\\n')\n"
+        + "printf '%s\\n' \"$servers\" | grep -qF '\"Leader\":true'\n"
+        + 'printf \'%s\\n\' "$servers" | grep -F "\\"Node\\":\\"$POD_NAME\\"" | grep -qF \'"Voter":true\''
     )
 
 
@@ -336,9 +346,11 @@ def rejoin_wait(
 
     Memberlist letting go is not enough: the leader's heartbeat to the old address may be in the
     middle of a dial to the vanished pod IP, which waits out the Raft transport's fixed 10 s, and
-    Raft keeps that dial when autopilot updates the address. So just before it starts, the script
-    has the leader remove this server's entry at its old address (`remove-peer`, through any
-    server with a leader). When it joins, autopilot adds it afresh as a non-voter, the leader
+    Raft keeps that dial when autopilot updates the address. So just before it starts, when nothing
+    held it back, the script has the leader remove this server's entry at its old address
+    (`remove-peer`, through any server with a leader), if every other server is a voter and alive:
+    until its promotion this server can't vote, and the others must hold the quorum alone. After
+    `max_seconds` it starts without removing anything (the old instance may still be alive). When it joins, autopilot adds it afresh as a non-voter, the leader
     replicates to the new address at once, and autopilot promotes it after its stabilization
     time; until then the readiness probe (`voter_readiness`) holds the pod not Ready, so a roll
     never stops the next server while this one is a non-voter."""
@@ -366,6 +378,16 @@ let_go_of_old_entry() {{
     [ $# -eq 2 ] || return 0
     address=${{2%:*}}; address=${{address#[}}; address=${{address%]}}
     [ "$address" = "$POD_IP" ] && return 0
+    # Until autopilot promotes it again this server can't vote: every other server must be a
+    # voter, alive, or the entry stays (and the leader may still be deposed once).
+    members=$(timeout 3 consul members $api $auth 2>/dev/null) || members=""
+    weak=$(printf '%s\n' "$peers" | awk -v me="$POD_NAME" 'NR > 1 && $1 != me {{print $1, $5}}' | while read -r name voter; do
+      [ "$voter" = true ] && printf '%s\n' "$members" | awk -v n="$name" '$1 == n && $3 == "alive" {{f = 1}} END {{exit !f}}' || printf '%s ' "$name"
+    done)
+    if [ -n "$weak" ]; then
+      echo "$host's leader keeps $POD_NAME's Raft entry at $2: not every other server is an alive voter (${{weak% }})"
+      return 0
+    fi
     if timeout 10 consul operator raft remove-peer $api $auth -id="$1" >/dev/null 2>"$errors"; then
       echo "$host's leader let go of $POD_NAME's Raft entry at $2: it replicates to $POD_IP afresh"
     else
@@ -420,7 +442,6 @@ while :; do
   fi
   if [ $((now - start)) -ge {max_seconds} ]; then
     echo "starting after $((now - start)) s although $hold"
-    let_go_of_old_entry
     exit 0
   fi
   if [ -n "$hold" ] && [ $((now - said)) -ge 10 ]; then

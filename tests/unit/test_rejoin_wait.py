@@ -286,8 +286,34 @@ def test_a_removal_that_fails_is_said_and_the_server_starts(tmp_path: Path, shel
     assert f"{OTHERS[0]}'s leader kept {POD}'s Raft entry at {OLD_IP}:8300: Error removing peer: 500" in done.stdout
 
 
-def test_after_the_limit_the_entry_at_the_old_address_goes_too(tmp_path: Path, shell: list[str]) -> None:
+def test_after_the_limit_nothing_is_removed(tmp_path: Path, shell: list[str]) -> None:
+    """Held alive at the old address until the limit: the old instance may still be a live voter."""
     done, waited, calls = run(tmp_path, shell, member(OLD_IP, "alive"), peers=peer(OLD_IP), most=3)
     assert "although" in done.stdout
     assert waited == 3, done.stdout
-    assert len(removals(calls)) == 1
+    assert removals(calls) == []
+
+
+@pytest.mark.parametrize(
+    ("others", "why"),
+    [
+        ({"consul-server-2": "failed"}, "another server is down: this one's vote is needed"),
+        ({"consul-server-2": "non-voter"}, "another server is not a voter yet"),
+    ],
+)
+def test_the_entry_stays_unless_every_other_server_is_an_alive_voter(
+    tmp_path: Path, shell: list[str], others: dict[str, str], why: str
+) -> None:
+    table = member(OLD_IP, "failed")
+    files = script_files(tmp_path, table, REFUSED, True, peers=peer(OLD_IP))
+    if others.get("consul-server-2") == "failed":
+        (files / "table").write_text((files / "table").read_text().replace("10.0.0.6:8301  alive", "10.0.0.6:8301  failed"))
+    else:
+        (files / "peers").write_text(
+            (files / "peers").read_text().replace("10.0.0.6:8300  follower  true", "10.0.0.6:8300  follower  false")
+        )
+    argv, env = command(files, shell, 0, 6, 3)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert removals(calls) == [], why
+    assert f"keeps {POD}'s Raft entry at {OLD_IP}:8300: not every other server is an alive voter (consul-server-2)" in done.stdout, why

@@ -20,16 +20,26 @@ from consul.servers import voter_readiness
 POD = "consul-server-1"
 
 
-def configuration(voters: dict[str, bool], *, pretty: bool) -> str:
+def configuration(voters: dict[str, bool], *, pretty: bool, leader: bool = True) -> str:
+    """The configuration as a server holds it; with `leader` it names the first server the leader."""
     servers = [
-        {"ID": f"id-{name}", "Node": name, "Address": f"10.0.0.{i}:8300", "Leader": i == 0, "ProtocolVersion": "3", "Voter": voter}
+        {
+            "ID": f"id-{name}",
+            "Node": name,
+            "Address": f"10.0.0.{i}:8300",
+            "Leader": leader and i == 0,
+            "ProtocolVersion": "3",
+            "Voter": voter,
+        }
         for i, (name, voter) in enumerate(voters.items())
     ]
     return json.dumps({"Servers": servers, "Index": 0}, indent=4 if pretty else None, separators=None if pretty else (",", ":"))
 
 
-def ready(tmp_path: Path, shell: list[str], leader: str, config: str, *, acls: bool = True) -> tuple[bool, str]:
-    """Whether the check passes, and what the stand-in curl was handed on stdin for the configuration."""
+def ready(tmp_path: Path, shell: list[str], leader: str, config: str, *, acls: bool = True, status: int = 200) -> tuple[bool, str]:
+    """Whether the check passes, and what the stand-in curl was handed on stdin for the
+    configuration. `leader`: what /v1/status/leader answers; `config` and `status`: what the
+    configuration call answers (curl's -w appends the status)."""
     (tmp_path / "bin").mkdir()
     (tmp_path / "acl").mkdir()
     (tmp_path / "acl" / f"{POD}.json").write_text(json.dumps({"acl": {"tokens": {"initial_management": "the-token"}}}))
@@ -39,8 +49,8 @@ def ready(tmp_path: Path, shell: list[str], leader: str, config: str, *, acls: b
     curl.write_text(
         "#!/bin/sh\n"
         'case "$*" in\n'
-        f'  *"-H @-"*configuration*) cat > {tmp_path}/stdin; cat {tmp_path}/config;;\n'
-        f"  *configuration*) cat {tmp_path}/config;;\n"
+        f'  *"-H @-"*configuration*) cat > {tmp_path}/stdin; cat {tmp_path}/config; printf " {status}";;\n'
+        f'  *configuration*) cat {tmp_path}/config; printf " {status}";;\n'
         f"  */v1/status/leader) cat {tmp_path}/leader;;\n"
         "  *) exit 7;;\n"
         "esac\n"
@@ -71,8 +81,18 @@ def test_a_server_missing_from_its_own_configuration_is_not_ready(tmp_path: Path
 
 
 def test_a_voter_without_a_leader_is_not_ready(tmp_path: Path, shell: list[str]) -> None:
-    config = configuration({"consul-server-0": True, POD: True}, pretty=False)
+    config = configuration({"consul-server-0": True, POD: True}, pretty=False, leader=False)
     assert ready(tmp_path, shell, '""', config)[0] is False
+
+
+@pytest.mark.parametrize(("leader", "expected"), [('"10.0.0.0:8300"', True), ('""', False)])
+def test_a_token_refused_falls_back_to_seeing_a_leader(tmp_path: Path, shell: list[str], leader: str, expected: bool) -> None:
+    """A 403 (a token that does not resolve yet) never holds every server NotReady for good."""
+    assert ready(tmp_path, shell, leader, "ACL not found", status=403)[0] is expected
+
+
+def test_any_other_answer_is_not_ready(tmp_path: Path, shell: list[str]) -> None:
+    assert ready(tmp_path, shell, '"10.0.0.0:8300"', "rpc error", status=500)[0] is False
 
 
 def test_without_acls_no_token_is_sent(tmp_path: Path, shell: list[str]) -> None:
