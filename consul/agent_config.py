@@ -78,7 +78,8 @@ def server_config(cluster: ClusterSpec, servers: ServerSpec, security: SecurityS
     until they can no longer elect. A stopped server keeps its voter slot while it is away, and
     its node ID (data on its claim); back at a new pod IP, its init container has the leader drop
     the old entry just before it starts, autopilot adds it afresh and promotes it, and it is Ready
-    only as a voter (servers.rejoin_wait, servers.voter_readiness).
+    only as a voter (servers.rejoin_wait, servers.voter_readiness). Until that promotion it has no
+    vote: the others hold the quorum alone.
     ``autopilot.min_quorum`` (the declared size) keeps autopilot from pruning a server that is
     only being replaced; ``raft_multiplier: 1`` is Consul's production timing. How a server
     joins the others is a file of its own (``server_join_files``).
