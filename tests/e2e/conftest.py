@@ -443,6 +443,14 @@ def in_pod(deployment: Deployment, pod: str) -> Runner:
     return lambda script, stdin: deployment.exec(pod, "sh", "-c", script, input=stdin)
 
 
+def liveness_verdict(deployment: Deployment, pod: str) -> tuple[bool, str]:
+    """Run the pod's own liveness command (an exec probe, from its spec) in its container, as
+    the kubelet does: (passed, what it printed)."""
+    probe = deployment.api.get(f"/api/v1/namespaces/{deployment.namespace}/pods/{pod}")["spec"]["containers"][0]["livenessProbe"]
+    out = deployment.exec(pod, *probe["exec"]["command"], timeout=probe["timeoutSeconds"] + 10)
+    return out.returncode == 0, (out.stdout + out.stderr).strip()
+
+
 def consul_http(run: Runner, method: str, url: str, token: str = "", body: str | None = None, bound: float = 1) -> tuple[int, str]:
     """(HTTP status, body) of one call from inside a pod (`run` is Toolbox.sh or in_pod()); the
     status is 0 when nothing answered within `bound` seconds. `body` follows the token on stdin."""

@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import KUBE_BIN, REAL_NODES, consul_http, consul_json, in_pod, leader_seen, ready, restarts, run_stack
+from conftest import KUBE_BIN, REAL_NODES, consul_http, consul_json, in_pod, leader_seen, liveness_verdict, ready, restarts, run_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -230,6 +230,8 @@ def test_an_agent_with_another_gossip_key_cannot_join(module_deployment):
         cluster.apply([agent_pod(deployment, "agent-visitor", visitor, owner)])
         took = cluster.wait(f"{visitor} alive in the cluster", lambda: member_status(deployment, visitor) == 1, JOIN_BOUND)
         print(f"\nbed: refusals: the control agent joined {took:.1f} s after its pod was applied")
+        # Its liveness check passes at its first question: it reaches the servers.
+        assert liveness_verdict(deployment, "agent-visitor") == (True, "")
         deployment.kubectl("delete", "pod", "agent-visitor", "--wait=true")
         cluster.wait(f"{visitor} left", lambda: member_status(deployment, visitor) == 3, JOIN_BOUND)
 
@@ -245,6 +247,12 @@ def test_an_agent_with_another_gossip_key_cannot_join(module_deployment):
         cluster.wait("the intruder's join failing", lambda: log.has("Join cluster failed"), JOIN_BOUND)
         intruder_ip = cluster.api.get(path)["status"]["podIP"]
         assert member_status(deployment, intruder) is None
+        # An agent that knows no server while the servers answer: the one case its liveness check
+        # fails for (besides a hung agent), so the kubelet restarts it and retry_join runs again.
+        passed, said = liveness_verdict(deployment, "agent-intruder")
+        print(f"\nbed: refusals: the intruder's liveness check: {said}")
+        assert not passed
+        assert "accepts connections: stranded" in said, said
         assert member_status(deployment, REAL_NODES[2]) == 1
         # The servers say why: its messages do not decrypt with their key (followed logs arrive a moment late).
         cluster.wait(

@@ -24,6 +24,7 @@ from conftest import (
     consul_http,
     in_pod,
     leader_seen,
+    liveness_verdict,
     ready,
     restarts,
     servers_formed,
@@ -68,8 +69,13 @@ def uids(deployment, component: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["metadata"]["uid"] for p in deployment.pods(component)}
 
 
+def leaders(deployment) -> list[str]:
+    """The leader each client agent names ("" for none, or for no answer)."""
+    return [leader_seen(in_pod(deployment, pod)) for pod in client_pods(deployment)]
+
+
 def every_client_sees_a_leader(deployment) -> bool:
-    return all(leader_seen(in_pod(deployment, pod)) for pod in client_pods(deployment))
+    return all(leaders(deployment))
 
 
 def measure_rejoin(deployment, what: str, started: float) -> tuple[float, float]:
@@ -114,17 +120,30 @@ def formed(module_deployment) -> Any:
 
 
 def test_every_client_agent_stays_ready_while_every_server_is_down(formed, toolbox):
+    """Ready (the readiness test is its HTTP API listening), never restarted, and its liveness
+    check passing: a restart cannot fix an outage of every server, so the check, run in each client
+    pod as the kubelet runs it, must pass while the agent knows no server."""
     deployment = formed
     before = restart_counts(deployment, "client")
     with Watch(deployment, toolbox, "every server held down 20 s") as watch:
         with servers_held_down(deployment, SERVERS):
             down = time.monotonic()
-            time.sleep(HELD_DOWN_SECONDS)
+            # Each client's verdict once its own agent no longer answers with a leader (the
+            # check's first answer, a 200, passes without asking anything else).
+            deployment.cluster.wait("every client agent without a leader", lambda: not any(leaders(deployment)), HELD_DOWN_SECONDS)
+            verdicts = {pod: liveness_verdict(deployment, pod) for pod in client_pods(deployment)}
+            time.sleep(max(0.0, HELD_DOWN_SECONDS - (time.monotonic() - down)))
         _, rejoin = measure_rejoin(deployment, "servers back after 20 s down", down)
     summary = watch.summary
     assert summary is not None
+    print(f"\nbed: restarts: the client liveness check with every server down: {verdicts}")
     # Writes fail while no server runs; what was acknowledged before must still be there.
-    problems = []
+    problems = [f"{pod}'s liveness check failed: {said}" for pod, (passed, said) in verdicts.items() if not passed]
+    problems += [
+        f"{pod}'s liveness check passed without asking the servers: {said!r}"
+        for pod, (passed, said) in verdicts.items()
+        if passed and "every server is down" not in said
+    ]
     if summary.clients_not_ready:
         problems.append(f"{summary.clients_not_ready} client NotReady samples")
     if summary.lost_writes:
