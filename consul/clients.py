@@ -16,10 +16,12 @@ from .labels import Labels
 from .model import ClientMode, ClientSpec, ClusterSpec, DnsSpec, Placement, Resources
 from .security import TierSecrets
 
-# Without a leader for this long (period x threshold), a client restarts and runs retry_join
-# again. Minutes, so that a server election (seconds) never restarts the clients.
+# A client fails its liveness check only for what a restart fixes (STRANDED_LIVENESS_SCRIPT), and is
+# restarted once it has failed for this long (period x threshold): minutes, not a server election.
 LIVENESS_PERIOD_SECONDS = 30
 LIVENESS_FAILURE_THRESHOLD = 10
+# The local call (3 s), then a connection of up to 2 s to each of at most 7 servers.
+LIVENESS_TIMEOUT_SECONDS = 20
 # Kubernetes' maximum ClientIP affinity: a workload keeps talking to one agent all day.
 STICKY_SECONDS = 86400
 # The Kubernetes provider's annotation for an object whose rollout it must not await.
@@ -35,6 +37,32 @@ printf '%s/%s' "$DATACENTER" "$node" | sha256sum \
   | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/' | tr -d '\n' > DATA_DIR/node-id
 exec consul "$@"
 """.replace("DATA_DIR", cfg.DATA_DIR)
+
+
+# The client agents' liveness check. A restart helps an agent only when it is hung, or stranded:
+# it knows no server while servers run at addresses its gossip no longer holds (retry_join runs only
+# while an agent starts, consul #3902). It does nothing for an outage of every server or a cluster
+# without a leader, and costs the node its agent (and, on an emptyDir, every registration), so:
+#   - the agent's own API gives no answer within 3 s (000): a hung agent, fail;
+#   - /v1/status/leader answers 200 (a leader, or "" from servers without one): the agent reaches
+#     its servers, pass;
+#   - otherwise (500 "No known Consul servers"): fail only if a server of its retry_join list
+#     accepts a TCP connection on its gossip port (curl's telnet:// connects and sends nothing; an
+#     empty stream is no error to memberlist); none answers: every server is down, pass.
+STRANDED_LIVENESS_SCRIPT = r"""code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' LOCAL_HTTP_URL/v1/status/leader) || true
+case "$code" in
+  200) exit 0 ;;
+  000) echo "this agent's HTTP API gave no answer within 3 s"; exit 1 ;;
+esac
+set -f
+for server in $(tr -d '\n' < JOIN_FILE | sed 's/[][{}" ]//g; s/.*retry_join://' | tr ',' ' '); do
+  if [ "$(curl -s -o /dev/null --connect-timeout 2 -m 2 -w '%{num_connects}' "telnet://$server" </dev/null)" = 1 ]; then
+    echo "no server known (HTTP $code) while $server accepts connections: stranded, a restart joins again"
+    exit 1
+  fi
+done
+echo "no server known (HTTP $code) and none accepts connections: every server is down, which a restart cannot fix"
+""".replace("LOCAL_HTTP_URL", cfg.LOCAL_HTTP_URL).replace("JOIN_FILE", f"{cfg.CONFIG_DIR}/{cfg.CLUSTER_SIZE_FILE}")
 
 
 def stable_node_id_command(datacenter: str) -> list[str]:
@@ -315,13 +343,12 @@ def _pod_spec(
                 ],
                 ports=client_ports(spec),
                 readiness_probe=pods.serving_readiness_probe("http"),
-                # Restarts an agent stranded without servers (all server IPs changed, consul
-                # #3902) so that retry_join runs again; sustained minutes, not an election.
                 liveness_probe=pods.exec_probe(
-                    pods.leader_check(cfg.LOCAL_HTTP_URL),
+                    STRANDED_LIVENESS_SCRIPT,
                     period=LIVENESS_PERIOD_SECONDS,
                     failure_threshold=LIVENESS_FAILURE_THRESHOLD,
                     initial_delay=60,
+                    timeout=LIVENESS_TIMEOUT_SECONDS,
                 ),
                 resources=spec.resources,
                 wiring=wiring,

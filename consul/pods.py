@@ -98,11 +98,6 @@ def exec_probe(command: str, *, period: int, failure_threshold: int, initial_del
     )
 
 
-def leader_check(http_url: str) -> str:
-    """A shell check that passes when the agent knows a leader (/v1/status/leader is a quoted address)."""
-    return f"curl -s {http_url}/v1/status/leader 2>/dev/null | grep -E '\".+\"'"
-
-
 def serving_readiness_probe(port: str) -> core.ProbeArgs:
     """Ready means "this agent accepts connections on its HTTP API". Every HTTP endpoint a probe
     could call without a token is an RPC to the servers on a client (/v1/status/leader answers 500
