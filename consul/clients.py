@@ -20,8 +20,12 @@ from .security import TierSecrets
 # restarted once it has failed for this long (period x threshold): minutes, not a server election.
 LIVENESS_PERIOD_SECONDS = 30
 LIVENESS_FAILURE_THRESHOLD = 10
-# The local call (3 s), then a connection of up to 2 s to each of at most 7 servers.
-LIVENESS_TIMEOUT_SECONDS = 20
+# A client agent answers a call it must forward to a server only after its RPC hold timeout
+# (Consul's rpc_hold_timeout, 7 s) when it knows no server, or after a dial to a vanished server's
+# address: the check waits this long for its own agent's answer.
+LOCAL_ANSWER_SECONDS = 10
+# The local call, then a connection of up to 2 s to each of at most 7 servers, and some slack.
+LIVENESS_TIMEOUT_SECONDS = LOCAL_ANSWER_SECONDS + 7 * 2 + 6
 # Kubernetes' maximum ClientIP affinity: a workload keeps talking to one agent all day.
 STICKY_SECONDS = 86400
 # The Kubernetes provider's annotation for an object whose rollout it must not await.
@@ -43,26 +47,27 @@ exec consul "$@"
 # it knows no server while servers run at addresses its gossip no longer holds (retry_join runs only
 # while an agent starts, consul #3902). It does nothing for an outage of every server or a cluster
 # without a leader, and costs the node its agent (and, on an emptyDir, every registration), so:
-#   - the agent's own API gives no answer within 3 s (000): a hung agent, fail;
 #   - /v1/status/leader answers 200 (a leader, or "" from servers without one): the agent reaches
 #     its servers, pass;
-#   - otherwise (500 "No known Consul servers"): fail only if a server of its retry_join list
-#     accepts a TCP connection on its gossip port (curl's telnet:// connects and sends nothing; an
-#     empty stream is no error to memberlist); none answers: every server is down, pass.
-STRANDED_LIVENESS_SCRIPT = r"""code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' LOCAL_HTTP_URL/v1/status/leader) || true
-case "$code" in
-  200) exit 0 ;;
-  000) echo "this agent's HTTP API gave no answer within 3 s"; exit 1 ;;
-esac
+#   - otherwise (500 "No known Consul servers", an RPC error, or no answer within
+#     LOCAL_ANSWER_SECONDS: the agent may be hung, or waiting on a server that is gone): fail only
+#     if a server of its retry_join list accepts a TCP connection on its gossip port (curl's
+#     telnet:// connects and sends nothing; an empty stream is no error to memberlist), where a
+#     restart joins again; none answers: every server is down, pass. A hung agent is so restarted
+#     once a server runs, and no agent for an outage of every server.
+# Its own API asked first: the servers are asked only while it has no leader to report.
+STRANDED_LIVENESS_SCRIPT = r"""code=$(curl -s -o /dev/null -m LOCAL_ANSWER_SECONDS -w '%{http_code}' LOCAL_HTTP_URL/v1/status/leader) || true
+if [ "$code" = 200 ]; then exit 0; fi
+if [ "$code" = 000 ]; then said="no answer within LOCAL_ANSWER_SECONDS s"; else said="HTTP $code"; fi
 set -f
 for server in $(tr -d '\n' < JOIN_FILE | sed 's/[][{}" ]//g; s/.*retry_join://' | tr ',' ' '); do
   if [ "$(curl -s -o /dev/null --connect-timeout 2 -m 2 -w '%{num_connects}' "telnet://$server" </dev/null)" = 1 ]; then
-    echo "no server known (HTTP $code) while $server accepts connections: stranded, a restart joins again"
+    echo "this agent reports no leader ($said) while $server accepts connections: stranded or hung, a restart joins again"
     exit 1
   fi
 done
-echo "no server known (HTTP $code) and none accepts connections: every server is down, which a restart cannot fix"
-""".replace("LOCAL_HTTP_URL", cfg.LOCAL_HTTP_URL).replace("JOIN_FILE", f"{cfg.CONFIG_DIR}/{cfg.CLUSTER_SIZE_FILE}")
+echo "this agent reports no leader ($said) and no server accepts connections: every server is down, which a restart cannot fix"
+""".replace("LOCAL_ANSWER_SECONDS", str(LOCAL_ANSWER_SECONDS)).replace("LOCAL_HTTP_URL", cfg.LOCAL_HTTP_URL).replace("JOIN_FILE", f"{cfg.CONFIG_DIR}/{cfg.CLUSTER_SIZE_FILE}")
 
 
 def stable_node_id_command(datacenter: str) -> list[str]:

@@ -296,7 +296,7 @@ def test_clients_probes(default):
     assert c["livenessProbe"]["exec"]["command"] == ["/bin/sh", "-ec", STRANDED_LIVENESS_SCRIPT]
     window = c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"]
     assert window == 300
-    assert c["livenessProbe"]["timeoutSeconds"] == 20
+    assert c["livenessProbe"]["timeoutSeconds"] == 30
 
 
 def test_clients_short_grace_period_and_no_prestop(default):
