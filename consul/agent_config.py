@@ -139,7 +139,7 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
     ``retry_join`` runs only while an agent starts (consul #3902); servers that come back at new
     addresses find the clients from their own serf snapshot (kept on their claims),
     and the client liveness probe (``clients.STRANDED_LIVENESS_SCRIPT``) is the last resort for an
-    agent stranded for minutes: it fails only while the agent knows no server and one accepts connections.
+    agent stranded for minutes: it fails only while the agent reports no leader and a server accepts connections.
     ``leave_on_terminate`` deregisters a deleted agent's services with it; ``rejoin_after_leave``
     lets a restarted agent take its place again. With clientDataHostPath (the data dir on the node) the
     next agent on the node loads the services from the data dir and registers them again within

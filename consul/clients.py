@@ -56,7 +56,8 @@ exec consul "$@"
 #     restart joins again; none answers: every server is down, pass. A hung agent is so restarted
 #     once a server runs, and no agent for an outage of every server.
 # Its own API asked first: the servers are asked only while it has no leader to report.
-STRANDED_LIVENESS_SCRIPT = r"""code=$(curl -s -o /dev/null -m LOCAL_ANSWER_SECONDS -w '%{http_code}' LOCAL_HTTP_URL/v1/status/leader) || true
+STRANDED_LIVENESS_SCRIPT = (
+    r"""code=$(curl -s -o /dev/null -m LOCAL_ANSWER_SECONDS -w '%{http_code}' LOCAL_HTTP_URL/v1/status/leader) || true
 if [ "$code" = 200 ]; then exit 0; fi
 if [ "$code" = 000 ]; then said="no answer within LOCAL_ANSWER_SECONDS s"; else said="HTTP $code"; fi
 set -f
@@ -67,7 +68,10 @@ for server in $(tr -d '\n' < JOIN_FILE | sed 's/[][{}" ]//g; s/.*retry_join://' 
   fi
 done
 echo "this agent reports no leader ($said) and no server accepts connections: every server is down, which a restart cannot fix"
-""".replace("LOCAL_ANSWER_SECONDS", str(LOCAL_ANSWER_SECONDS)).replace("LOCAL_HTTP_URL", cfg.LOCAL_HTTP_URL).replace("JOIN_FILE", f"{cfg.CONFIG_DIR}/{cfg.CLUSTER_SIZE_FILE}")
+""".replace("LOCAL_ANSWER_SECONDS", str(LOCAL_ANSWER_SECONDS))
+    .replace("LOCAL_HTTP_URL", cfg.LOCAL_HTTP_URL)
+    .replace("JOIN_FILE", f"{cfg.CONFIG_DIR}/{cfg.CLUSTER_SIZE_FILE}")
+)
 
 
 def stable_node_id_command(datacenter: str) -> list[str]:
