@@ -20,9 +20,9 @@ from .security import TierSecrets
 # restarted once it has failed for this long (period x threshold): minutes, not a server election.
 LIVENESS_PERIOD_SECONDS = 30
 LIVENESS_FAILURE_THRESHOLD = 10
-# A client agent answers a call it must forward to a server only after its RPC hold timeout
-# (Consul's rpc_hold_timeout, 7 s) when it knows no server, or after a dial to a vanished server's
-# address: the check waits this long for its own agent's answer.
+# A client agent forwards /v1/status/leader to a server: while its servers vanish it answers only
+# after a dial to a gone address (up to 10 s) or its retries (rpc_hold_timeout, 7 s). The check
+# waits this long for its own agent's answer, and a later one goes on to ask the servers.
 LOCAL_ANSWER_SECONDS = 10
 # The local call, then a connection of up to 2 s to each of at most 7 servers, and some slack.
 LIVENESS_TIMEOUT_SECONDS = LOCAL_ANSWER_SECONDS + 7 * 2 + 6
