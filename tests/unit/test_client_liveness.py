@@ -40,10 +40,11 @@ def closed() -> int:
         return int(probe.getsockname()[1])
 
 
-def alive(tmp_path: Path, shell: list[str], local: str, servers: list[str]) -> tuple[bool, str]:
+def alive(tmp_path: Path, shell: list[str], local: str, servers: list[str], *, curl_in_image: bool = True) -> tuple[bool, str]:
     """Whether the check passes, and what it printed. `local`: the HTTP status the agent's
     /v1/status/leader gives (000: no answer); `servers`: the retry_join list in the agent's
-    cluster-size file, as the ConfigMap holds it."""
+    cluster-size file, as the ConfigMap holds it; `curl_in_image`: False runs the check with only
+    the shell's other tools on its PATH."""
     (tmp_path / "bin").mkdir()
     config = tmp_path / "config"
     config.mkdir()
@@ -57,10 +58,16 @@ def alive(tmp_path: Path, shell: list[str], local: str, servers: list[str]) -> t
         "esac\n"
     )
     curl.chmod(0o755)
+    path = f"{tmp_path / 'bin'}:/usr/bin:/bin"
+    if not curl_in_image:
+        curl.unlink()
+        for tool in ("tr", "sed"):
+            (tmp_path / "bin" / tool).symlink_to(str(shutil.which(tool)))
+        path = str(tmp_path / "bin")
     script = STRANDED_LIVENESS_SCRIPT.replace(cfg.CONFIG_DIR, str(config))
     out = subprocess.run(
-        [*shell, "-ec", script],
-        env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"},
+        [str(shutil.which(shell[0])), *shell[1:], "-ec", script],
+        env={"PATH": path},
         capture_output=True,
         text=True,
         timeout=LIVENESS_TIMEOUT_SECONDS,
@@ -108,3 +115,10 @@ def test_a_server_whose_name_does_not_resolve_counts_as_down(tmp_path: Path, she
     # A server pod with no address (Pending, deleted) has no DNS record under the headless Service.
     ok, said = alive(tmp_path, shell, "500", ["consul-server-0.consul-server.consul.svc.invalid:8301"])
     assert ok, said
+
+
+def test_an_image_without_curl_fails_the_check_and_says_so(tmp_path: Path, shell: list[str], listening: int) -> None:
+    # A check that cannot ask anything must not pass silently: the agent would never be restarted.
+    ok, said = alive(tmp_path, shell, "200", [f"127.0.0.1:{listening}"], curl_in_image=False)
+    assert not ok
+    assert "no curl" in said
