@@ -55,9 +55,11 @@ exec consul "$@"
 #     telnet:// connects and sends nothing; an empty stream is no error to memberlist), where a
 #     restart joins again; none answers: every server is down, pass. A hung agent is so restarted
 #     once a server runs, and no agent for an outage of every server.
-# Its own API asked first: the servers are asked only while it has no leader to report.
+# Its own API asked first: the servers are asked only while it has no leader to report. An image
+# without curl fails the check, naming the cause, rather than passing it without asking anything.
 STRANDED_LIVENESS_SCRIPT = (
-    r"""code=$(curl -s -o /dev/null -m LOCAL_ANSWER_SECONDS -w '%{http_code}' LOCAL_HTTP_URL/v1/status/leader) || true
+    r"""command -v curl >/dev/null || { echo "this image has no curl: the check can ask neither the agent nor its servers"; exit 1; }
+code=$(curl -s -o /dev/null -m LOCAL_ANSWER_SECONDS -w '%{http_code}' LOCAL_HTTP_URL/v1/status/leader) || true
 if [ "$code" = 200 ]; then exit 0; fi
 if [ "$code" = 000 ]; then said="no answer within LOCAL_ANSWER_SECONDS s"; else said="HTTP $code"; fi
 set -f
