@@ -7,6 +7,7 @@ installed, except in CI (CI=true), where a missing engine fails every test.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -197,3 +198,21 @@ def test_make_pulumi_runs_the_cli_on_the_same_state(capfd):
     """`make pulumi ARGS=...` (run_stack.py cli): the pulumi CLI with the targets' backend settings."""
     assert run_stack.main(["cli", "version"]) == 0
     assert capfd.readouterr().out.strip() == "v3.274.1"
+
+
+def test_render_finds_the_engine_where_the_cli_keeps_it_whatever_home_says(tmp_path):
+    """The pulumi CLI keeps its plugins (and login) under $PULUMI_HOME, else under the account's home
+    from the user database, not under $HOME; a CI job or container that sets HOME elsewhere (GitHub's
+    container jobs use /github/home) must still find the engine that install-engine.sh installed."""
+    env = {k: v for k, v in os.environ.items() if k != "PULUMI_HOME"}
+    env["HOME"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "scripts/run_stack.py", "render", "--stack", "dev"],
+        cwd=run_stack.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
