@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes the Pulumi engine available in ~/.pulumi, where the official installer puts it:
+# Makes the Pulumi engine available in ~/.pulumi (or $PULUMI_HOME), where the official installer puts it:
 #   - the Pulumi CLI: an existing `pulumi` is used as it is; otherwise it is built from the Go
 #     module proxy (go >= 1.26);
 #   - the Kubernetes provider plugin, at the version the Python SDK in requirements.txt asks for:
@@ -18,7 +18,10 @@ K8S_PROVIDER_PSEUDO=v4.0.0-20260115033456-f47bc2d6f199
 K8S_SDK_GO_VERSION=v4.24.0
 MIN_GO_MINOR=26
 
-PULUMI_ROOT=${PULUMI_HOME:-$HOME/.pulumi}
+# The pulumi CLI's own home, as it decides it: $PULUMI_HOME, else the account's home from the user
+# database (not $HOME, which the CLI ignores), so the binaries land beside the plugins it installs.
+account_home=$(getent passwd "$(id -u)" | cut -d: -f6) || true
+PULUMI_ROOT=${PULUMI_HOME:-${account_home:-$HOME}/.pulumi}
 BIN_DIR=$PULUMI_ROOT/bin
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/consul-pulumi-engine
 export PATH="$BIN_DIR:$PATH"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -36,7 +37,19 @@ sys.path.insert(0, str(ROOT))
 from consul import generated  # noqa: E402 (after the path is set)
 from consul.program import main as consul_program  # noqa: E402
 
-PULUMI_BIN = Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi")) / "bin"
+
+def pulumi_home() -> Path:
+    """Where the pulumi CLI keeps its plugins and login, as it decides it: $PULUMI_HOME, else
+    `.pulumi` in the account's home from the user database (not $HOME, which the CLI ignores)."""
+    if os.environ.get("PULUMI_HOME"):
+        return Path(os.environ["PULUMI_HOME"])
+    try:
+        return Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pulumi"
+    except KeyError:  # an account the user database does not list: the CLI falls back to $HOME
+        return Path.home() / ".pulumi"
+
+
+PULUMI_BIN = pulumi_home() / "bin"
 RENDER_HOME = ROOT / ".pulumi-render"
 RENDERED = ROOT / "rendered"
 KUSTOMIZATION = "kustomization.yaml"
