@@ -49,18 +49,18 @@ def alive(tmp_path: Path, shell: list[str], local: str, servers: list[str], *, c
     config = tmp_path / "config"
     config.mkdir()
     (config / cfg.CLUSTER_SIZE_FILE).write_text(cfg.config_files({"retry_join": servers}, {})[cfg.CLUSTER_SIZE_FILE])
-    curl = tmp_path / "bin" / "curl"
-    curl.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in\n'
-        f"  *{cfg.LOCAL_HTTP_URL}/v1/status/leader*) printf '{local}'; [ '{local}' != 000 ];;\n"
-        f'  *) exec {CURL} "$@";;\n'
-        "esac\n"
-    )
-    curl.chmod(0o755)
-    path = f"{tmp_path / 'bin'}:/usr/bin:/bin"
-    if not curl_in_image:
-        curl.unlink()
+    if curl_in_image:
+        curl = tmp_path / "bin" / "curl"
+        curl.write_text(
+            "#!/bin/sh\n"
+            'case "$*" in\n'
+            f"  *{cfg.LOCAL_HTTP_URL}/v1/status/leader*) printf '{local}'; [ '{local}' != 000 ];;\n"
+            f'  *) exec {CURL} "$@";;\n'
+            "esac\n"
+        )
+        curl.chmod(0o755)
+        path = f"{tmp_path / 'bin'}:/usr/bin:/bin"
+    else:
         for tool in ("tr", "sed"):
             (tmp_path / "bin" / tool).symlink_to(str(shutil.which(tool)))
         path = str(tmp_path / "bin")
