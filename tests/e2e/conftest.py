@@ -32,6 +32,9 @@ from testbed.cluster.api import ApiError  # noqa: E402
 from testbed.cluster.bed import Cluster, kube_binary, leftovers, missing_binaries  # noqa: E402
 from testbed.cluster.controlplane import FakeNode  # noqa: E402
 
+# A failing test's report quotes no secret: pytest finds the hook here.
+from testbed.redaction import Secret, pytest_assertrepr_compare  # noqa: E402,F401
+
 KUBE_BIN = kube_binary()
 
 
@@ -196,10 +199,11 @@ class Deployment:
         return self.api.get(f"/apis/apps/v1/namespaces/{self.namespace}/{path}")
 
     def secret(self, name: str) -> dict[str, str]:
+        """The Secret's values, each a redaction.Secret: a failing test's report quotes none."""
         import base64
 
         data = self.api.get(f"/api/v1/namespaces/{self.namespace}/secrets/{name}").get("data") or {}
-        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+        return {k: Secret(base64.b64decode(v).decode()) for k, v in data.items()}
 
     def management_token(self) -> str:
         return self.secret("consul-acl-tokens")["management"]

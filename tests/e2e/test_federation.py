@@ -34,6 +34,8 @@ from conftest import (
     remove,
 )
 
+from testbed.redaction import Secret
+
 pytestmark = pytest.mark.e2e
 
 PRIMARY, SECONDARY = "consul-dc1", "consul-dc2"
@@ -47,7 +49,12 @@ def shared_material(toolbox) -> dict[str, str]:
     cert, key = new_consul_ca(toolbox)
     gossip = toolbox.sh("consul keygen")
     assert gossip.returncode == 0, gossip.stderr
-    return {"tlsCaCert": cert, "tlsCaKey": key, "gossipKey": gossip.stdout.strip(), "aclManagementToken": str(uuid.uuid4())}
+    return {
+        "tlsCaCert": cert,
+        "tlsCaKey": Secret(key),
+        "gossipKey": Secret(gossip.stdout.strip()),
+        "aclManagementToken": Secret(str(uuid.uuid4())),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +140,7 @@ def test_a_token_made_in_the_primary_is_honoured_in_the_secondary(federation):
         bound=5,
     )
     assert status == 200, body
-    token = json.loads(body)["SecretID"]
+    token = Secret(json.loads(body)["SecretID"])
     try:
 
         def written_in_dc2() -> int:

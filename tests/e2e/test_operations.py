@@ -51,6 +51,8 @@ from conftest import (
 from material import gossip_key
 from watch import Watch
 
+from testbed.redaction import Secret
+
 # Day-2 operations, each a roll or a recovery of minutes: make e2e-day2 (outside CI's 90 minutes).
 pytestmark = [pytest.mark.e2e, pytest.mark.day2]
 
@@ -215,7 +217,7 @@ def test_a_new_gossip_key_reaches_every_agent_without_a_restart_and_only_it_stay
     agents = agent_pods(deployment)
     old_key = deployment.secret("consul-gossip")["key"]
     rotation = job(deployment, "consul-gossip-rotation")["metadata"]["uid"]
-    key = gossip_key()
+    key = Secret(gossip_key())
     deployment.set(secrets=("gossipKey",), gossipKey=key)
     watch, _ = watched_up(deployment, toolbox, "gossip key rotation")
     assert deployment.secret("consul-gossip")["key"] == key
