@@ -92,6 +92,32 @@ def from_server(deployment, path: str, server: str = "consul-server-0", bound: f
     return consul_json(in_pod(deployment, server), f"{LOCAL_AGENT}{path}", deployment.management_token(), bound=bound)
 
 
+# Listing the keyring is a gossip query, and gossip is UDP: a member that misses the query makes
+# Consul answer 500 "5/6 nodes reported success" (seen on this bed once in six rotations, with
+# every agent up: the query never reached one server). An operator asks again, as the rotation Job
+# does; an answer that lists every member is what is asserted.
+KEYRING_LIST_TRIES = 3
+
+
+def keyring_pools(deployment) -> Any:
+    """`GET /v1/operator/keyring` through consul-server-0, asked up to KEYRING_LIST_TRIES times
+    while not every member answers."""
+    for attempt in range(1, KEYRING_LIST_TRIES + 1):
+        status, body = consul_http(
+            in_pod(deployment, "consul-server-0"),
+            "GET",
+            f"{LOCAL_AGENT}/v1/operator/keyring",
+            deployment.management_token(),
+            bound=KEYRING_QUERY_BOUND,
+        )
+        if status == 200:
+            return json.loads(body)
+        # Only the count of members that answered: Consul's text may quote a key.
+        answered = ", ".join(re.findall(r"\d+/\d+ nodes reported success", body)) or "no count given"
+        print(f"\nbed: operations: keyring listing {attempt} of {KEYRING_LIST_TRIES}: HTTP {status} ({answered})")
+    raise AssertionError(f"GET /v1/operator/keyring: not every member answered in {KEYRING_LIST_TRIES} listings")
+
+
 def ready_since(pod: dict[str, Any]) -> str:
     """When the pod last became Ready (its Ready condition's lastTransitionTime, RFC 3339 UTC)."""
     return next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready" and c["status"] == "True")
@@ -228,7 +254,7 @@ def test_a_new_gossip_key_reaches_every_agent_without_a_restart_and_only_it_stay
     # Listing the keyring is a gossip query to every agent of the LAN and WAN pools, and a query
     # waits out Serf's query timeout (the gossip interval x 16 x log10 of the pool size: 6.4 s for
     # 14 agents) whenever one agent answers late; 5 s was shorter than that timeout.
-    pools = from_server(deployment, "/v1/operator/keyring", bound=KEYRING_QUERY_BOUND)
+    pools = keyring_pools(deployment)
     assert {(pool["WAN"], tuple(sorted(pool["Keys"]))) for pool in pools} == {(True, (key,)), (False, (key,))}
     members = from_server(deployment, "/v1/agent/members", "consul-server-1")
     assert sorted((m["Name"], m["Status"]) for m in members) == sorted((n, 1) for n in SERVERS + REAL_NODES)
