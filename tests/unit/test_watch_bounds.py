@@ -177,3 +177,27 @@ def test_a_pod_on_a_lost_node_is_cut_off_until_it_is_ready_with_its_node_back() 
     assert watch.still_cut_off(cut, "consul-client-c", "node-3", True, frozenset()) == frozenset()
     # A pod on another node never is.
     assert watch.still_cut_off(frozenset(), "consul-client-a", "node-1", False, lost) == frozenset()
+
+
+# A sampler that stops answering would let every bound pass unmeasured: the watch fails when one
+# goes silent longer than SILENCE_BOUND between the action's start and the watch's end.
+def test_the_longest_silence_counts_from_the_action_start_to_the_first_sample_and_from_the_last_to_the_end() -> None:
+    assert watch.longest_silence([0.5, 1.0, 1.5], start=1.0, end=9.0) == 7.5
+    assert watch.longest_silence([0.5, 2.0, 2.25], start=0.0, end=3.0) == 1.5
+    assert watch.longest_silence([], start=2.0, end=4.0) == 2.0
+
+
+def test_a_watch_whose_sampler_died_names_it_and_one_that_sampled_throughout_names_none() -> None:
+    ticks = [0.25 * i for i in range(41)]  # 0 to 10 s
+    record = watch.Record(
+        leader=[(t, True) for t in ticks],
+        voters=[(t, 3) for t in ticks],
+        writes=[write(t, "200", 0.01) for t in ticks],
+        pods=[(t, {}) for t in ticks],
+        registered=[(t, True) for t in ticks],
+        dns=[(t, True) for t in ticks if t < 4.0],  # its stream ended at 4 s
+    )
+    assert watch.silent_samplers(record, start=1.0, end=10.0, dns=True) == {"dns": 6.25}
+    assert watch.silent_samplers(record, start=1.0, end=10.0, dns=False) == {}
+    record.writes = [write(t, "200", 0.01) for t in ticks if t <= 1.0]
+    assert watch.silent_samplers(record, start=1.0, end=10.0, dns=False) == {"writes": 9.0}
