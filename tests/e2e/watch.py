@@ -34,6 +34,7 @@ on standard input; the pod sampler reads the API. Each line is timed when it arr
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import threading
@@ -244,6 +245,20 @@ def failed_with_every_agent_up(writes: list[Write], down: list[tuple[float, floa
     return [write for write in writes if not _overlaps(write, down)]
 
 
+# The longest a sampler may go without a sample between the action's start and the watch's end.
+# Each prints a line per tick (INTERVAL) within its own 1 s bound, and the pod sampler lists the
+# pods every tick, so a longer silence is a sampler that died or a stream that stalled: every
+# figure taken from it would keep its bound without measuring anything, and the watch fails.
+SILENCE_BOUND = 5.0
+
+
+def longest_silence(times: list[float], start: float, end: float) -> float:
+    """The longest stretch of [start, end] without a sample (`times`: when each arrived), counted
+    from `start` to the first sample in it and from the last one to `end`."""
+    points = [start, *sorted(t for t in times if start <= t <= end), end]
+    return max(b - a for a, b in itertools.pairwise(points))
+
+
 @dataclass
 class Record:
     """Samples as (seconds since the watch started, value)."""
@@ -263,6 +278,22 @@ class Record:
     registered: list[tuple[float, bool | None]] = field(default_factory=list)
     # (time, consul-dns gave an A record for it)
     dns: list[tuple[float, bool]] = field(default_factory=list)
+
+
+def silent_samplers(record: Record, start: float, end: float, *, dns: bool) -> dict[str, float]:
+    """The samplers silent longer than SILENCE_BOUND in [start, end], with their longest silence
+    (`dns`: the watch has a DNS sampler)."""
+    samples: dict[str, list[float]] = {
+        "leader": [at for at, _ in record.leader],
+        "voters": [at for at, _ in record.voters],
+        "writes": [write.at for write in record.writes],
+        "pods": [at for at, _ in record.pods],
+        "catalog": [at for at, _ in record.registered],
+    }
+    if dns:
+        samples["dns"] = [at for at, _ in record.dns]
+    silences = {name: longest_silence(times, start, end) for name, times in samples.items()}
+    return {name: silence for name, silence in silences.items() if silence > SILENCE_BOUND}
 
 
 @dataclass(frozen=True)
@@ -479,6 +510,7 @@ class Watch:
         # A last second of samples after the operation, then stop.
         time.sleep(1)
         seconds = self._now() - self.action_started
+        silent = silent_samplers(self.record, self.action_started, self._now(), dns=self.dns is not None)
         self._halt()
         down = agents_down(self.record.pods)
         self.summary = self._summarise(seconds, down)
@@ -504,6 +536,11 @@ class Watch:
                 + _spans(leaderless_stretches(self.record.leader), after)
                 + "; some agent pod down: "
                 + _spans(down, after)
+            )
+        if silent and exc[0] is None:
+            raise AssertionError(
+                f"{self.label}: samplers silent longer than {SILENCE_BOUND} s, so their figures measured nothing: "
+                + ", ".join(f"{name} {silence:.1f} s" for name, silence in silent.items())
             )
 
     def _restarts(self) -> dict[str, int]:
