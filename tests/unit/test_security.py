@@ -241,7 +241,7 @@ def test_acls_default(secure, kind, name, tier):
     assert {"name": "acl-tokens", "mountPath": "/consul/acl", "readOnly": True} in c["volumeMounts"]
 
 
-def test_acls_every_server_has_its_own_agent_token_and_no_agent_the_management_one(secure):
+def test_acls_every_server_has_its_own_agent_token_and_the_management_one_and_no_client_agent_has_it(secure):
     tokens = string_data(secure, "consul-acl-tokens")
     servers = {k: json.loads(v)["acl"]["tokens"] for k, v in string_data(secure, "consul-server-acl-config").items()}
     client = json.loads(string_data(secure, "consul-client-acl-config")["acl-tokens.json"])["acl"]["tokens"]
