@@ -524,23 +524,32 @@ def bounds_broken(watch: Any, servers: int) -> list[str]:
     return broken
 
 
-# The bounds issue #19 still breaks when a server stops without leaving Raft (its voter slot kept,
-# so voters never drop): the leader lost until an election, and clients sending RPCs to the stopped
-# server until serf declares it failed, never retrying a write; rolling the client DaemonSet
-# replaces every client agent. A write failed with a leader and every agent pod serving is never
-# excused.
+# The bounds issue #19 still breaks when the watch's own agent is replaced (a client roll: no
+# answer at all until the new agent serves, which the leader sampler counts as no leader) or a
+# server is lost unannounced (a node lost: clients send RPCs to it until serf declares it failed,
+# never retrying a write; its higher term deposes the leader when it is back). Rolling the client
+# DaemonSet also replaces every client agent. A write failed with a leader and every agent pod
+# serving is never excused.
 LEADER_LOST = ("without a leader", "writes failed with a leader while an agent pod was down", "DNS lookups unanswered")
+# What a roll of the servers alone still costs: a write in flight to a server that stops. Such a roll
+# keeps the leader (the stopping leader hands it over first) and every DNS answer, which the README's
+# table shows, so those bounds are asserted.
+SERVER_STOPPED = ("writes failed with a leader while an agent pod was down",)
 CLIENTS_ROLLED = ("client NotReady samples", "registration missing")
 OPEN_DEFECT = "issue #19, open"
 
 
-def assert_bounds(watches: Any, servers: int, *, open_defect: tuple[str, ...] = ()) -> None:
-    """The issue's bounds over one finished Watch or a list of them. Every bound not named in `open_defect` is asserted.
+def assert_bounds(
+    watches: Any, servers: int, *, open_defect: tuple[str, ...] = (), open_defect_of: dict[str, tuple[str, ...]] | None = None
+) -> None:
+    """The issue's bounds over one finished Watch or a list of them. Every bound not named in
+    `open_defect` (or, for a watch labelled in `open_defect_of`, in its entry there) is asserted.
     Those named (parts of bounds_broken's lines) belong to a defect still open: broken, the test
     ends as an expected failure that prints what was measured; kept, it passes. Once the defect
     is fixed the names go and the bounds are asserted again."""
     broken = {w.label: bounds_broken(w, servers) for w in (watches if isinstance(watches, list) else [watches])}
-    asserted = {label: [line for line in lines if not any(name in line for name in open_defect)] for label, lines in broken.items()}
+    excused = {label: (open_defect_of or {}).get(label, open_defect) for label in broken}
+    asserted = {label: [line for line in lines if not any(name in line for name in excused[label])] for label, lines in broken.items()}
     assert asserted == {label: [] for label in broken}
     if any(broken.values()):
         pytest.xfail(f"{OPEN_DEFECT}: " + "; ".join(f"{label}: {', '.join(lines)}" for label, lines in broken.items() if lines))

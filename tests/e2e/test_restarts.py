@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from conftest import (
-    LEADER_LOST,
     LOCAL_AGENT,
     REAL_NODES,
+    SERVER_STOPPED,
     assert_bounds,
     consul_cli,
     consul_http,
@@ -239,7 +239,7 @@ def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolb
     after = uids(deployment, "server")
     assert [n for n in SERVERS if after[n] == pods_before[n]] == []
     assert restart_counts(deployment, "client") == clients_before
-    assert_bounds(watch, 3, open_defect=LEADER_LOST)
+    assert_bounds(watch, 3, open_defect=SERVER_STOPPED)
 
 
 def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_voter(formed, toolbox):
@@ -262,7 +262,7 @@ def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_vote
     assert sorted((row[0], row[4]) for row in rows) == [(name, "true") for name in SERVERS]
     # The follower's return cost no election: the same leader, in the same Raft term.
     assert leader_and_term(deployment) == (leader, term)
-    assert_bounds(watch, 3, open_defect=LEADER_LOST)
+    assert_bounds(watch, 3, open_defect=SERVER_STOPPED)
 
 
 # What a lost node still costs (issue #19, open): the lost server's higher Raft term deposes the
