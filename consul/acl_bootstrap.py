@@ -87,7 +87,7 @@ api() {
   case "$api_method" in PUT | POST) api_body=$(cat) ;; esac
   while :; do
     api_answer=$(printf '%s' "$api_body" |
-      curl -sS $curl_tls -X "$api_method" -H @"$headers" ${api_body:+--data-binary @-} -w '\n%{http_code}' "$CONSUL_HTTP_ADDR$api_path" 2>&1) || true
+      curl -sS $curl_opts -X "$api_method" -H @"$headers" ${api_body:+--data-binary @-} -w '\n%{http_code}' "$CONSUL_HTTP_ADDR$api_path" 2>&1) || true
     api_status=$(printf '%s\n' "$api_answer" | tail -n 1)
     api_answer=$(printf '%s\n' "$api_answer" | sed '$d')
     case "$api_status" in
@@ -114,7 +114,7 @@ delete_each() {
 }
 attempt=0
 while :; do
-  answer=$(curl -sS $curl_tls -H @"$headers" -w '\n%{http_code}' "$CONSUL_HTTP_ADDR/v1/acl/token/self" 2>&1) || true
+  answer=$(curl -sS $curl_opts -H @"$headers" -w '\n%{http_code}' "$CONSUL_HTTP_ADDR/v1/acl/token/self" 2>&1) || true
   status=$(printf '%s\n' "$answer" | tail -n 1)
   [ "$status" = 200 ] && break
   if [ "$status" = 403 ]; then

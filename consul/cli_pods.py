@@ -22,15 +22,17 @@ from .model import Resources
 # On a Job: pulumi-kubernetes replaces the Job at the next `up` when the live one has not succeeded,
 # so a Job that failed runs again once its cause is fixed, though its template did not change.
 RERUN_WHEN_FAILED = {"pulumi.com/replaceUnready": "true"}
-# What the Jobs' scripts start with: curl's TLS option, the management token (when ACLs are on) as
+# What the Jobs' scripts start with: curl's time bounds and TLS option, the management token (when ACLs are on) as
 # a header file that curl reads with -H @file, and the wait for a leader. A secret reaches a file or
 # a pipe only through the shell itself (a here-document) or a program reading a file (cat, jq
 # --rawfile), never a command line, where anyone on the node could read it. The header file is
 # the container's own and in memory, as the Secret it is copied from is: /dev/shm (a tmpfs), mode
-# 0600, removed when the script ends.
+# 0600, removed when the script ends. Every call is bounded in time: the servers' headless Service
+# also resolves to pods that are not Ready (a server restarting, a node gone), and a call to one of
+# them must fail and be tried again, not hang on an address that never answers.
 API_PRELUDE = r"""
-curl_tls=""
-if [ -n "${CONSUL_CACERT:-}" ]; then curl_tls="--cacert $CONSUL_CACERT"; fi
+curl_opts="--connect-timeout 3 --max-time 10"
+if [ -n "${CONSUL_CACERT:-}" ]; then curl_opts="$curl_opts --cacert $CONSUL_CACERT"; fi
 umask 077
 headers=/dev/shm/consul-headers
 trap 'rm -f "$headers"' EXIT
@@ -42,7 +44,7 @@ X-Consul-Token: $management
 EOF
 fi
 echo "waiting for a Consul leader at $CONSUL_HTTP_ADDR"
-until curl -s $curl_tls "$CONSUL_HTTP_ADDR/v1/status/leader" | grep -qE '".+"'; do sleep 3; done
+until curl -s $curl_opts "$CONSUL_HTTP_ADDR/v1/status/leader" | grep -qE '".+"'; do sleep 3; done
 """
 SMALL = Resources(requests={"cpu": "50m", "memory": "50Mi"}, limits={"cpu": "200m", "memory": "100Mi"})
 

@@ -36,10 +36,11 @@ ROTATION_SCRIPT = (
 # a command line; the keyring is read as JSON. A keyring call asks every member, and fails while
 # one does not answer (a member just restarted, gossip still settling): each call is idempotent,
 # so it is tried again, every 5 s for a minute, before the Job gives up (its message then names the
-# call and the HTTP status; Consul's own text is not printed, as it may quote a key).
+# call and the HTTP status; Consul's own text is not printed, as it may quote a key). A keyring
+# call waits for every member's answer, so each gets a minute (curl keeps the last --max-time).
 keyring() {
   attempt=1
-  until failure=$(curl -sS --fail-with-body $curl_tls -X "$1" -H @"$headers" --data-binary @- "$CONSUL_HTTP_ADDR/v1/operator/keyring" 2>&1 >/dev/null <<EOF
+  until failure=$(curl -sS --fail-with-body $curl_opts --max-time 60 -X "$1" -H @"$headers" --data-binary @- "$CONSUL_HTTP_ADDR/v1/operator/keyring" 2>&1 >/dev/null <<EOF
 {"Key": "$2"}
 EOF
   ); do
@@ -54,7 +55,7 @@ EOF
 }
 installed() {
   attempt=1
-  until listing=$(curl -sS --fail-with-body $curl_tls -H @"$headers" "$CONSUL_HTTP_ADDR/v1/operator/keyring" 2>/dev/null); do
+  until listing=$(curl -sS --fail-with-body $curl_opts --max-time 60 -H @"$headers" "$CONSUL_HTTP_ADDR/v1/operator/keyring" 2>/dev/null); do
     if [ "$attempt" -ge 12 ]; then
       echo "ERROR: GET /v1/operator/keyring failed 12 times" >&2
       return 1
@@ -71,7 +72,7 @@ new=$(cat "$KEY_FILE")
 # A run that stopped half-way left none, so the next one goes through every step again.
 digest=$(printf '%s' "$new" | sha256sum | cut -d' ' -f1)
 marker="$CONSUL_HTTP_ADDR/v1/kv/$DONE_KEY"
-if [ "$(curl -sS $curl_tls -H @"$headers" "$marker?raw" 2>/dev/null)" = "$digest" ]; then
+if [ "$(curl -sS $curl_opts -H @"$headers" "$marker?raw" 2>/dev/null)" = "$digest" ]; then
   echo "every agent already gossips with the key in Secret $KEY_SECRET (an earlier run finished): nothing to do"
   exit 0
 fi
@@ -86,7 +87,7 @@ if [ "$left" != "$new" ]; then
   echo "ERROR: after the rotation the keyring still holds other keys than the new one" >&2
   exit 1
 fi
-printf '%s' "$digest" | curl -sS --fail $curl_tls -X PUT -H @"$headers" --data-binary @- "$marker" >/dev/null
+printf '%s' "$digest" | curl -sS --fail $curl_opts -X PUT -H @"$headers" --data-binary @- "$marker" >/dev/null
 echo "every agent gossips with the key in Secret $KEY_SECRET only"
 """
 )
