@@ -269,8 +269,14 @@ def leadership_handoff(acls: bool) -> str:
     timeout. Other servers do nothing. The transfer needs operator:write: the management token is
     read from the pod's own token file into curl's stdin, never onto a command line or into the
     environment. A failed transfer (an event, FailedPreStopHook) only costs the election it would
-    have saved."""
-    leader_is_this_pod = f'[ "$(curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/leader)" = "\\"$POD_IP:{cfg.SERVER_RPC_PORT}\\"" ] || exit 0\n'
+    have saved. Consul names the leader `"ip:8300"`, an IPv6 address in brackets."""
+    port = cfg.SERVER_RPC_PORT
+    leader_is_this_pod = (
+        f'case "$(curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/leader)" in\n'
+        f'  "\\"$POD_IP:{port}\\"" | "\\"[$POD_IP]:{port}\\"") ;;\n'
+        "  *) exit 0 ;;\n"
+        "esac\n"
+    )
     transfer = f"curl -sSf -m 10 -X POST{{header}} {cfg.LOCAL_HTTP_URL}/v1/operator/raft/transfer-leader"
     if not acls:
         return leader_is_this_pod + transfer.format(header="")

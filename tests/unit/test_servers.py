@@ -12,7 +12,7 @@ import pytest
 from harness import merged_agent_config, render
 
 from consul.agent_config import CHECKSUM_ANNOTATION as CONFIG_CHECKSUM_ANNOTATION
-from consul.servers import voter_readiness
+from consul.servers import leadership_handoff, voter_readiness
 
 SELECTOR = {
     "app.kubernetes.io/name": "consul",
@@ -341,33 +341,14 @@ def test_servers_advertise_pod_ip_and_no_leave_prestop(default):
     assert pod(default)["terminationGracePeriodSeconds"] == 30
 
 
-LEADER_IS_THIS_POD = '[ "$(curl -s -m 2 http://127.0.0.1:8500/v1/status/leader)" = "\\"$POD_IP:8300\\"" ] || exit 0\n'
-
-
 def test_servers_hand_leadership_over_before_stopping(default):
-    """Only the leader acts: it asks Raft to transfer leadership, with the management token read
-    from its mounted token file into a pipe (never argv or env), so a roll that stops the leader
-    does not wait out an election."""
-    assert container(default)["lifecycle"] == {
-        "preStop": {
-            "exec": {
-                "command": [
-                    "/bin/sh",
-                    "-c",
-                    LEADER_IS_THIS_POD
-                    + 'sed -n \'s/.*"initial_management": *"\\([^"]*\\)".*/X-Consul-Token: \\1/p\' "/consul/acl/$POD_NAME.json"'
-                    + " | curl -sSf -m 10 -X POST -H @- http://127.0.0.1:8500/v1/operator/raft/transfer-leader",
-                ]
-            }
-        }
-    }
+    """The preStop is the leadership handoff (test_leadership_handoff runs it), with the token."""
+    assert container(default)["lifecycle"] == {"preStop": {"exec": {"command": ["/bin/sh", "-c", leadership_handoff(acls=True)]}}}
 
 
 def test_servers_without_acls_hand_leadership_over_without_a_token():
     rendered = render("ci-defaults", acls=False)
-    assert container(rendered)["lifecycle"]["preStop"]["exec"]["command"][2] == (
-        LEADER_IS_THIS_POD + "curl -sSf -m 10 -X POST http://127.0.0.1:8500/v1/operator/raft/transfer-leader"
-    )
+    assert container(rendered)["lifecycle"]["preStop"]["exec"]["command"][2] == leadership_handoff(acls=False)
 
 
 def test_servers_probes(default):
