@@ -265,6 +265,25 @@ def test_a_new_gossip_key_reaches_every_agent_without_a_restart_and_only_it_stay
     assert "No installed keys could decrypt the message" in log or "Join cluster failed" in log, log[-2000:]
 
 
+def test_a_new_gossip_key_in_the_same_up_as_a_server_roll_stays_within_the_bounds(module_deployment, toolbox):
+    """The roll restarts each server with the Secret's new key while the others still gossip with
+    the old one: the rotation Job must install the new key on the running cluster meanwhile, not
+    wait for a roll that waits for it."""
+    deployment = module_deployment
+    before = servers(deployment)
+    key = Secret(gossip_key())
+    deployment.set(secrets=("gossipKey",), gossipKey=key, serverExtraConfig={"log_level": "INFO"})
+    watch, _ = watched_up(deployment, toolbox, "gossip key rotation with a server roll", then_formed=3)
+    after = servers(deployment)
+    assert [n for n in SERVERS if after[n]["uid"] == before[n]["uid"]] == []
+    assert job(deployment, "consul-gossip-rotation")["status"].get("succeeded") == 1
+    pools = keyring_pools(deployment)
+    assert {(pool["WAN"], tuple(sorted(pool["Keys"]))) for pool in pools} == {(True, (key,)), (False, (key,))}
+    members = from_server(deployment, "/v1/agent/members", "consul-server-1")
+    assert sorted((m["Name"], m["Status"]) for m in members) == sorted((n, 1) for n in SERVERS + REAL_NODES)
+    assert_bounds(watch, 3, open_defect=SERVER_STOPPED)
+
+
 def stale_agent_log(deployment, old_key: str) -> str:
     """The log of a client agent started from the DaemonSet's own pod template but with the old
     gossip key (a Secret of its own), once its join was refused; the pod and Secret are removed."""
