@@ -283,39 +283,24 @@ def leadership_handoff(acls: bool) -> str:
     return leader_is_this_pod + management_token_from_file("X-Consul-Token: ") + " | " + transfer.format(header=" -H @-")
 
 
-# How long the servers' readiness takes a refused token (403) for a sign of this server's own
-# catching up, before it falls back to "sees a leader"; and where it notes when the refusals began
-# (the pod's own /tmp, an emptyDir: a new pod starts the clock afresh).
-REFUSED_GRACE_SECONDS = 30
-REFUSED_SINCE_FILE = "/tmp/consul-readiness-refused-since"
-
-
 def voter_readiness(acls: bool) -> str:
     """The server's readiness check, one call to its own Raft configuration (`?stale`: as this
     server holds it): Ready when it names a leader and lists this server as a voter. A server that
     joined afresh is a non-voter until autopilot promotes it; a roll that went on meanwhile would
     leave fewer voters than a quorum. Reading the configuration needs operator:read: the
-    management token goes from the pod's own token file into curl's stdin. Refused (403), the
-    token does not resolve on this server: at first that is taken as a server still catching up
-    (an empty volume: no token at all until the leader's snapshot arrives, and a non-voter until
-    autopilot promotes it), so it is not Ready. Only once refusals have lasted
-    REFUSED_GRACE_SECONDS with a leader seen (a token not registered yet: a management token
-    during its rotation, until a server that carries it leads; a secondary datacenter before ACL
-    replication works) does the check fall back to "sees a leader", so that no server is held
-    NotReady for good by its token. An accepted token resets the clock. The JSON's layout (pretty
-    or not) does not matter."""
+    management token goes from the pod's own token file into curl's stdin. Refused (403: a token
+    that does not resolve yet, as in a secondary datacenter before ACL replication works), the
+    check falls back to "sees a leader", so that no server is held NotReady for good by its
+    token. The JSON's layout (pretty or not) does not matter."""
     header, token = (" -H @-", management_token_from_file("X-Consul-Token: ") + " | ") if acls else ("", "")
-    url, since = cfg.LOCAL_HTTP_URL, REFUSED_SINCE_FILE
+    url = cfg.LOCAL_HTTP_URL
     return (
         f"out=$({token}curl -s -m 2{header} -w ' %{{http_code}}' '{url}/v1/operator/raft/configuration?stale') || exit 1\n"
         + 'case "${out##* }" in\n'
         + "  200) ;;\n"
-        + f"  403) curl -s -m 2 {url}/v1/status/leader | grep -qE '\".+\"' || exit 1\n"
-        + f"    [ -s {since} ] || date +%s > {since}\n"
-        + f"    [ $(( $(date +%s) - $(cat {since}) )) -ge {REFUSED_GRACE_SECONDS} ]; exit ;;\n"
+        + f"  403) curl -s -m 2 {url}/v1/status/leader | grep -qE '\".+\"'; exit ;;\n"
         + "  *) exit 1 ;;\n"
         + "esac\n"
-        + f"rm -f {since}\n"
         + "servers=$(printf '%s' \"${out% *}\" | tr -d ' \\t\\n' | tr '{' '\\n')\n"
         + "printf '%s\\n' \"$servers\" | grep -qF '\"Leader\":true'\n"
         + 'printf \'%s\\n\' "$servers" | grep -F "\\"Node\\":\\"$POD_NAME\\"" | grep -qF \'"Voter":true\''
