@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from shells import shell_fixture  # noqa: F401  (the fixture "shell")
 
 from consul import agent_config as cfg
-from consul.servers import REFUSED_GRACE_SECONDS, REFUSED_SINCE_FILE, voter_readiness
+from consul.servers import voter_readiness
 
 POD = "consul-server-1"
 
@@ -37,15 +36,10 @@ def configuration(voters: dict[str, bool], *, pretty: bool, leader: bool = True)
     return json.dumps({"Servers": servers, "Index": 0}, indent=4 if pretty else None, separators=None if pretty else (",", ":"))
 
 
-def ready(
-    tmp_path: Path, shell: list[str], leader: str, config: str, *, acls: bool = True, status: int = 200, refused_for: int | None = None
-) -> tuple[bool, str]:
+def ready(tmp_path: Path, shell: list[str], leader: str, config: str, *, acls: bool = True, status: int = 200) -> tuple[bool, str]:
     """Whether the check passes, and what the stand-in curl was handed on stdin for the
     configuration. `leader`: what /v1/status/leader answers; `config` and `status`: what the
-    configuration call answers (curl's -w appends the status); `refused_for`: how many seconds
-    ago an earlier check found the token refused (None: none did)."""
-    if refused_for is not None:
-        (tmp_path / "refused-since").write_text(f"{int(time.time()) - refused_for}\n")
+    configuration call answers (curl's -w appends the status)."""
     (tmp_path / "bin").mkdir()
     (tmp_path / "acl").mkdir()
     (tmp_path / "acl" / f"{POD}.json").write_text(json.dumps({"acl": {"tokens": {"initial_management": "the-token"}}}))
@@ -62,7 +56,7 @@ def ready(
         "esac\n"
     )
     curl.chmod(0o755)
-    script = voter_readiness(acls).replace(cfg.ACL_DIR, str(tmp_path / "acl")).replace(REFUSED_SINCE_FILE, str(tmp_path / "refused-since"))
+    script = voter_readiness(acls).replace(cfg.ACL_DIR, str(tmp_path / "acl"))
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "POD_NAME": POD}
     done = subprocess.run([*shell, "-ec", script], env=env, capture_output=True, text=True, timeout=30, check=False)
     stdin = (tmp_path / "stdin").read_text() if (tmp_path / "stdin").exists() else ""
@@ -91,34 +85,10 @@ def test_a_voter_without_a_leader_is_not_ready(tmp_path: Path, shell: list[str])
     assert ready(tmp_path, shell, '""', config)[0] is False
 
 
-def test_a_token_refused_at_first_is_not_ready_and_starts_the_clock(tmp_path: Path, shell: list[str]) -> None:
-    """A server on an empty volume refuses every token until it has caught up with the leader,
-    and is a non-voter until autopilot promotes it: Ready then would let a roll go on without it."""
-    assert ready(tmp_path, shell, '"10.0.0.0:8300"', "ACL not found", status=403)[0] is False
-    assert (tmp_path / "refused-since").exists()
-
-
-@pytest.mark.parametrize(
-    ("leader", "refused_for", "expected"),
-    [
-        ('"10.0.0.0:8300"', REFUSED_GRACE_SECONDS - 5, False),
-        ('"10.0.0.0:8300"', REFUSED_GRACE_SECONDS + 1, True),
-        ('""', REFUSED_GRACE_SECONDS + 60, False),
-    ],
-    ids=["refused-briefly", "refused-past-the-grace", "refused-long-without-a-leader"],
-)
-def test_a_token_refused_for_good_falls_back_to_seeing_a_leader(
-    tmp_path: Path, shell: list[str], leader: str, refused_for: int, expected: bool
-) -> None:
-    """A token refused past the grace (a management token not registered yet during its rotation,
-    a secondary datacenter before ACL replication) never holds every server NotReady for good."""
-    assert ready(tmp_path, shell, leader, "ACL not found", status=403, refused_for=refused_for)[0] is expected
-
-
-def test_a_token_accepted_again_resets_the_clock(tmp_path: Path, shell: list[str]) -> None:
-    config = configuration({"consul-server-0": True, POD: True}, pretty=False)
-    assert ready(tmp_path, shell, '"10.0.0.0:8300"', config, refused_for=REFUSED_GRACE_SECONDS + 1)[0] is True
-    assert not (tmp_path / "refused-since").exists()
+@pytest.mark.parametrize(("leader", "expected"), [('"10.0.0.0:8300"', True), ('""', False)])
+def test_a_token_refused_falls_back_to_seeing_a_leader(tmp_path: Path, shell: list[str], leader: str, expected: bool) -> None:
+    """A 403 (a token that does not resolve yet) never holds every server NotReady for good."""
+    assert ready(tmp_path, shell, leader, "ACL not found", status=403)[0] is expected
 
 
 def test_any_other_answer_is_not_ready(tmp_path: Path, shell: list[str]) -> None:
