@@ -165,10 +165,7 @@ def declare_cluster(settings: Settings, foundation: Foundation, cluster_reachabl
                 tokens_secret=security.acl_tokens.secret_name if security.acl_tokens else None,
                 cluster=settings.cluster,
             ),
-            # Not after the servers' rollout: an up that changes the key and rolls the servers
-            # restarts each with the new key only, which the others cannot read until the Job has
-            # installed it, so a roll awaited first would stall, waiting for this Job. The Job
-            # waits for a leader itself (the servers' Service is its only dependency).
+            opts=pulumi.ResourceOptions(depends_on=[servers]),
         )
     if settings.snapshots.enabled:
         ConsulSnapshots(
