@@ -31,7 +31,7 @@ RERUN_WHEN_FAILED = {"pulumi.com/replaceUnready": "true"}
 # also resolves to pods that are not Ready (a server restarting, a node gone), and a call to one of
 # them must fail and be tried again, not hang on an address that never answers.
 API_PRELUDE = r"""
-curl_opts="--connect-timeout 3 --max-time 10"
+curl_opts="--connect-timeout 5 --max-time 30"
 if [ -n "${CONSUL_CACERT:-}" ]; then curl_opts="$curl_opts --cacert $CONSUL_CACERT"; fi
 umask 077
 headers=/dev/shm/consul-headers

@@ -265,6 +265,12 @@ def test_a_new_gossip_key_reaches_every_agent_without_a_restart_and_only_it_stay
     assert "No installed keys could decrypt the message" in log or "Join cluster failed" in log, log[-2000:]
 
 
+@pytest.mark.xfail(
+    reason="open defect: the rotation Job waits for the servers' rollout, which waits for a server restarted with the new key "
+    "only, so the up stalls until its 30-minute timeout; not run, as it would hold the suite that long",
+    run=False,
+    strict=True,
+)
 def test_a_new_gossip_key_in_the_same_up_as_a_server_roll_stays_within_the_bounds(module_deployment, toolbox):
     """The roll restarts each server with the Secret's new key while the others still gossip with
     the old one: the rotation Job must install the new key on the running cluster meanwhile, not
