@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +20,17 @@ def shell_fixture(request: pytest.FixtureRequest) -> list[str]:
             pytest.fail(missing)
         pytest.skip(missing)
     return ["busybox", "sh"] if request.param == "busybox" else ["sh"]
+
+
+def stand_in_server(tmp_path: Path, pod: str, leader: str, cases: str) -> None:
+    """A server pod's files for a script under test: its token file (management token
+    "the-token") in tmp_path/acl, and a stand-in curl in tmp_path/bin that runs `cases` (shell
+    case branches on its arguments), answers /v1/status/leader with `leader`, and fails (7) on
+    anything else."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "acl").mkdir()
+    (tmp_path / "acl" / f"{pod}.json").write_text(json.dumps({"acl": {"tokens": {"initial_management": "the-token"}}}))
+    (tmp_path / "leader").write_text(leader)
+    curl = tmp_path / "bin" / "curl"
+    curl.write_text(f'#!/bin/sh\ncase "$*" in\n{cases}  */v1/status/leader) cat {tmp_path}/leader;;\n  *) exit 7;;\nesac\n')
+    curl.chmod(0o755)

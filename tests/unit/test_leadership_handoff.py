@@ -7,12 +7,11 @@ brackets) and records a transfer request with what it was handed on stdin.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from shells import shell_fixture  # noqa: F401  (the fixture "shell")
+from shells import shell_fixture, stand_in_server  # noqa: F401  (the fixture "shell")
 
 from consul import agent_config as cfg
 from consul.servers import leadership_handoff
@@ -22,20 +21,7 @@ POD = "consul-server-1"
 
 def transferred(tmp_path: Path, shell: list[str], pod_ip: str, leader: str, *, acls: bool = True) -> str | None:
     """What the stand-in curl got on stdin for a transfer-leader request; None if none was made."""
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "acl").mkdir()
-    (tmp_path / "acl" / f"{POD}.json").write_text(json.dumps({"acl": {"tokens": {"initial_management": "the-token"}}}))
-    (tmp_path / "leader").write_text(leader)
-    curl = tmp_path / "bin" / "curl"
-    curl.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in\n'
-        f"  *transfer-leader) cat > {tmp_path}/transfer;;\n"
-        f"  */v1/status/leader) cat {tmp_path}/leader;;\n"
-        "  *) exit 7;;\n"
-        "esac\n"
-    )
-    curl.chmod(0o755)
+    stand_in_server(tmp_path, POD, leader, f"  *transfer-leader) cat > {tmp_path}/transfer;;\n")
     script = leadership_handoff(acls).replace(cfg.ACL_DIR, str(tmp_path / "acl"))
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "POD_NAME": POD, "POD_IP": pod_ip}
     done = subprocess.run([*shell, "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False)

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from shells import shell_fixture  # noqa: F401  (the fixture "shell")
+from shells import shell_fixture, stand_in_server  # noqa: F401  (the fixture "shell")
 
 from consul import agent_config as cfg
 from consul.servers import voter_readiness
@@ -40,22 +40,14 @@ def ready(tmp_path: Path, shell: list[str], leader: str, config: str, *, acls: b
     """Whether the check passes, and what the stand-in curl was handed on stdin for the
     configuration. `leader`: what /v1/status/leader answers; `config` and `status`: what the
     configuration call answers (curl's -w appends the status)."""
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "acl").mkdir()
-    (tmp_path / "acl" / f"{POD}.json").write_text(json.dumps({"acl": {"tokens": {"initial_management": "the-token"}}}))
-    (tmp_path / "leader").write_text(leader)
     (tmp_path / "config").write_text(config)
-    curl = tmp_path / "bin" / "curl"
-    curl.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in\n'
+    stand_in_server(
+        tmp_path,
+        POD,
+        leader,
         f'  *"-H @-"*configuration*) cat > {tmp_path}/stdin; cat {tmp_path}/config; printf " {status}";;\n'
-        f'  *configuration*) cat {tmp_path}/config; printf " {status}";;\n'
-        f"  */v1/status/leader) cat {tmp_path}/leader;;\n"
-        "  *) exit 7;;\n"
-        "esac\n"
+        f'  *configuration*) cat {tmp_path}/config; printf " {status}";;\n',
     )
-    curl.chmod(0o755)
     script = voter_readiness(acls).replace(cfg.ACL_DIR, str(tmp_path / "acl"))
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "POD_NAME": POD}
     done = subprocess.run([*shell, "-ec", script], env=env, capture_output=True, text=True, timeout=30, check=False)
