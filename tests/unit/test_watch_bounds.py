@@ -4,8 +4,15 @@ and which failed writes fall outside them."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 _SPEC = importlib.util.spec_from_file_location("watch", Path(__file__).parents[1] / "e2e" / "watch.py")
 assert _SPEC
@@ -201,3 +208,71 @@ def test_a_watch_whose_sampler_died_names_it_and_one_that_sampled_throughout_nam
     assert watch.silent_samplers(record, start=1.0, end=10.0, dns=False) == {}
     record.writes = [write(t, "200", 0.01) for t in ticks if t <= 1.0]
     assert watch.silent_samplers(record, start=1.0, end=10.0, dns=False) == {"writes": 9.0}
+
+
+# The samplers' lines reach the watch through a `kubectl exec` stream, which a busy machine can
+# hold up for seconds. Timed on arrival, a held-up stream reads as a sampler that sampled nothing,
+# and its samples bunch at the arrival. Each line carries the time the toolbox pod took it: its
+# busybox ash's $EPOCHREALTIME, the same kernel's wall clock as the watch's.
+LOOPS = {
+    "leader": watch.LEADER_LOOP,
+    "voters": watch.VOTERS_LOOP,
+    "catalog": watch.CATALOG_LOOP,
+    "dns": watch.DNS_LOOP,
+    "writes": watch.WRITES_LOOP,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOPS))
+def test_every_sampler_line_carries_the_wall_clock_time_the_pod_took_it(tmp_path: Path, name: str) -> None:
+    if shutil.which("busybox") is None:
+        if os.environ.get("CI"):
+            pytest.fail("busybox is not installed (Debian: busybox-static)")
+        pytest.skip("busybox is not installed (Debian: busybox-static)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("curl", "dig"):
+        (bin_dir / program).write_text("#!/bin/sh\nsleep 0.1\necho 200 0.1\n")
+        (bin_dir / program).chmod(0o755)
+    fmt = {"agent": "http://agent:8500", "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": "10.0.0.10"}
+    script = watch._PRELUDE + LOOPS[name].format(**fmt)
+    before = time.time()
+    process = subprocess.Popen(
+        ["busybox", "sh", "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        start_new_session=True,
+    )
+    assert process.stdin is not None
+    process.stdin.write("the-token\n")
+    process.stdin.flush()
+    # The stream held up: nothing is read for 2 s.
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGKILL)
+    out, _ = process.communicate(timeout=10)
+    taken = [watch.stamped(line) for line in out.splitlines()]
+    assert len(taken) >= 4, out
+    times = [at for at, _ in taken]
+    assert all(before < at < before + 2.5 for at in times), (before, times)
+    # Spread over the 2 s at the sampler's interval, not bunched when the lines were read.
+    assert times[-1] - times[0] > 1.0, times
+    assert all(rest for _, rest in taken), out
+
+
+# Silence is judged once every stream has delivered up to the watch's end: a sampler whose last
+# lines are still on their way is waited for (within a bound), not counted silent.
+def test_a_sampler_whose_lines_have_not_reached_the_end_of_the_watch_is_behind() -> None:
+    ticks = [0.25 * i for i in range(41)]  # 0 to 10 s
+    record = watch.Record(
+        leader=[(t, True) for t in ticks],
+        voters=[(t, 3) for t in ticks],
+        writes=[write(t, "200", 0.01) for t in ticks if t <= 7.0],
+        pods=[(t, {}) for t in ticks],
+        registered=[(t, True) for t in ticks],
+        dns=[(t, True) for t in ticks if t < 4.0],
+    )
+    assert watch.samplers_behind(record, end=10.0, dns=True) == ["dns", "writes"]
+    assert watch.samplers_behind(record, end=10.0, dns=False) == ["writes"]
+    assert watch.samplers_behind(record, end=7.0, dns=False) == []
