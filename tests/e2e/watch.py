@@ -28,7 +28,10 @@ Each sampler runs in its own thread, so a slow answer never delays another:
   - DNS: the same service through the `consul-dns` Service (`dig`, 1 s), answered when it gives
     an A record.
 The samplers but the pods' run as shell loops in the toolbox pod (`kubectl exec`), with the token
-on standard input; the pod sampler reads the API. Each line is timed when it arrives.
+on standard input; the pod sampler reads the API. Each line carries the time the pod took it
+(busybox ash's $EPOCHREALTIME, when the answer came): the exec stream may hold lines up on a busy
+machine, and a line timed on arrival would bunch its samples there and leave a silence before.
+Pods and the watch share the kernel's wall clock, which the watch counts from its start.
 """
 
 from __future__ import annotations
@@ -53,28 +56,29 @@ KEYS_READ_SECONDS = 60
 _PRELUDE = 'read -r T; h=$(mktemp); printf "X-Consul-Token: %s\\n" "$T" > "$h"; trap \'rm -f "$h"\' EXIT; '
 
 # Each sample starts in the background on its tick, so an answer slow to come (a 1 s timeout, a
-# busy machine) never delays the next one; each prints its line with a single write.
+# busy machine) never delays the next one; each prints its line with a single write, led by the
+# wall-clock time its answer came.
 LEADER_LOOP = (
-    'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; echo "$out"; }} & '
+    'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; echo "$EPOCHREALTIME $out"; }} & '
     "sleep {interval}; done"
 )
 VOTERS_LOOP = (
     'while :; do {{ out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/operator/raft/configuration?stale") || out="- 0"; '
-    'echo "$(printf "%s" "$out" | tr -d "\\n")"; }} & sleep {interval}; done'
+    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\n")"; }} & sleep {interval}; done'
 )
 CATALOG_LOOP = (
     'while :; do {{ out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/catalog/service/{service}?stale") || out="- 0"; '
-    'echo "$(printf "%s" "$out" | tr -d "\\n")"; }} & sleep {interval}; done'
+    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\n")"; }} & sleep {interval}; done'
 )
 DNS_LOOP = (
-    'while :; do {{ n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$n"; }} & '
+    'while :; do {{ n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$EPOCHREALTIME $n"; }} & '
     "sleep {interval}; done"
 )
-# Each write: "<index> <status> <seconds>", and for a failed one the start of its answer.
+# Each write: "<time> <index> <status> <seconds>", and for a failed one the start of its answer.
 WRITES_LOOP = (
     'i=0; while :; do {{ b=$(mktemp); out=$(curl -s -m {bound} -o "$b" -w \'%{{http_code}} %{{time_total}}\' -X PUT -H @"$h" --data "$i" '
     '"{agent}/v1/kv/{prefix}/$i"); [ -n "$out" ] || out="000 {bound}"; '
-    'case "$out" in 200*) echo "$i $out";; *) echo "$i $out $(head -c 160 "$b" | tr -d "\\n")";; esac; rm -f "$b"; }} & '
+    'case "$out" in 200*) echo "$EPOCHREALTIME $i $out";; *) echo "$EPOCHREALTIME $i $out $(head -c 160 "$b" | tr -d "\\n")";; esac; rm -f "$b"; }} & '
     "i=$((i+1)); sleep {interval}; done"
 )
 # What Consul answers a write it could not commit for want of a leader.
@@ -252,6 +256,21 @@ def failed_with_every_agent_up(writes: list[Write], down: list[tuple[float, floa
 SILENCE_BOUND = 5.0
 
 
+# How long the watch waits, after the operation, for each stream to deliver the samples taken up to its end.
+DELIVERY_SECONDS = 30
+
+
+def stamped(line: str) -> tuple[float, str]:
+    """A sampler's line split into the wall-clock time the pod took it and the sample itself."""
+    stamp, _, sample = line.partition(" ")
+    return float(stamp), sample
+
+
+def samplers_behind(record: Record, end: float, *, dns: bool) -> list[str]:
+    """The samplers with no sample at or after `end` yet: their lines may still be on their way."""
+    return sorted(name for name, times in _sample_times(record, dns=dns).items() if not any(t >= end for t in times))
+
+
 def longest_silence(times: list[float], start: float, end: float) -> float:
     """The longest stretch of [start, end] without a sample (`times`: when each arrived), counted
     from `start` to the first sample in it and from the last one to `end`."""
@@ -278,11 +297,18 @@ class Record:
     registered: list[tuple[float, bool | None]] = field(default_factory=list)
     # (time, consul-dns gave an A record for it)
     dns: list[tuple[float, bool]] = field(default_factory=list)
+    # The longest a sampler's line took from the pod to the watch, by sampler
+    held_up: dict[str, float] = field(default_factory=dict)
 
 
 def silent_samplers(record: Record, start: float, end: float, *, dns: bool) -> dict[str, float]:
     """The samplers silent longer than SILENCE_BOUND in [start, end], with their longest silence
     (`dns`: the watch has a DNS sampler)."""
+    silences = {name: longest_silence(times, start, end) for name, times in _sample_times(record, dns=dns).items()}
+    return {name: silence for name, silence in silences.items() if silence > SILENCE_BOUND}
+
+
+def _sample_times(record: Record, *, dns: bool) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {
         "leader": [at for at, _ in record.leader],
         "voters": [at for at, _ in record.voters],
@@ -292,8 +318,7 @@ def silent_samplers(record: Record, start: float, end: float, *, dns: bool) -> d
     }
     if dns:
         samples["dns"] = [at for at, _ in record.dns]
-    silences = {name: longest_silence(times, start, end) for name, times in samples.items()}
-    return {name: silence for name, silence in silences.items() if silence > SILENCE_BOUND}
+    return samples
 
 
 @dataclass(frozen=True)
@@ -350,9 +375,10 @@ class Watch:
         self.lost_nodes: frozenset[str] = frozenset()
 
     def _now(self) -> float:
-        return time.monotonic() - self.started
+        """Seconds since the watch started, on the wall clock the toolbox pod stamps its lines with."""
+        return time.time() - self.started
 
-    def _stream(self, loop: str, handle: Any) -> None:
+    def _stream(self, name: str, loop: str, handle: Any) -> None:
         token = self.deployment.management_token()
         process = self.toolbox.stream(_PRELUDE + loop, token)
         self._processes.append(process)
@@ -361,7 +387,10 @@ class Watch:
             for line in process.stdout:
                 if self._stop.is_set():
                     break
-                handle(self._now(), line.rstrip("\n"))
+                taken, sample = stamped(line.rstrip("\n"))
+                at = taken - self.started
+                self.record.held_up[name] = max(self.record.held_up.get(name, 0.0), self._now() - at)
+                handle(at, sample)
 
         thread = threading.Thread(target=run, daemon=True, name=f"watch-{self.label}")
         thread.start()
@@ -452,16 +481,16 @@ class Watch:
             self._stop.wait(INTERVAL)
 
     def __enter__(self) -> Watch:
-        self.started = time.monotonic()
+        self.started = time.time()
         self._register()
         dns = consul_dns_ip(self.deployment.api, self.deployment.namespace)
         fmt = {"agent": self.agent, "interval": INTERVAL, "bound": WRITE_BOUND, "prefix": self.prefix, "service": self.service, "dns": dns}
-        self._stream(LEADER_LOOP.format(**fmt), self._on_leader)
-        self._stream(VOTERS_LOOP.format(**fmt), self._on_voters)
-        self._stream(WRITES_LOOP.format(**fmt), self._on_write)
-        self._stream(CATALOG_LOOP.format(**fmt), self._on_catalog)
+        self._stream("leader", LEADER_LOOP.format(**fmt), self._on_leader)
+        self._stream("voters", VOTERS_LOOP.format(**fmt), self._on_voters)
+        self._stream("writes", WRITES_LOOP.format(**fmt), self._on_write)
+        self._stream("catalog", CATALOG_LOOP.format(**fmt), self._on_catalog)
         if dns is not None:
-            self._stream(DNS_LOOP.format(**fmt), self._on_dns)
+            self._stream("dns", DNS_LOOP.format(**fmt), self._on_dns)
         pods = threading.Thread(target=self._pods, daemon=True, name=f"watch-pods-{self.label}")
         pods.start()
         self._threads.append(pods)
@@ -507,16 +536,25 @@ class Watch:
             thread.join(timeout=5)
 
     def __exit__(self, *exc: object) -> None:
-        # A last second of samples after the operation, then stop.
+        # A last second of samples after the operation, then stop once every stream has delivered
+        # the samples taken up to then (or DELIVERY_SECONDS have passed: those still missing are silence).
         time.sleep(1)
-        seconds = self._now() - self.action_started
-        silent = silent_samplers(self.record, self.action_started, self._now(), dns=self.dns is not None)
+        end = self._now()
+        seconds = end - self.action_started
+        delivery = time.monotonic() + DELIVERY_SECONDS
+        while samplers_behind(self.record, end, dns=self.dns is not None) and time.monotonic() < delivery:
+            time.sleep(0.1)
+        silent = silent_samplers(self.record, self.action_started, end, dns=self.dns is not None)
         self._halt()
         down = agents_down(self.record.pods)
         self.summary = self._summarise(seconds, down)
         self._deregister()
         ROWS.append(self.summary)
         print(f"\nwatch: {self.summary.row()}")
+        print(
+            f"watch: {self.label}: longest a sample's line took from the toolbox pod: "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(self.record.held_up.items()))
+        )
         failed = [write for write in self.record.writes if not write.ok]
         if failed:
             after = self.action_started
