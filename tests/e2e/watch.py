@@ -43,7 +43,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 LEADER = re.compile(r'^"\d{1,3}(?:\.\d{1,3}){3}:8300"$')
@@ -272,7 +272,7 @@ def samplers_behind(record: Record, end: float, *, dns: bool) -> list[str]:
 
 
 def longest_silence(times: list[float], start: float, end: float) -> float:
-    """The longest stretch of [start, end] without a sample (`times`: when each arrived), counted
+    """The longest stretch of [start, end] without a sample (`times`: when each was taken), counted
     from `start` to the first sample in it and from the last one to `end`."""
     points = [start, *sorted(t for t in times if start <= t <= end), end]
     return max(b - a for a, b in itertools.pairwise(points))
@@ -299,6 +299,27 @@ class Record:
     dns: list[tuple[float, bool]] = field(default_factory=list)
     # The longest a sampler's line took from the pod to the watch, by sampler
     held_up: dict[str, float] = field(default_factory=dict)
+
+
+def up_to(record: Record, end: float) -> Record:
+    """The record's samples taken up to `end`, each sampler's in time order: the window the figures
+    cover. While the watch waits for a held-up stream the others go on sampling past the window,
+    and background samples can reach their stream out of the order they were taken in."""
+
+    def kept(samples: list[Any]) -> list[Any]:
+        return sorted((sample for sample in samples if sample[0] <= end), key=lambda sample: sample[0])
+
+    return replace(
+        record,
+        leader=kept(record.leader),
+        no_leader=kept(record.no_leader),
+        voters=kept(record.voters),
+        writes=sorted((write for write in record.writes if write.at <= end), key=lambda write: write.at),
+        pods=kept(record.pods),
+        cut_off=kept(record.cut_off),
+        registered=kept(record.registered),
+        dns=kept(record.dns),
+    )
 
 
 def silent_samplers(record: Record, start: float, end: float, *, dns: bool) -> dict[str, float]:
@@ -546,15 +567,16 @@ class Watch:
             time.sleep(0.1)
         silent = silent_samplers(self.record, self.action_started, end, dns=self.dns is not None)
         self._halt()
+        print(
+            f"\nwatch: {self.label}: longest a sample's line took from the toolbox pod: "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(self.record.held_up.items()))
+        )
+        self.record = up_to(self.record, end)
         down = agents_down(self.record.pods)
         self.summary = self._summarise(seconds, down)
         self._deregister()
         ROWS.append(self.summary)
-        print(f"\nwatch: {self.summary.row()}")
-        print(
-            f"watch: {self.label}: longest a sample's line took from the toolbox pod: "
-            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(self.record.held_up.items()))
-        )
+        print(f"watch: {self.summary.row()}")
         failed = [write for write in self.record.writes if not write.ok]
         if failed:
             after = self.action_started

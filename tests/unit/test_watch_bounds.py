@@ -278,3 +278,31 @@ def test_a_sampler_whose_lines_have_not_reached_the_end_of_the_watch_is_behind()
     assert watch.samplers_behind(record, end=10.0, dns=True) == ["dns", "writes"]
     assert watch.samplers_behind(record, end=10.0, dns=False) == ["writes"]
     assert watch.samplers_behind(record, end=7.0, dns=False) == []
+
+
+# The figures cover the watch's window and no more: while the watch waits for a stream held up on
+# a busy machine, the other samplers go on sampling, and what they see after the window's end is
+# not the operation's. Background samples can also reach the stream out of the order they were
+# taken in, while the stretches and the down spans are read in time order.
+def test_the_figures_keep_the_samples_up_to_the_end_of_the_watch_in_time_order() -> None:
+    record = watch.Record(
+        leader=[(0.0, True), (0.5, False), (0.25, True), (10.5, False)],
+        no_leader=[(0.0, False), (0.5, True), (0.25, False), (10.5, True)],
+        voters=[(0.0, 3), (11.0, 1)],
+        writes=[write(0.0, "200", 0.01), write(12.0, "000", 1.0)],
+        pods=[(0.0, {}), (10.0, {}), (10.25, {})],
+        cut_off=[(0.0, frozenset()), (10.0, frozenset()), (10.25, frozenset())],
+        registered=[(0.0, True), (10.75, False)],
+        dns=[(0.0, True), (20.0, False)],
+        held_up={"dns": 9.5},
+    )
+    window = watch.up_to(record, end=10.0)
+    assert window.leader == [(0.0, True), (0.25, True), (0.5, False)]
+    assert window.no_leader == [(0.0, False), (0.25, False), (0.5, True)]
+    assert window.voters == [(0.0, 3)]
+    assert [w.at for w in window.writes] == [0.0]
+    assert [at for at, _ in window.pods] == [0.0, 10.0]
+    assert [at for at, _ in window.cut_off] == [0.0, 10.0]
+    assert window.registered == [(0.0, True)]
+    assert window.dns == [(0.0, True)]
+    assert window.held_up == {"dns": 9.5}
