@@ -59,7 +59,8 @@ _PRELUDE = 'read -r T; h=$(mktemp); printf "X-Consul-Token: %s\\n" "$T" > "$h"; 
 # busy machine) never delays the next one; each prints its line with a single write, led by the
 # wall-clock time its answer came.
 LEADER_LOOP = (
-    'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; echo "$EPOCHREALTIME $out"; }} & '
+    'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; '
+    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\n")"; }} & '
     "sleep {interval}; done"
 )
 VOTERS_LOOP = (
@@ -299,6 +300,8 @@ class Record:
     dns: list[tuple[float, bool]] = field(default_factory=list)
     # The longest a sampler's line took from the pod to the watch, by sampler
     held_up: dict[str, float] = field(default_factory=dict)
+    # The first line each sampler printed that is not "<stamp> <sample>", by sampler
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def up_to(record: Record, end: float) -> Record:
@@ -408,7 +411,12 @@ class Watch:
             for line in process.stdout:
                 if self._stop.is_set():
                     break
-                taken, sample = stamped(line.rstrip("\n"))
+                try:
+                    taken, sample = stamped(line.rstrip("\n"))
+                except ValueError:
+                    # Not a sample: the watch fails on it, naming the line, rather than read it as silence.
+                    self.record.unreadable.setdefault(name, line.rstrip("\n"))
+                    continue
                 at = taken - self.started
                 self.record.held_up[name] = max(self.record.held_up.get(name, 0.0), self._now() - at)
                 handle(at, sample)
@@ -596,6 +604,11 @@ class Watch:
                 + _spans(leaderless_stretches(self.record.leader), after)
                 + "; some agent pod down: "
                 + _spans(down, after)
+            )
+        if self.record.unreadable and exc[0] is None:
+            raise AssertionError(
+                f"{self.label}: samplers printed lines that are not a stamped sample: "
+                + ", ".join(f"{name} {line!r}" for name, line in sorted(self.record.unreadable.items()))
             )
         if silent and exc[0] is None:
             raise AssertionError(

@@ -3,12 +3,14 @@ and which failed writes fall outside them."""
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -306,3 +308,60 @@ def test_the_figures_keep_the_samples_up_to_the_end_of_the_watch_in_time_order()
     assert window.registered == [(0.0, True)]
     assert window.dns == [(0.0, True)]
     assert window.held_up == {"dns": 9.5}
+
+
+# Consul answers some refusals with a body that ends in a newline: the 429 of
+# `limits.http_max_conns_per_client`, the 500 of a client agent without servers. Each sample is
+# still one line, led by its stamp: a second line would carry no stamp and end the sampler.
+REFUSAL = b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self._refuse()
+
+    def do_PUT(self) -> None:
+        self._refuse()
+
+    def _refuse(self) -> None:
+        self.send_response(429)
+        self.send_header("Content-Length", str(len(REFUSAL)))
+        self.end_headers()
+        self.wfile.write(REFUSAL)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("name", sorted(set(LOOPS) - {"dns"}))
+def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(name: str) -> None:
+    if shutil.which("busybox") is None or shutil.which("curl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("busybox and curl are not installed (Debian: busybox-static, curl)")
+        pytest.skip("busybox and curl are not installed (Debian: busybox-static, curl)")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        agent = f"http://127.0.0.1:{server.server_address[1]}"
+        fmt = {"agent": agent, "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": "127.0.0.1"}
+        process = subprocess.Popen(
+            ["busybox", "sh", "-c", watch._PRELUDE + LOOPS[name].format(**fmt)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert process.stdin is not None
+        process.stdin.write("the-token\n")
+        process.stdin.flush()
+        time.sleep(2)
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate(timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = out.splitlines()
+    assert len(lines) >= 3, out
+    for line in lines:
+        _, sample = watch.stamped(line)
+        assert "429" in sample.split(), line
