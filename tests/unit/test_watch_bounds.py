@@ -3,6 +3,7 @@ and which failed writes fall outside them."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import importlib.util
 import os
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -365,3 +368,95 @@ def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(n
     for line in lines:
         _, sample = watch.stamped(line)
         assert "429" in sample.split(), line
+
+
+# The watch's own wiring, with the toolbox pod's `kubectl exec -i … sh -c` replaced by busybox sh
+# run here (the token on standard input, the stream's lines read as they come): a stream that a
+# busy machine holds up still yields samples timed when the pod took them, the hold-up is measured,
+# and a line that is not a stamped sample is kept for the watch's verdict while the sampler goes on.
+class _Leading(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'"127.0.0.1:8300"'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class _ProcessGroup(subprocess.Popen[str]):
+    """Killed with every process of its shell, as killing `kubectl exec` ends the pod's."""
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+class _LocalToolbox:
+    """`stream` as the bed's toolbox pod runs it, here; `hold` seconds of the stream's lines held
+    back in a pipe, as a busy machine holds up an exec stream; `before` printed ahead of the loop."""
+
+    def __init__(self, hold: float = 0.0, before: str = "") -> None:
+        self.hold = hold
+        self.before = before
+
+    def stream(self, script: str, input: str) -> subprocess.Popen[str]:
+        held = f"{{ {self.before}{script}\n}} | {{ sleep {self.hold}; cat; }}"
+        process = _ProcessGroup(
+            ["busybox", "sh", "-c", held], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True
+        )
+        assert process.stdin is not None
+        process.stdin.write(input + "\n")
+        process.stdin.flush()
+        return process
+
+
+class _Deployment:
+    def management_token(self) -> str:
+        return "the-token"
+
+
+@pytest.fixture
+def leading_agent() -> Iterator[str]:
+    if shutil.which("busybox") is None or shutil.which("curl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("busybox and curl are not installed (Debian: busybox-static, curl)")
+        pytest.skip("busybox and curl are not installed (Debian: busybox-static, curl)")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Leading)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _sample_leader(agent: str, toolbox: _LocalToolbox, seconds: float) -> Any:
+    """A watch's leader sampler, alone, for `seconds`; the watch, stopped."""
+    sampling = watch.Watch(_Deployment(), toolbox, "unit", agent=agent)
+    fmt = {"agent": agent, "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": "127.0.0.1"}
+    sampling.started = time.time()
+    sampling._stream("leader", watch.LEADER_LOOP.format(**fmt), sampling._on_leader)
+    time.sleep(seconds)
+    sampling._halt()
+    return sampling
+
+
+def test_a_held_up_stream_yields_samples_timed_when_the_pod_took_them(leading_agent: str) -> None:
+    sampling = _sample_leader(leading_agent, _LocalToolbox(hold=2.0), seconds=3.5)
+    times = [at for at, _ in sampling.record.leader]
+    assert len(times) >= 4, sampling.record
+    assert all(named for _, named in sampling.record.leader), sampling.record.leader
+    # Taken from the start, though none reached the watch before 2 s.
+    assert times[0] < 1.0, times
+    assert 1.0 < sampling.record.held_up["leader"] < 3.5, sampling.record.held_up
+    assert watch.longest_silence(times, 0.0, 2.0) < 1.0, times
+    assert sampling.record.leaders == ['"127.0.0.1:8300"'], sampling.record.leaders
+    assert sampling.record.unreadable == {}
+    assert not any(thread.is_alive() for thread in sampling._threads)
+
+
+def test_a_line_that_is_not_a_stamped_sample_is_kept_and_the_sampler_goes_on(leading_agent: str) -> None:
+    sampling = _sample_leader(leading_agent, _LocalToolbox(before="echo 'a stray line'; "), seconds=1.5)
+    assert sampling.record.unreadable == {"leader": "a stray line"}
+    assert len(sampling.record.leader) >= 3, sampling.record.leader
