@@ -60,16 +60,16 @@ _PRELUDE = 'read -r T; h=$(mktemp); printf "X-Consul-Token: %s\\n" "$T" > "$h"; 
 # wall-clock time its answer came.
 LEADER_LOOP = (
     'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; '
-    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\n")"; }} & '
+    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & '
     "sleep {interval}; done"
 )
 VOTERS_LOOP = (
     'while :; do {{ out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/operator/raft/configuration?stale") || out="- 0"; '
-    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\n")"; }} & sleep {interval}; done'
+    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & sleep {interval}; done'
 )
 CATALOG_LOOP = (
     'while :; do {{ out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/catalog/service/{service}?stale") || out="- 0"; '
-    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\n")"; }} & sleep {interval}; done'
+    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & sleep {interval}; done'
 )
 DNS_LOOP = (
     'while :; do {{ n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$EPOCHREALTIME $n"; }} & '
@@ -79,7 +79,7 @@ DNS_LOOP = (
 WRITES_LOOP = (
     'i=0; while :; do {{ b=$(mktemp); out=$(curl -s -m {bound} -o "$b" -w \'%{{http_code}} %{{time_total}}\' -X PUT -H @"$h" --data "$i" '
     '"{agent}/v1/kv/{prefix}/$i"); [ -n "$out" ] || out="000 {bound}"; '
-    'case "$out" in 200*) echo "$EPOCHREALTIME $i $out";; *) echo "$EPOCHREALTIME $i $out $(head -c 160 "$b" | tr -d "\\n")";; esac; rm -f "$b"; }} & '
+    'case "$out" in 200*) echo "$EPOCHREALTIME $i $out";; *) echo "$EPOCHREALTIME $i $out $(head -c 160 "$b" | tr -d "\\r\\n")";; esac; rm -f "$b"; }} & '
     "i=$((i+1)); sleep {interval}; done"
 )
 # What Consul answers a write it could not commit for want of a leader.
@@ -270,6 +270,10 @@ def stamped(line: str) -> tuple[float, str]:
 def samplers_behind(record: Record, end: float, *, dns: bool) -> list[str]:
     """The samplers with no sample at or after `end` yet: their lines may still be on their way."""
     return sorted(name for name, times in _sample_times(record, dns=dns).items() if not any(t >= end for t in times))
+
+
+def _unreadable(record: Record) -> str:
+    return ", ".join(f"{name} {line!r}" for name, line in sorted(record.unreadable.items()))
 
 
 def longest_silence(times: list[float], start: float, end: float) -> float:
@@ -536,8 +540,9 @@ class Watch:
         while not ready():
             if time.monotonic() > deadline:
                 self._halt()
+                stray = f"; lines that are not a stamped sample: {_unreadable(self.record)}" if self.record.unreadable else ""
                 raise TimeoutError(
-                    f"{self.label}: the watch's samplers did not report (with {self.service} registered and in DNS) within 60 s"
+                    f"{self.label}: the watch's samplers did not report (with {self.service} registered and in DNS) within 60 s{stray}"
                 )
             time.sleep(0.05)
         if not self.record.leader[-1][1]:
@@ -605,11 +610,11 @@ class Watch:
                 + "; some agent pod down: "
                 + _spans(down, after)
             )
-        if self.record.unreadable and exc[0] is None:
-            raise AssertionError(
-                f"{self.label}: samplers printed lines that are not a stamped sample: "
-                + ", ".join(f"{name} {line!r}" for name, line in sorted(self.record.unreadable.items()))
-            )
+        if self.record.unreadable:
+            unreadable = f"{self.label}: samplers printed lines that are not a stamped sample: {_unreadable(self.record)}"
+            print(f"watch: {unreadable}")
+            if exc[0] is None:
+                raise AssertionError(unreadable)
         if silent and exc[0] is None:
             raise AssertionError(
                 f"{self.label}: samplers silent longer than {SILENCE_BOUND} s, so their figures measured nothing: "

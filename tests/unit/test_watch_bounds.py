@@ -315,35 +315,43 @@ def test_the_figures_keep_the_samples_up_to_the_end_of_the_watch_in_time_order()
 
 # Consul answers some refusals with a body that ends in a newline: the 429 of
 # `limits.http_max_conns_per_client`, the 500 of a client agent without servers. Each sample is
-# still one line, led by its stamp: a second line would carry no stamp and end the sampler.
-REFUSAL = b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+# still one line, led by its stamp: a second line would carry no stamp and end the sampler. The
+# watch reads its stream as text, where a carriage return ends a line too.
+REFUSAL = b"Your IP is issuing too many concurrent connections, please rate limit your calls"
 
 
-class _Refusing(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self._refuse()
+def _refusing(ending: bytes) -> type[http.server.BaseHTTPRequestHandler]:
+    body = REFUSAL + ending
 
-    def do_PUT(self) -> None:
-        self._refuse()
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._refuse()
 
-    def _refuse(self) -> None:
-        self.send_response(429)
-        self.send_header("Content-Length", str(len(REFUSAL)))
-        self.end_headers()
-        self.wfile.write(REFUSAL)
+        def do_PUT(self) -> None:
+            self._refuse()
 
-    def log_message(self, *_: object) -> None:
-        pass
+        def _refuse(self) -> None:
+            self.send_response(429)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    return Refusing
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"], ids=["newline", "carriage-return"])
 @pytest.mark.parametrize("name", sorted(set(LOOPS) - {"dns"}))
-def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(name: str) -> None:
+def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(name: str, ending: bytes) -> None:
     if shutil.which("busybox") is None or shutil.which("curl") is None:
         if os.environ.get("CI"):
             pytest.fail("busybox and curl are not installed (Debian: busybox-static, curl)")
         pytest.skip("busybox and curl are not installed (Debian: busybox-static, curl)")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _refusing(ending))
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    process = None
     try:
         agent = f"http://127.0.0.1:{server.server_address[1]}"
         fmt = {"agent": agent, "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": "127.0.0.1"}
@@ -358,16 +366,20 @@ def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(n
         process.stdin.write("the-token\n")
         process.stdin.flush()
         time.sleep(2)
-        os.killpg(process.pid, signal.SIGKILL)
-        out, _ = process.communicate(timeout=10)
     finally:
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
         server.shutdown()
         server.server_close()
+    assert process is not None
+    out, _ = process.communicate(timeout=10)
     lines = out.splitlines()
     assert len(lines) >= 3, out
-    for line in lines:
-        _, sample = watch.stamped(line)
-        assert "429" in sample.split(), line
+    # Every line is a stamped sample (a curl slow past its 1 s on a busy machine prints its own
+    # timeout's sample, also stamped); the refusal came through as one.
+    samples = [watch.stamped(line)[1] for line in lines]
+    assert any("429" in sample.split() for sample in samples), out
 
 
 # The watch's own wiring, with the toolbox pod's `kubectl exec -i … sh -c` replaced by busybox sh
@@ -405,7 +417,13 @@ class _LocalToolbox:
     def stream(self, script: str, input: str) -> subprocess.Popen[str]:
         held = f"{{ {self.before}{script}\n}} | {{ sleep {self.hold}; cat; }}"
         process = _ProcessGroup(
-            ["busybox", "sh", "-c", held], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True
+            ["busybox", "sh", "-c", held],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
         )
         assert process.stdin is not None
         process.stdin.write(input + "\n")
@@ -436,9 +454,11 @@ def _sample_leader(agent: str, toolbox: _LocalToolbox, seconds: float) -> Any:
     sampling = watch.Watch(_Deployment(), toolbox, "unit", agent=agent)
     fmt = {"agent": agent, "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": "127.0.0.1"}
     sampling.started = time.time()
-    sampling._stream("leader", watch.LEADER_LOOP.format(**fmt), sampling._on_leader)
-    time.sleep(seconds)
-    sampling._halt()
+    try:
+        sampling._stream("leader", watch.LEADER_LOOP.format(**fmt), sampling._on_leader)
+        time.sleep(seconds)
+    finally:
+        sampling._halt()
     return sampling
 
 
@@ -446,7 +466,8 @@ def test_a_held_up_stream_yields_samples_timed_when_the_pod_took_them(leading_ag
     sampling = _sample_leader(leading_agent, _LocalToolbox(hold=2.0), seconds=3.5)
     times = [at for at, _ in sampling.record.leader]
     assert len(times) >= 4, sampling.record
-    assert all(named for _, named in sampling.record.leader), sampling.record.leader
+    # A curl slow past its 1 s on a busy machine samples no leader; the others name it.
+    assert any(named for _, named in sampling.record.leader), sampling.record.leader
     # Taken from the start, though none reached the watch before 2 s.
     assert times[0] < 1.0, times
     assert 1.0 < sampling.record.held_up["leader"] < 3.5, sampling.record.held_up
