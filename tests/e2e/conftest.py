@@ -310,6 +310,8 @@ class Toolbox:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            # An answer cut inside a character (a failed write's first 160 bytes) is not a reason to end the stream.
+            errors="replace",
             bufsize=1,
         )
         assert process.stdin is not None
