@@ -228,19 +228,33 @@ LOOPS = {
 }
 
 
+DEBIAN_PACKAGES = {"busybox": "busybox-static", "curl": "curl"}
+
+
+def _need(*programs: str) -> None:
+    """Fails under CI, which installs them, and skips elsewhere, when a program the test runs is missing."""
+    missing = [program for program in programs if shutil.which(program) is None]
+    if missing:
+        why = f"not installed: {', '.join(missing)} (Debian: {', '.join(DEBIAN_PACKAGES[program] for program in missing)})"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def _fmt(agent: str, dns: str = "127.0.0.1") -> dict[str, object]:
+    """What a sampler loop is formatted with: `agent`'s URL, the `dns` server, 1 s writes."""
+    return {"agent": agent, "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": dns}
+
+
 @pytest.mark.parametrize("name", sorted(LOOPS))
 def test_every_sampler_line_carries_the_wall_clock_time_the_pod_took_it(tmp_path: Path, name: str) -> None:
-    if shutil.which("busybox") is None:
-        if os.environ.get("CI"):
-            pytest.fail("busybox is not installed (Debian: busybox-static)")
-        pytest.skip("busybox is not installed (Debian: busybox-static)")
+    _need("busybox")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for program in ("curl", "dig"):
         (bin_dir / program).write_text("#!/bin/sh\nsleep 0.1\necho 200 0.1\n")
         (bin_dir / program).chmod(0o755)
-    fmt = {"agent": "http://agent:8500", "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": "10.0.0.10"}
-    script = watch._PRELUDE + LOOPS[name].format(**fmt)
+    script = watch._PRELUDE + LOOPS[name].format(**_fmt("http://agent:8500", dns="10.0.0.10"))
     before = time.time()
     process = subprocess.Popen(
         ["busybox", "sh", "-c", script],
@@ -313,25 +327,19 @@ def test_the_figures_keep_the_samples_up_to_the_end_of_the_watch_in_time_order()
     assert window.held_up == {"dns": 9.5}
 
 
-# Consul answers some refusals with a body that ends in a newline: the 429 of
-# `limits.http_max_conns_per_client`, the 500 of a client agent without servers. Each sample is
-# still one line, led by its stamp: a second line would carry no stamp and end the sampler. The
-# watch reads its stream as text, where a carriage return ends a line too.
-REFUSAL = b"Your IP is issuing too many concurrent connections, please rate limit your calls"
-
-
-def _refusing(ending: bytes) -> type[http.server.BaseHTTPRequestHandler]:
-    body = REFUSAL + ending
-
-    class Refusing(http.server.BaseHTTPRequestHandler):
+# The samplers' loops run here by busybox sh as the bed's toolbox pod runs them (the token on
+# standard input, the stream's lines read as they come), against a local HTTP server that gives
+# every request one answer.
+def _answering(status: int, body: bytes) -> type[http.server.BaseHTTPRequestHandler]:
+    class Answering(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self._refuse()
+            self._answer()
 
         def do_PUT(self) -> None:
-            self._refuse()
+            self._answer()
 
-        def _refuse(self) -> None:
-            self.send_response(429)
+        def _answer(self) -> None:
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -339,63 +347,19 @@ def _refusing(ending: bytes) -> type[http.server.BaseHTTPRequestHandler]:
         def log_message(self, *_: object) -> None:
             pass
 
-    return Refusing
+    return Answering
 
 
-@pytest.mark.parametrize("ending", [b"\n", b"\r\n"], ids=["newline", "carriage-return"])
-@pytest.mark.parametrize("name", sorted(set(LOOPS) - {"dns"}))
-def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(name: str, ending: bytes) -> None:
-    if shutil.which("busybox") is None or shutil.which("curl") is None:
-        if os.environ.get("CI"):
-            pytest.fail("busybox and curl are not installed (Debian: busybox-static, curl)")
-        pytest.skip("busybox and curl are not installed (Debian: busybox-static, curl)")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _refusing(ending))
+@contextlib.contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server run by `handler` while the block runs, by its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    process = None
     try:
-        agent = f"http://127.0.0.1:{server.server_address[1]}"
-        fmt = {"agent": agent, "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": "127.0.0.1"}
-        process = subprocess.Popen(
-            ["busybox", "sh", "-c", watch._PRELUDE + LOOPS[name].format(**fmt)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        assert process.stdin is not None
-        process.stdin.write("the-token\n")
-        process.stdin.flush()
-        time.sleep(2)
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
         server.shutdown()
         server.server_close()
-    assert process is not None
-    out, _ = process.communicate(timeout=10)
-    lines = out.splitlines()
-    assert len(lines) >= 3, out
-    # Every line is a stamped sample (a curl slow past its 1 s on a busy machine prints its own
-    # timeout's sample, also stamped); the refusal came through as one.
-    samples = [watch.stamped(line)[1] for line in lines]
-    assert any("429" in sample.split() for sample in samples), out
-
-
-# The watch's own wiring, with the toolbox pod's `kubectl exec -i … sh -c` replaced by busybox sh
-# run here (the token on standard input, the stream's lines read as they come): a stream that a
-# busy machine holds up still yields samples timed when the pod took them, the hold-up is measured,
-# and a line that is not a stamped sample is kept for the watch's verdict while the sampler goes on.
-class _Leading(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b'"127.0.0.1:8300"'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_: object) -> None:
-        pass
 
 
 class _ProcessGroup(subprocess.Popen[str]):
@@ -431,6 +395,35 @@ class _LocalToolbox:
         return process
 
 
+# Consul answers some refusals with a body that ends in a newline: the 429 of
+# `limits.http_max_conns_per_client`, the 500 of a client agent without servers. Each sample is
+# still one line, led by its stamp: a second line would carry no stamp and end the sampler. The
+# watch reads its stream as text, where a carriage return ends a line too.
+REFUSAL = b"Your IP is issuing too many concurrent connections, please rate limit your calls"
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"], ids=["newline", "carriage-return"])
+@pytest.mark.parametrize("name", sorted(set(LOOPS) - {"dns"}))
+def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(name: str, ending: bytes) -> None:
+    _need("busybox", "curl")
+    with _serving(_answering(429, REFUSAL + ending)) as agent:
+        process = _LocalToolbox().stream(watch._PRELUDE + LOOPS[name].format(**_fmt(agent)), "the-token")
+        try:
+            time.sleep(2)
+        finally:
+            process.kill()
+    out, _ = process.communicate(timeout=10)
+    lines = out.splitlines()
+    assert len(lines) >= 3, out
+    # Every line is a stamped sample (a curl slow past its 1 s on a busy machine prints its own
+    # timeout's sample, also stamped); the refusal came through as one.
+    samples = [watch.stamped(line)[1] for line in lines]
+    assert any("429" in sample.split() for sample in samples), out
+
+
+# The watch's own wiring: a stream that a busy machine holds up still yields samples timed when
+# the pod took them, the hold-up is measured, and a line that is not a stamped sample is kept for
+# the watch's verdict while the sampler goes on.
 class _Deployment:
     def management_token(self) -> str:
         return "the-token"
@@ -438,24 +431,17 @@ class _Deployment:
 
 @pytest.fixture
 def leading_agent() -> Iterator[str]:
-    if shutil.which("busybox") is None or shutil.which("curl") is None:
-        if os.environ.get("CI"):
-            pytest.fail("busybox and curl are not installed (Debian: busybox-static, curl)")
-        pytest.skip("busybox and curl are not installed (Debian: busybox-static, curl)")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Leading)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    _need("busybox", "curl")
+    with _serving(_answering(200, b'"127.0.0.1:8300"')) as agent:
+        yield agent
 
 
 def _sample_leader(agent: str, toolbox: _LocalToolbox, seconds: float) -> Any:
     """A watch's leader sampler, alone, for `seconds`; the watch, stopped."""
     sampling = watch.Watch(_Deployment(), toolbox, "unit", agent=agent)
-    fmt = {"agent": agent, "interval": watch.INTERVAL, "bound": 1, "prefix": "p", "service": "s", "dns": "127.0.0.1"}
     sampling.started = time.time()
     try:
-        sampling._stream("leader", watch.LEADER_LOOP.format(**fmt), sampling._on_leader)
+        sampling._stream("leader", watch.LEADER_LOOP.format(**_fmt(agent)), sampling._on_leader)
         time.sleep(seconds)
     finally:
         sampling._halt()
