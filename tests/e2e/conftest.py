@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 import run_stack  # noqa: E402
+from pod_logs import FollowedLogs  # noqa: E402
 
 from testbed.cluster import images  # noqa: E402
 from testbed.cluster.api import ApiError  # noqa: E402
@@ -217,6 +218,14 @@ class Deployment:
 
     def logs(self, pod: str, *args: str) -> str:
         return self.kubectl("logs", pod, *args, check=False).stdout
+
+    def followed_logs(self, component: str, containers: list[str], name: str) -> FollowedLogs:
+        """The logs of the component's pods (by the names they have now) followed through an
+        operation, into testbed/logs/e2e/watch/<namespace>/<name>."""
+        target = LOGS / "watch" / self.namespace / name
+        shutil.rmtree(target, ignore_errors=True)
+        kubectl = [str(KUBE_BIN), "kubectl", f"--kubeconfig={self.cluster.kubeconfig}"]
+        return FollowedLogs(kubectl, self.namespace, [p["metadata"]["name"] for p in self.pods(component)], containers, target)
 
 
 def toolbox_namespace() -> dict[str, Any]:

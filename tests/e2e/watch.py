@@ -48,6 +48,9 @@ from typing import Any
 
 LEADER = re.compile(r'^"\d{1,3}(?:\.\d{1,3}){3}:8300"$')
 INTERVAL = 0.25
+# A server pod's containers: the init container that waits for the others to let go of its old
+# address, and the agent.
+SERVER_CONTAINERS = ["rejoin-wait", "consul"]
 WRITE_BOUND = 1
 # How long the read of the written keys after an action may wait for the cluster to answer it.
 KEYS_READ_SECONDS = 60
@@ -401,6 +404,8 @@ class Watch:
         self.summary: Summary | None = None
         # The nodes the test has cut off from the network now (replaced whole, read by the pod sampler).
         self.lost_nodes: frozenset[str] = frozenset()
+        # The servers' logs through the operation (a roll replaces the pods, and the kubelet their logs).
+        self._server_logs: Any = None
 
     def _now(self) -> float:
         """Seconds since the watch started, on the wall clock the toolbox pod stamps its lines with."""
@@ -515,6 +520,8 @@ class Watch:
 
     def __enter__(self) -> Watch:
         self.started = time.time()
+        self._server_logs = self.deployment.followed_logs("server", SERVER_CONTAINERS, self.prefix.removeprefix("watch/"))
+        self._server_logs.__enter__()
         self._register()
         dns = consul_dns_ip(self.deployment.api, self.deployment.namespace)
         fmt = {"agent": self.agent, "interval": INTERVAL, "bound": WRITE_BOUND, "prefix": self.prefix, "service": self.service, "dns": dns}
@@ -568,6 +575,9 @@ class Watch:
             process.wait()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self._server_logs is not None:
+            self._server_logs.__exit__(None, None, None)
+            self._server_logs = None
 
     def __exit__(self, *exc: object) -> None:
         # A last second of samples after the operation, then stop once every stream has delivered

@@ -1,0 +1,77 @@
+"""Pods' logs kept whole through an operation that replaces the pods.
+
+A roll deletes the very pods whose logs would explain its failure, and the kubelet deletes their
+logs with them. FollowedLogs follows each (pod name, container) with `kubectl logs -f` from before
+the operation until after it, and follows it again whenever the stream ends: the same container
+from its last line on (a broken stream), or the next one (a restarted container, a replaced pod).
+Each goes to one file, `<pod>.<container>.log`, with the kubelet's timestamps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+# How long a follower waits before it asks again, for a pod or container that is not there yet.
+RETRY_SECONDS = 1.0
+
+
+class FollowedLogs:
+    """with FollowedLogs(kubectl, namespace, pods, containers, target): <operation>."""
+
+    def __init__(self, kubectl: list[str], namespace: str, pods: list[str], containers: list[str], target: Path) -> None:
+        self.kubectl = kubectl
+        self.namespace = namespace
+        self.streams = [(pod, container) for pod in pods for container in containers]
+        self.target = target
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._processes: dict[tuple[str, str], subprocess.Popen[str]] = {}
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> FollowedLogs:
+        self.target.mkdir(parents=True, exist_ok=True)
+        for stream in self.streams:
+            thread = threading.Thread(target=self._follow, args=stream, daemon=True, name=f"logs-{stream[0]}-{stream[1]}")
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # A moment for the last lines (a container that just stopped), then every stream ends.
+        self._stop.wait(RETRY_SECONDS)
+        self._stop.set()
+        with self._lock:
+            for process in self._processes.values():
+                process.kill()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _follow(self, pod: str, container: str) -> None:
+        since = ""
+        at_since: set[str] = set()
+        with (self.target / f"{pod}.{container}.log").open("a", encoding="utf-8") as out:
+            while not self._stop.is_set():
+                argv = [*self.kubectl, "-n", self.namespace, "logs", "-f", "--timestamps", "-c", container, pod]
+                if since:
+                    # The kubelet repeats the lines stamped `since` itself: they are skipped below.
+                    argv.append(f"--since-time={since}")
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, errors="replace")
+                    self._processes[(pod, container)] = process
+                assert process.stdout is not None
+                for line in process.stdout:
+                    stamp = line.split(" ", 1)[0]
+                    if stamp == since:
+                        if line in at_since:
+                            continue
+                    else:
+                        since, at_since = stamp, set()
+                    at_since.add(line)
+                    out.write(line)
+                    out.flush()
+                process.wait()
+                self._stop.wait(RETRY_SECONDS)

@@ -1,0 +1,56 @@
+"""The bed's log follower keeps a pod's log whole when its stream ends: it follows again from the
+last line's timestamp, and skips the lines the kubelet repeats at that timestamp."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location("pod_logs", Path(__file__).parents[1] / "e2e" / "pod_logs.py")
+assert _SPEC is not None
+assert _SPEC.loader is not None
+pod_logs = importlib.util.module_from_spec(_SPEC)
+sys.modules.setdefault("pod_logs", pod_logs)
+_SPEC.loader.exec_module(pod_logs)
+
+# What `kubectl logs -f --timestamps` prints for one container that ran, then a stream that broke
+# after its third line, then the next container of the same pod name (a replaced pod).
+FIRST = ["2026-12-06T07:00:00.1Z a", "2026-12-06T07:00:00.2Z b", "2026-12-06T07:00:00.2Z c"]
+SECOND = ["2026-12-06T07:00:01.5Z d", "2026-12-06T07:00:02Z e"]
+
+# A stand-in for kubectl: without --since-time it prints FIRST; with it, as the kubelet does, every
+# line stamped at or after that time (so the lines stamped `since` again), then SECOND. Every call
+# is recorded; a third call prints nothing.
+STUB = """#!/usr/bin/env python3
+import sys
+calls = open(sys.argv[1], "a+")
+calls.write(" ".join(sys.argv[2:]) + "\\n")
+calls.close()
+first, second = {first!r}, {second!r}
+since = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--since-time=")), None)
+done = sum(1 for _ in open(sys.argv[1])) > 2
+if not done:
+    lines = first if since is None else [l for l in first if l.split()[0] == since] + second
+    print("\\n".join(lines), flush=True)
+"""
+
+
+def test_a_broken_stream_is_followed_again_from_its_last_line_with_no_line_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = tmp_path / "calls"
+    stub = tmp_path / "kubectl"
+    stub.write_text(STUB.format(first=FIRST, second=SECOND))
+    stub.chmod(0o755)
+    target = tmp_path / "logs"
+    monkeypatch.setattr(pod_logs, "RETRY_SECONDS", 0.1)
+    with pod_logs.FollowedLogs([str(stub), str(calls)], "ns", ["consul-server-0"], ["consul"], target):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (not calls.exists() or len(calls.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+    assert (target / "consul-server-0.consul.log").read_text().splitlines() == FIRST + SECOND
+    asked = calls.read_text().splitlines()
+    assert asked[0] == "-n ns logs -f --timestamps -c consul consul-server-0"
+    assert asked[1] == "-n ns logs -f --timestamps -c consul consul-server-0 --since-time=2026-12-06T07:00:00.2Z"
