@@ -57,6 +57,11 @@ KEYS_READ_SECONDS = 60
 
 # Each sampler prints one line per sample; the token is read from standard input into a header file.
 _PRELUDE = 'read -r T; h=$(mktemp); printf "X-Consul-Token: %s\\n" "$T" > "$h"; trap \'rm -f "$h"\' EXIT; '
+# A sampler ends, with every sample it started, when its standard input does. Killing the
+# `kubectl exec` leaves the pod's shell running, its output held open by the container runtime and
+# read by nobody: it would go on sending its requests to Consul, each sample blocked on a full
+# pipe, until the toolbox pod is deleted.
+_STREAM_PRELUDE = _PRELUDE + 'trap "exit 143" TERM; exec 3<&0; { cat <&3 >/dev/null; kill 0; } & exec 3<&-; '
 
 # Each sample starts in the background on its tick, so an answer slow to come (a 1 s timeout, a
 # busy machine) never delays the next one; each prints its line with a single write, led by the
@@ -413,7 +418,7 @@ class Watch:
 
     def _stream(self, name: str, loop: str, handle: Any) -> None:
         token = self.deployment.management_token()
-        process = self.toolbox.stream(_PRELUDE + loop, token)
+        process = self.toolbox.stream(_STREAM_PRELUDE + loop, token)
         self._processes.append(process)
 
         def run() -> None:

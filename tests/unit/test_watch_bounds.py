@@ -254,7 +254,7 @@ def test_every_sampler_line_carries_the_wall_clock_time_the_pod_took_it(tmp_path
     for program in ("curl", "dig"):
         (bin_dir / program).write_text("#!/bin/sh\nsleep 0.1\necho 200 0.1\n")
         (bin_dir / program).chmod(0o755)
-    script = watch._PRELUDE + LOOPS[name].format(**_fmt("http://agent:8500", dns="10.0.0.10"))
+    script = watch._STREAM_PRELUDE + LOOPS[name].format(**_fmt("http://agent:8500", dns="10.0.0.10"))
     before = time.time()
     process = subprocess.Popen(
         ["busybox", "sh", "-c", script],
@@ -407,7 +407,7 @@ REFUSAL = b"Your IP is issuing too many concurrent connections, please rate limi
 def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(name: str, ending: bytes) -> None:
     _need("busybox", "curl")
     with _serving(_answering(429, REFUSAL + ending)) as agent:
-        process = _LocalToolbox().stream(watch._PRELUDE + LOOPS[name].format(**_fmt(agent)), "the-token")
+        process = _LocalToolbox().stream(watch._STREAM_PRELUDE + LOOPS[name].format(**_fmt(agent)), "the-token")
         try:
             time.sleep(2)
         finally:
@@ -467,3 +467,48 @@ def test_a_line_that_is_not_a_stamped_sample_is_kept_and_the_sampler_goes_on(lea
     sampling = _sample_leader(leading_agent, _LocalToolbox(before="echo 'a stray line'; "), seconds=1.5)
     assert sampling.record.unreadable == {"leader": "a stray line"}
     assert len(sampling.record.leader) >= 3, sampling.record.leader
+
+
+# When the watch ends it kills its `kubectl exec`, but the pod's shell runs on: the container
+# runtime holds its standard output open, and nobody reads it. Each loop must end then, with every
+# sample it started; else it goes on sending its requests to Consul (writes too), and each sample
+# blocks on a full pipe and stays, until the toolbox pod is deleted. It can tell: its standard
+# input (the token's) ends with the `kubectl exec`.
+def _processes_in_group(group: int) -> list[str]:
+    """The live processes (not zombies) of a process group, as "<pid> <state>"."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                found.append(f"{stat.parent.name} {fields[0]}")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(set(LOOPS) - {"dns"}))
+def test_a_sampler_ends_with_every_sample_it_started_once_its_reader_is_gone(name: str) -> None:
+    _need("busybox", "curl")
+    with _serving(_answering(200, b'"127.0.0.1:8300"')) as agent:
+        process = _ProcessGroup(
+            ["busybox", "sh", "-c", watch._STREAM_PRELUDE + LOOPS[name].format(**_fmt(agent))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            process.stdin.write("the-token\n")
+            process.stdin.flush()
+            assert process.stdout.readline()
+            # The reader is gone: standard input closes, standard output stays open and unread.
+            process.stdin.close()
+            deadline = time.monotonic() + 5
+            while _processes_in_group(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            left = _processes_in_group(process.pid)
+        finally:
+            process.kill()
+            process.wait()
+    assert left == []
