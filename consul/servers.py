@@ -263,24 +263,47 @@ def management_token_from_file(prefix: str = "") -> str:
     return f'sed -n \'s/.*"initial_management": *"\\([^"]*\\)".*/{prefix}\\1/p\' "{cfg.ACL_DIR}/$POD_NAME.json"'
 
 
+# How often the stopping leader asks for a transfer before it stops as leader, each answer bounded
+# so that every try fits in the pod's grace period (TERMINATION_GRACE_SECONDS).
+HANDOFF_TRIES = 3
+HANDOFF_TRY_SECONDS = 6
+TERMINATION_GRACE_SECONDS = 30
+
+
 def leadership_handoff(acls: bool) -> str:
     """The server's preStop: when this pod is the Raft leader, it hands leadership to an
     up-to-date follower before it stops, so stopping it (a roll, a drain) costs no election
-    timeout. Other servers do nothing. The transfer needs operator:write: the management token is
-    read from the pod's own token file into curl's stdin, never onto a command line or into the
-    environment. A failed transfer (an event, FailedPreStopHook) only costs the election it would
-    have saved. Consul names the leader `"ip:8300"`, an IPv6 address in brackets."""
+    timeout. Other servers do nothing. Raft gives a transfer one election timeout, which a busy
+    machine can miss: a failed transfer is asked again (HANDOFF_TRIES in all) until another server
+    leads. The transfer needs operator:write: the management token is read from the pod's own
+    token file into curl's stdin, never onto a command line or into the environment. A leader
+    that could not hand over (a single server) fails the hook, which the kubelet records as an
+    event (FailedPreStopHook), and stops as leader. Consul names the leader `"ip:8300"`, an IPv6
+    address in brackets."""
     port = cfg.SERVER_RPC_PORT
-    leader_is_this_pod = (
-        f'case "$(curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/leader)" in\n'
-        f'  "\\"$POD_IP:{port}\\"" | "\\"[$POD_IP]:{port}\\"") ;;\n'
-        "  *) exit 0 ;;\n"
-        "esac\n"
+    leads = (
+        "leads() {\n"
+        f'  case "$(curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/leader)" in\n'
+        f'    "\\"$POD_IP:{port}\\"" | "\\"[$POD_IP]:{port}\\"") return 0 ;;\n'
+        "  esac\n"
+        "  return 1\n"
+        "}\n"
     )
-    transfer = f"curl -sSf -m 10 -X POST{{header}} {cfg.LOCAL_HTTP_URL}/v1/operator/raft/transfer-leader"
-    if not acls:
-        return leader_is_this_pod + transfer.format(header="")
-    return leader_is_this_pod + management_token_from_file("X-Consul-Token: ") + " | " + transfer.format(header=" -H @-")
+    transfer = f"curl -sSf -m {HANDOFF_TRY_SECONDS} -X POST{{header}} {cfg.LOCAL_HTTP_URL}/v1/operator/raft/transfer-leader"
+    transfer = (
+        management_token_from_file("X-Consul-Token: ") + " | " + transfer.format(header=" -H @-") if acls else transfer.format(header="")
+    )
+    return (
+        leads
+        + "leads || exit 0\n"
+        + "try=1\n"
+        + f"until {transfer}; do\n"
+        + "  sleep 1\n"
+        + "  leads || exit 0\n"
+        + f'  [ "$try" -lt {HANDOFF_TRIES} ] || exit 1\n'
+        + "  try=$((try + 1))\n"
+        + "done\n"
+    )
 
 
 def voter_readiness(acls: bool) -> str:
@@ -491,7 +514,7 @@ def _pod_spec(
     return core.PodSpecArgs(
         service_account_name=service_account,
         automount_service_account_token=False,
-        termination_grace_period_seconds=30,
+        termination_grace_period_seconds=TERMINATION_GRACE_SECONDS,
         security_context=pods.pod_security_context(),
         priority_class_name=spec.priority_class_name,
         node_selector=dict(spec.node_selector) or None,

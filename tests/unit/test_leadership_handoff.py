@@ -14,7 +14,7 @@ import pytest
 from shells import shell_fixture, stand_in_server  # noqa: F401  (the fixture "shell")
 
 from consul import agent_config as cfg
-from consul.servers import leadership_handoff
+from consul.servers import HANDOFF_TRIES, HANDOFF_TRY_SECONDS, TERMINATION_GRACE_SECONDS, leadership_handoff
 
 POD = "consul-server-1"
 
@@ -57,3 +57,53 @@ def test_without_acls_the_leader_asks_without_a_token(tmp_path: Path, shell: lis
 )
 def test_a_server_that_is_not_the_leader_does_nothing(tmp_path: Path, shell: list[str], pod_ip: str, leader: str) -> None:
     assert transferred(tmp_path, shell, pod_ip, leader) is None
+
+
+# A transfer can fail and be worth asking again: Raft gives it one election timeout (1 s at
+# raft_multiplier 1) to bring the chosen follower up to date and see it elected, which a busy
+# machine can miss. Without a second try the leader stops as leader, and the others hold an
+# election. The stand-in counts the transfers it was asked for, fails the first `failures`, and
+# names `then` the leader once one succeeded (or, with `moved`, after the first failure too: a
+# transfer whose answer came late).
+NEXT_LEADER = '"10.244.2.9:8300"'
+
+
+def handoff(tmp_path: Path, shell: list[str], failures: int, *, moved: bool = False) -> tuple[subprocess.CompletedProcess[str], int]:
+    count = tmp_path / "transfers"
+    leader = tmp_path / "leader"
+    after_failure = f"echo '{NEXT_LEADER}' > {leader}; " if moved else ""
+    stand_in_server(
+        tmp_path,
+        POD,
+        '"10.244.1.7:8300"',
+        f"  *transfer-leader) cat > /dev/null; echo x >> {count}\n"
+        f"    if [ \"$(wc -l < {count})\" -gt {failures} ]; then echo '{NEXT_LEADER}' > {leader}; echo '{{\"Success\":true}}'\n"
+        f"    else {after_failure}echo 'Failed to transfer Leader: leadership transfer timeout' >&2; exit 22; fi;;\n",
+    )
+    script = leadership_handoff(True).replace(cfg.ACL_DIR, str(tmp_path / "acl"))
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "POD_NAME": POD, "POD_IP": "10.244.1.7"}
+    done = subprocess.run([*shell, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    return done, len(count.read_text().splitlines()) if count.exists() else 0
+
+
+def test_a_transfer_that_failed_is_asked_again_until_another_server_leads(tmp_path: Path, shell: list[str]) -> None:
+    done, transfers = handoff(tmp_path, shell, failures=1)
+    assert done.returncode == 0, done.stderr
+    assert transfers == 2
+
+
+def test_a_transfer_that_failed_but_moved_leadership_is_not_asked_again(tmp_path: Path, shell: list[str]) -> None:
+    done, transfers = handoff(tmp_path, shell, failures=1, moved=True)
+    assert done.returncode == 0, done.stderr
+    assert transfers == 1
+
+
+def test_a_leader_that_cannot_hand_over_gives_up_after_its_tries(tmp_path: Path, shell: list[str]) -> None:
+    """A single server, or none up to date: a few tries, well inside the pod's grace period, and a
+    failure the kubelet records as an event (FailedPreStopHook)."""
+    done, transfers = handoff(tmp_path, shell, failures=100)
+    assert done.returncode != 0
+    assert transfers == HANDOFF_TRIES
+    # Each try: its transfer's bound, a second's pause, the leader asked (2 s): all in the grace period.
+    assert HANDOFF_TRIES * (HANDOFF_TRY_SECONDS + 1 + 2) < TERMINATION_GRACE_SECONDS
+    assert "leadership transfer timeout" in done.stderr
