@@ -298,7 +298,9 @@ class Record:
     leader: list[tuple[float, bool]] = field(default_factory=list)
     # (time, the agent answered that there is no leader: HTTP 200 with an empty body)
     no_leader: list[tuple[float, bool]] = field(default_factory=list)
-    # The leaders named ("ip:8300"), in the order the agent named them, each once per stretch
+    # The leaders named ("ip:8300"), each once, in the order first named: a late answer (or a server
+    # not yet reached by the new leader) can name the leader before the one named last, and in a
+    # roll a leader's address never leads again.
     leaders: list[str] = field(default_factory=list)
     voters: list[tuple[float, int | None]] = field(default_factory=list)
     writes: list[Write] = field(default_factory=list)
@@ -443,7 +445,7 @@ class Watch:
         body, _, code = line.rpartition(" ")
         named = code == "200" and bool(LEADER.match(body))
         self.record.leader.append((at, named))
-        if named and (not self.record.leaders or self.record.leaders[-1] != body.strip()):
+        if named and body.strip() not in self.record.leaders:
             self.record.leaders.append(body.strip())
         self.record.no_leader.append((at, code == "200" and body.strip() == '""'))
 

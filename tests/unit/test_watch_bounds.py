@@ -303,6 +303,20 @@ def test_a_sampler_whose_lines_have_not_reached_the_end_of_the_watch_is_behind()
 # a busy machine, the other samplers go on sampling, and what they see after the window's end is
 # not the operation's. Background samples can also reach the stream out of the order they were
 # taken in, while the stretches and the down spans are read in time order.
+# A sample's answer can reach the watch after a later one's (each runs in the background; an answer
+# held up on a busy machine names the leader of when the agent answered), and a server not yet
+# reached by the new leader names the one before. Seen on the bed in a
+# rolling restart: three handoffs, and the leaders read in arrival order flipped back twice. Each
+# leader is named once, when first seen: in a roll a leader's address never leads again (its pod
+# comes back at a new address), and an election that did bring one back raises the Raft term,
+# which the roll's test compares with the handoffs.
+def test_each_leader_is_named_once_though_a_late_answer_names_the_one_before() -> None:
+    sampling = watch.Watch(_Deployment(), None, "unit", agent="http://agent")
+    for at, body in [(1.0, "a"), (2.0, "b"), (1.9, "a"), (2.25, "b"), (3.0, "c"), (2.9, "b"), (3.25, "c")]:
+        sampling._on_leader(at, f'"10.0.0.{ord(body)}:8300" 200')
+    assert sampling.record.leaders == ['"10.0.0.97:8300"', '"10.0.0.98:8300"', '"10.0.0.99:8300"']
+
+
 def test_the_figures_keep_the_samples_up_to_the_end_of_the_watch_in_time_order() -> None:
     record = watch.Record(
         leader=[(0.0, True), (0.5, False), (0.25, True), (10.5, False)],
