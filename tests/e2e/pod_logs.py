@@ -4,17 +4,23 @@ A roll deletes the very pods whose logs would explain its failure, and the kubel
 logs with them. FollowedLogs follows each (pod name, container) with `kubectl logs -f` from before
 the operation until after it, and follows it again whenever the stream ends: the same container
 from its last line on (a broken stream), or the next one (a restarted container, a replaced pod).
-Each goes to one file, `<pod>.<container>.log`, with the kubelet's timestamps.
+Each goes to one file, `<pod>.<container>.log`, with the kubelet's timestamps. A line with no
+timestamp is the kubelet's own notice (a container whose log is gone, which it sends with no line
+break): it is kept on a line of its own, and never taken for the point to follow on from.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from pathlib import Path
 
 # How long a follower waits before it asks again, for a pod or container that is not there yet.
 RETRY_SECONDS = 1.0
+
+# The RFC 3339 stamp `kubectl logs --timestamps` puts before each line of a container's log.
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 
 class FollowedLogs:
@@ -65,6 +71,10 @@ class FollowedLogs:
                 assert process.stdout is not None
                 for line in process.stdout:
                     stamp = line.split(" ", 1)[0]
+                    if not _STAMP.fullmatch(stamp):
+                        out.write(line if line.endswith("\n") else line + "\n")
+                        out.flush()
+                        continue
                     if stamp == since:
                         if line in at_since:
                             continue

@@ -24,7 +24,8 @@ SECOND = ["2026-12-06T07:00:01.5Z d", "2026-12-06T07:00:02Z e"]
 
 # A stand-in for kubectl: without --since-time it prints FIRST; with it, as the kubelet does, every
 # line stamped at or after that time (so the lines stamped `since` again), then SECOND. Every call
-# is recorded; a third call prints nothing.
+# is recorded; a third call prints nothing. Each line ends in a line break, but for a last line that
+# is the kubelet's own notice (a container whose log is gone), which has none.
 STUB = """#!/usr/bin/env python3
 import sys
 calls = open(sys.argv[1], "a+")
@@ -35,14 +36,21 @@ since = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--since-time
 done = sum(1 for _ in open(sys.argv[1])) > 2
 if not done:
     lines = first if since is None else [l for l in first if l.split()[0] == since] + second
-    print("\\n".join(lines), flush=True)
+    end = "" if lines[-1].startswith("unable") else "\\n"
+    sys.stdout.write("\\n".join(lines) + end)
 """
 
 
-def test_a_broken_stream_is_followed_again_from_its_last_line_with_no_line_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# What the kubelet answers, with no timestamp and no line break, for a container whose log it no
+# longer has (a pod replaced while its stream was being read).
+NOTICE = "unable to retrieve container logs for containerd://0123abcd"
+
+
+def _follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: list[str]) -> tuple[list[str], list[str]]:
+    """The lines kept in the log file, and kubectl's calls, once it was asked three times."""
     calls = tmp_path / "calls"
     stub = tmp_path / "kubectl"
-    stub.write_text(STUB.format(first=FIRST, second=SECOND))
+    stub.write_text(STUB.format(first=first, second=SECOND))
     stub.chmod(0o755)
     target = tmp_path / "logs"
     monkeypatch.setattr(pod_logs, "RETRY_SECONDS", 0.1)
@@ -50,7 +58,19 @@ def test_a_broken_stream_is_followed_again_from_its_last_line_with_no_line_twice
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (not calls.exists() or len(calls.read_text().splitlines()) < 3):
             time.sleep(0.05)
-    assert (target / "consul-server-0.consul.log").read_text().splitlines() == FIRST + SECOND
-    asked = calls.read_text().splitlines()
+    return (target / "consul-server-0.consul.log").read_text().splitlines(), calls.read_text().splitlines()
+
+
+def test_a_broken_stream_is_followed_again_from_its_last_line_with_no_line_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kept, asked = _follow(tmp_path, monkeypatch, FIRST)
+    assert kept == FIRST + SECOND
     assert asked[0] == "-n ns logs -f --timestamps -c consul consul-server-0"
+    assert asked[1] == "-n ns logs -f --timestamps -c consul consul-server-0 --since-time=2026-12-06T07:00:00.2Z"
+
+
+def test_the_kubelets_notice_is_kept_on_its_own_line_and_the_next_stream_starts_from_the_last_stamped_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, asked = _follow(tmp_path, monkeypatch, [*FIRST, NOTICE])
+    assert kept == [*FIRST, NOTICE, *SECOND]
     assert asked[1] == "-n ns logs -f --timestamps -c consul consul-server-0 --since-time=2026-12-06T07:00:00.2Z"
