@@ -264,18 +264,23 @@ def management_token_from_file(prefix: str = "") -> str:
 
 
 # How often the stopping leader asks for a transfer before it stops as leader, each answer bounded
-# so that every try fits in the pod's grace period (TERMINATION_GRACE_SECONDS).
+# (Raft itself gives a transfer about two election timeouts, 2 s at raft_multiplier 1) and followed
+# by a pause of two election timeouts, so that a transfer still under way is not raced by the next;
+# every try fits in the pod's grace period (TERMINATION_GRACE_SECONDS).
 HANDOFF_TRIES = 3
-HANDOFF_TRY_SECONDS = 6
+HANDOFF_TRY_SECONDS = 3
+HANDOFF_PAUSE_SECONDS = 2
 TERMINATION_GRACE_SECONDS = 30
 
 
 def leadership_handoff(acls: bool) -> str:
     """The server's preStop: when this pod is the Raft leader, it hands leadership to an
     up-to-date follower before it stops, so stopping it (a roll, a drain) costs no election
-    timeout. Other servers do nothing. Raft gives a transfer one election timeout, which a busy
-    machine can miss: a failed transfer is asked again (HANDOFF_TRIES in all) until another server
-    leads. The transfer needs operator:write: the management token is read from the pod's own
+    timeout. Other servers do nothing. Raft gives a transfer about two election timeouts, which a
+    busy machine can miss: while this pod leads it asks again (HANDOFF_TRIES in all), going by who
+    leads after each try and a pause, not by the transfer's answer (a success can leave it leading:
+    a request that reached it just after it lost leadership is forwarded to the new leader, which
+    gives leadership away; a failure or a timeout can still move it). The transfer needs operator:write: the management token is read from the pod's own
     token file into curl's stdin, never onto a command line or into the environment. A leader
     that could not hand over (a single server) fails the hook, which the kubelet records as an
     event (FailedPreStopHook), and stops as leader. Consul names the leader `"ip:8300"`, an IPv6
@@ -295,13 +300,12 @@ def leadership_handoff(acls: bool) -> str:
     )
     return (
         leads
-        + "leads || exit 0\n"
-        + "try=1\n"
-        + f"until {transfer}; do\n"
-        + "  sleep 1\n"
-        + "  leads || exit 0\n"
+        + "try=0\n"
+        + "while leads; do\n"
         + f'  [ "$try" -lt {HANDOFF_TRIES} ] || exit 1\n'
         + "  try=$((try + 1))\n"
+        + f"  {transfer} || :\n"
+        + f"  sleep {HANDOFF_PAUSE_SECONDS}\n"
         + "done\n"
     )
 
