@@ -23,8 +23,10 @@ FIRST = ["2026-12-06T07:00:00.1Z a", "2026-12-06T07:00:00.2Z b", "2026-12-06T07:
 SECOND = ["2026-12-06T07:00:01.5Z d", "2026-12-06T07:00:02Z e"]
 
 # A stand-in for kubectl: without --since-time it prints FIRST; with it, as the kubelet does, every
-# line stamped at or after that time (so the lines stamped `since` again), then SECOND. Every call
-# is recorded; a third call prints nothing. Each line ends in a line break, but for a last line that
+# line stamped in that time's second or later (the API takes it to the second, so the lines earlier
+# in that second and those stamped `since` come again), then SECOND. Every call is recorded; a
+# third call prints nothing, but with `finished` (a container that ended: an init container, one
+# that stopped) every call prints the same lines again and ends at once. Each line ends in a line break, but for a last line that
 # is the kubelet's own notice (a container whose log is gone), which has none.
 STUB = """#!/usr/bin/env python3
 import sys
@@ -33,9 +35,10 @@ calls.write(" ".join(sys.argv[2:]) + "\\n")
 calls.close()
 first, second = {first!r}, {second!r}
 since = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--since-time=")), None)
-done = sum(1 for _ in open(sys.argv[1])) > 2
+finished = {finished!r}
+done = not finished and sum(1 for _ in open(sys.argv[1])) > 2
 if not done:
-    lines = first if since is None else [l for l in first if l.split()[0] == since] + second
+    lines = first if since is None else [l for l in first if l[:4].isdigit() and l[:19] >= since[:19]] + second
     end = "" if lines[-1].startswith("unable") else "\\n"
     sys.stdout.write("\\n".join(lines) + end)
 """
@@ -50,7 +53,7 @@ def _follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: list[str]) -
     """The lines kept in the log file, and kubectl's calls, once it was asked three times."""
     calls = tmp_path / "calls"
     stub = tmp_path / "kubectl"
-    stub.write_text(STUB.format(first=first, second=SECOND))
+    stub.write_text(STUB.format(first=first, second=SECOND, finished=False))
     stub.chmod(0o755)
     target = tmp_path / "logs"
     monkeypatch.setattr(pod_logs, "RETRY_SECONDS", 0.1)
@@ -74,3 +77,21 @@ def test_the_kubelets_notice_is_kept_on_its_own_line_and_the_next_stream_starts_
     kept, asked = _follow(tmp_path, monkeypatch, [*FIRST, NOTICE])
     assert kept == [*FIRST, NOTICE, *SECOND]
     assert asked[1] == "-n ns logs -f --timestamps -c consul consul-server-0 --since-time=2026-12-06T07:00:00.2Z"
+
+
+def test_a_finished_container_is_asked_again_less_and_less_often(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call of a finished container's log ends at once with nothing new: asking again every
+    RETRY_SECONDS, for every such container of every watched pod, would start a kubectl a second
+    each on the machine whose operation is being measured."""
+    calls = tmp_path / "calls"
+    stub = tmp_path / "kubectl"
+    stub.write_text(STUB.format(first=FIRST, second=[], finished=True))
+    stub.chmod(0o755)
+    target = tmp_path / "logs"
+    monkeypatch.setattr(pod_logs, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(pod_logs, "RETRY_SECONDS_MAX", 0.4)
+    with pod_logs.FollowedLogs([str(stub), str(calls)], "ns", ["consul-server-0"], ["rejoin-wait"], target):
+        time.sleep(2)
+    # Every 0.05 s, about 40 calls; doubling the wait up to 0.4 s, about 8.
+    assert len(calls.read_text().splitlines()) <= 12
+    assert (target / "consul-server-0.rejoin-wait.log").read_text().splitlines() == FIRST
