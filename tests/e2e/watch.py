@@ -302,6 +302,9 @@ class Record:
     # not yet reached by the new leader) can name the leader before the one named last, and in a
     # roll a leader's address never leads again.
     leaders: list[str] = field(default_factory=list)
+    # (time, leader) at each change of the leader named, in the order the answers came: with
+    # `leaders`, what shows a real flip back.
+    leader_turns: list[tuple[float, str]] = field(default_factory=list)
     voters: list[tuple[float, int | None]] = field(default_factory=list)
     writes: list[Write] = field(default_factory=list)
     # (time, {pod name: (Ready and not terminating, its UID, its containers' restarts)})
@@ -447,6 +450,8 @@ class Watch:
         self.record.leader.append((at, named))
         if named and body.strip() not in self.record.leaders:
             self.record.leaders.append(body.strip())
+        if named and (not self.record.leader_turns or self.record.leader_turns[-1][1] != body.strip()):
+            self.record.leader_turns.append((at, body.strip()))
         self.record.no_leader.append((at, code == "200" and body.strip() == '""'))
 
     def _on_voters(self, at: float, line: str) -> None:
@@ -527,10 +532,22 @@ class Watch:
 
     def __enter__(self) -> Watch:
         self.started = time.time()
+        try:
+            self._start()
+        except BaseException:
+            # Else the samplers and the servers' log followers run on until the test session ends.
+            self._halt()
+            raise
+        self.action_started = self._now()
+        return self
+
+    def _start(self) -> None:
+        """Every sampler started, and reporting from a cluster with a leader."""
         self._server_logs = self.deployment.followed_logs("server", SERVER_CONTAINERS, self.prefix.removeprefix("watch/"))
         self._server_logs.__enter__()
         self._register()
         dns = consul_dns_ip(self.deployment.api, self.deployment.namespace)
+        self.dns = dns
         fmt = {"agent": self.agent, "interval": INTERVAL, "bound": WRITE_BOUND, "prefix": self.prefix, "service": self.service, "dns": dns}
         self._stream("leader", LEADER_LOOP.format(**fmt), self._on_leader)
         self._stream("voters", VOTERS_LOOP.format(**fmt), self._on_voters)
@@ -553,18 +570,13 @@ class Watch:
 
         while not ready():
             if time.monotonic() > deadline:
-                self._halt()
                 stray = f"; lines that are not a stamped sample: {_unreadable(self.record)}" if self.record.unreadable else ""
                 raise TimeoutError(
                     f"{self.label}: the watch's samplers did not report (with {self.service} registered and in DNS) within 60 s{stray}"
                 )
             time.sleep(0.05)
         if not self.record.leader[-1][1]:
-            self._halt()
             raise AssertionError(f"{self.label}: no leader before the operation started")
-        self.action_started = self._now()
-        self.dns = dns
-        return self
 
     @contextlib.contextmanager
     def node_lost(self, node: str) -> Iterator[None]:

@@ -526,3 +526,50 @@ def test_a_sampler_ends_with_every_sample_it_started_once_its_reader_is_gone(nam
             process.kill()
             process.wait()
     assert left == []
+
+
+def test_every_change_of_the_named_leader_is_kept_in_the_order_answered() -> None:
+    """What the test prints when the term check fails: a real flip back (A, B, A) is named once
+    among the leaders first seen, and only this sequence shows it."""
+    sampling = watch.Watch(_Deployment(), None, "unit", agent="http://agent")
+    for at, body in [(1.0, "a"), (1.25, "a"), (2.0, "b"), (1.9, "a"), (2.25, '""'), (3.0, "b")]:
+        sampling._on_leader(at, (f'"10.0.0.{ord(body)}:8300"' if body != '""' else body) + " 200")
+    assert sampling.record.leader_turns == [
+        (1.0, '"10.0.0.97:8300"'),
+        (2.0, '"10.0.0.98:8300"'),
+        (1.9, '"10.0.0.97:8300"'),
+        (3.0, '"10.0.0.98:8300"'),
+    ]
+
+
+class _FollowedLogs:
+    def __init__(self) -> None:
+        self.following = False
+
+    def __enter__(self) -> _FollowedLogs:
+        self.following = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.following = False
+
+
+class _DeploymentFollowingLogs(_Deployment):
+    def __init__(self) -> None:
+        self.logs = _FollowedLogs()
+
+    def followed_logs(self, *args: object) -> _FollowedLogs:
+        return self.logs
+
+
+class _BrokenToolbox:
+    def sh(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("the toolbox pod is gone")
+
+
+def test_a_watch_that_fails_to_start_stops_what_it_started() -> None:
+    """Else the servers' log followers (a kubectl each) run on until the test session ends."""
+    deployment = _DeploymentFollowingLogs()
+    with pytest.raises(RuntimeError, match="toolbox pod is gone"), watch.Watch(deployment, _BrokenToolbox(), "unit", agent="http://agent"):
+        pass
+    assert not deployment.logs.following
