@@ -298,12 +298,8 @@ class Record:
     leader: list[tuple[float, bool]] = field(default_factory=list)
     # (time, the agent answered that there is no leader: HTTP 200 with an empty body)
     no_leader: list[tuple[float, bool]] = field(default_factory=list)
-    # The leaders named ("ip:8300"), each once, in the order first named: a late answer (or a server
-    # not yet reached by the new leader) can name the leader before the one named last, and in a
-    # roll a leader's address never leads again.
-    leaders: list[str] = field(default_factory=list)
-    # (time, leader) at each change of the leader named, in the order the answers came: with
-    # `leaders`, what shows a real flip back.
+    # (time, leader "ip:8300") at each change of the leader named, in the order the answers came:
+    # with `leaders`, what shows a real flip back.
     leader_turns: list[tuple[float, str]] = field(default_factory=list)
     voters: list[tuple[float, int | None]] = field(default_factory=list)
     writes: list[Write] = field(default_factory=list)
@@ -319,6 +315,13 @@ class Record:
     held_up: dict[str, float] = field(default_factory=dict)
     # The first line each sampler printed that is not "<stamp> <sample>", by sampler
     unreadable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def leaders(self) -> list[str]:
+        """The leaders named, each once, in the order first named: a late answer (or a server not
+        yet reached by the new leader) can name the leader before the one named last, and in a
+        roll a leader's address never leads again."""
+        return list(dict.fromkeys(leader for _, leader in self.leader_turns))
 
 
 def up_to(record: Record, end: float) -> Record:
@@ -448,10 +451,9 @@ class Watch:
         body, _, code = line.rpartition(" ")
         named = code == "200" and bool(LEADER.match(body))
         self.record.leader.append((at, named))
-        if named and body.strip() not in self.record.leaders:
-            self.record.leaders.append(body.strip())
-        if named and (not self.record.leader_turns or self.record.leader_turns[-1][1] != body.strip()):
-            self.record.leader_turns.append((at, body.strip()))
+        leader = body.strip()
+        if named and (not self.record.leader_turns or self.record.leader_turns[-1][1] != leader):
+            self.record.leader_turns.append((at, leader))
         self.record.no_leader.append((at, code == "200" and body.strip() == '""'))
 
     def _on_voters(self, at: float, line: str) -> None:
