@@ -280,8 +280,9 @@ def leadership_handoff(acls: bool) -> str:
     busy machine can miss: while this pod leads it asks again (HANDOFF_TRIES in all), going by who
     leads after each try and a pause, not by the transfer's answer (a success can leave it leading:
     a request that reached it just after it lost leadership is forwarded to the new leader, which
-    gives leadership away; a failure or a timeout can still move it). The transfer needs operator:write: the management token is read from the pod's own
-    token file into curl's stdin, never onto a command line or into the environment. A leader
+    gives leadership away; a failure or a timeout can still move it). The transfer needs
+    operator:write: the management token is read from the pod's own token file into curl's stdin,
+    never onto a command line or into the environment. A leader
     that could not hand over (a single server) fails the hook, which the kubelet records as an
     event (FailedPreStopHook), and stops as leader. Consul names the leader `"ip:8300"`, an IPv6
     address in brackets."""

@@ -18,14 +18,14 @@ from consul import agent_config as cfg
 from consul.servers import HANDOFF_PAUSE_SECONDS, HANDOFF_TRIES, HANDOFF_TRY_SECONDS, TERMINATION_GRACE_SECONDS, leadership_handoff
 
 POD = "consul-server-1"
+# The server a transfer hands leadership to.
+NEXT_LEADER = '"10.244.2.9:8300"'
 
 
 def transferred(tmp_path: Path, shell: list[str], pod_ip: str, leader: str, *, acls: bool = True) -> str | None:
     """What the stand-in curl got on stdin for a transfer-leader request; None if none was made."""
     # A transfer moves leadership to another server, as Consul's does.
-    stand_in_server(
-        tmp_path, POD, leader, f"  *transfer-leader) cat > {tmp_path}/transfer; echo '\"10.244.2.9:8300\"' > {tmp_path}/leader;;\n"
-    )
+    stand_in_server(tmp_path, POD, leader, f"  *transfer-leader) cat > {tmp_path}/transfer; echo '{NEXT_LEADER}' > {tmp_path}/leader;;\n")
     script = leadership_handoff(acls).replace(cfg.ACL_DIR, str(tmp_path / "acl"))
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "POD_NAME": POD, "POD_IP": pod_ip}
     done = subprocess.run([*shell, "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False)
@@ -71,7 +71,6 @@ def test_a_server_that_is_not_the_leader_does_nothing(tmp_path: Path, shell: lis
 # transfer whose answer came late; with `bounced`, never: a success that left this pod leading,
 # as when a request that reached a server no longer leading was forwarded to the new leader,
 # which gave leadership away, back to this pod). Each transfer is recorded with the time it came.
-NEXT_LEADER = '"10.244.2.9:8300"'
 
 
 def handoff(

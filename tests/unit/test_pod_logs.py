@@ -26,8 +26,9 @@ SECOND = ["2026-12-06T07:00:01.5Z d", "2026-12-06T07:00:02Z e"]
 # line stamped in that time's second or later (the API takes it to the second, so the lines earlier
 # in that second and those stamped `since` come again), then SECOND. Every call is recorded; a
 # third call prints nothing, but with `finished` (a container that ended: an init container, one
-# that stopped) every call prints the same lines again and ends at once. Each line ends in a line break, but for a last line that
-# is the kubelet's own notice (a container whose log is gone), which has none.
+# that stopped) every call prints the same lines again and ends at once. Each line ends in a line
+# break, but for a last line that is the kubelet's own notice (a container whose log is gone),
+# which has none.
 STUB = """#!/usr/bin/env python3
 import sys
 calls = open(sys.argv[1], "a+")
@@ -49,15 +50,21 @@ if not done:
 NOTICE = "unable to retrieve container logs for containerd://0123abcd"
 
 
-def _follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: list[str]) -> tuple[list[str], list[str]]:
-    """The lines kept in the log file, and kubectl's calls, once it was asked three times."""
+def _kubectl(tmp_path: Path, first: list[str], second: list[str], *, finished: bool) -> tuple[list[str], Path]:
+    """The stand-in kubectl's command line (its calls recorded in the file returned)."""
     calls = tmp_path / "calls"
     stub = tmp_path / "kubectl"
-    stub.write_text(STUB.format(first=first, second=SECOND, finished=False))
+    stub.write_text(STUB.format(first=first, second=second, finished=finished))
     stub.chmod(0o755)
+    return [str(stub), str(calls)], calls
+
+
+def _follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: list[str]) -> tuple[list[str], list[str]]:
+    """The lines kept in the log file, and kubectl's calls, once it was asked three times."""
+    kubectl, calls = _kubectl(tmp_path, first, SECOND, finished=False)
     target = tmp_path / "logs"
     monkeypatch.setattr(pod_logs, "RETRY_SECONDS", 0.1)
-    with pod_logs.FollowedLogs([str(stub), str(calls)], "ns", ["consul-server-0"], ["consul"], target):
+    with pod_logs.FollowedLogs(kubectl, "ns", ["consul-server-0"], ["consul"], target):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (not calls.exists() or len(calls.read_text().splitlines()) < 3):
             time.sleep(0.05)
@@ -83,14 +90,11 @@ def test_a_finished_container_is_asked_again_less_and_less_often(tmp_path: Path,
     """Each call of a finished container's log ends at once with nothing new: asking again every
     RETRY_SECONDS, for every such container of every watched pod, would start a kubectl a second
     each on the machine whose operation is being measured."""
-    calls = tmp_path / "calls"
-    stub = tmp_path / "kubectl"
-    stub.write_text(STUB.format(first=FIRST, second=[], finished=True))
-    stub.chmod(0o755)
+    kubectl, calls = _kubectl(tmp_path, FIRST, [], finished=True)
     target = tmp_path / "logs"
     monkeypatch.setattr(pod_logs, "RETRY_SECONDS", 0.05)
     monkeypatch.setattr(pod_logs, "RETRY_SECONDS_MAX", 0.4)
-    with pod_logs.FollowedLogs([str(stub), str(calls)], "ns", ["consul-server-0"], ["rejoin-wait"], target):
+    with pod_logs.FollowedLogs(kubectl, "ns", ["consul-server-0"], ["rejoin-wait"], target):
         time.sleep(2)
     # Every 0.05 s, about 40 calls; doubling the wait up to 0.4 s, about 8.
     assert len(calls.read_text().splitlines()) <= 12
