@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,28 @@ watch = importlib.util.module_from_spec(_SPEC)
 # Its dataclasses look their module up by name.
 sys.modules.setdefault("watch", watch)
 _SPEC.loader.exec_module(watch)
+
+TOKEN = "the-token"
+
+
+@pytest.fixture(autouse=True)
+def _no_token_left_in_the_machine_s_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A sampler keeps its token header in a temporary file, which its shell removes when it exits;
+    the tests that kill a sampler outright (as the watch kills its `kubectl exec`, where the file
+    goes with the pod) must not leave that file behind: their samplers get a temporary directory
+    of the test's own."""
+    system_tmp = Path(tempfile.gettempdir())
+    before = set(system_tmp.iterdir())
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    yield
+    left = []
+    for path in set(system_tmp.iterdir()) - before:
+        with contextlib.suppress(OSError):
+            if path.is_file() and TOKEN in path.read_text(errors="replace"):
+                left.append(path)
+    assert left == []
+
 
 # A leader at 0, 0.25 and 0.5 s, none at 0.75-1.25 s, back at 1.5 s; none again from 3.0 s to the end.
 LEADER = [
@@ -265,7 +288,7 @@ def test_every_sampler_line_carries_the_wall_clock_time_the_pod_took_it(tmp_path
         start_new_session=True,
     )
     assert process.stdin is not None
-    process.stdin.write("the-token\n")
+    process.stdin.write(TOKEN + "\n")
     process.stdin.flush()
     # The stream held up: nothing is read for 3 s.
     time.sleep(3)
@@ -421,7 +444,7 @@ REFUSAL = b"Your IP is issuing too many concurrent connections, please rate limi
 def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(name: str, ending: bytes) -> None:
     _need("busybox", "curl")
     with _serving(_answering(429, REFUSAL + ending)) as agent:
-        process = _LocalToolbox().stream(watch._STREAM_PRELUDE + LOOPS[name].format(**_fmt(agent)), "the-token")
+        process = _LocalToolbox().stream(watch._STREAM_PRELUDE + LOOPS[name].format(**_fmt(agent)), TOKEN)
         try:
             time.sleep(2)
         finally:
@@ -440,7 +463,7 @@ def test_an_answer_that_ends_in_a_newline_is_still_one_stamped_line_per_sample(n
 # the watch's verdict while the sampler goes on.
 class _Deployment:
     def management_token(self) -> str:
-        return "the-token"
+        return TOKEN
 
 
 @pytest.fixture
@@ -513,7 +536,7 @@ def test_a_sampler_ends_with_every_sample_it_started_once_its_reader_is_gone(nam
         try:
             assert process.stdin is not None
             assert process.stdout is not None
-            process.stdin.write("the-token\n")
+            process.stdin.write(TOKEN + "\n")
             process.stdin.flush()
             assert process.stdout.readline()
             # The reader is gone: standard input closes, standard output stays open and unread.
