@@ -283,8 +283,9 @@ def leadership_handoff(acls: bool) -> str:
     gives leadership away; a failure or a timeout can still move it). The transfer needs
     operator:write: the management token is read from the pod's own token file into curl's stdin,
     never onto a command line or into the environment. A leader
-    that could not hand over (a single server) fails the hook, which the kubelet records as an
-    event (FailedPreStopHook), and stops as leader. Consul names the leader `"ip:8300"`, an IPv6
+    that could not hand over fails the hook, which the kubelet records as an event
+    (FailedPreStopHook), and stops as leader; a single server (its own address the only one in
+    /v1/status/peers) does so at once, without tries that cannot succeed. Consul names the leader `"ip:8300"`, an IPv6
     address in brackets."""
     port = cfg.SERVER_RPC_PORT
     leads = (
@@ -299,11 +300,17 @@ def leadership_handoff(acls: bool) -> str:
     transfer = (
         management_token_from_file("X-Consul-Token: ") + " | " + transfer.format(header=" -H @-") if acls else transfer.format(header="")
     )
+    # Asked once, before the first try: one server in the Raft configuration (a JSON list without
+    # a comma) has nobody to hand over to.
+    alone = (
+        f'  [ "$try" -gt 0 ] || case "$(curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/peers)" in ' + "'[\"'*,*) ;; '[\"'*) exit 1 ;; esac\n"
+    )
     return (
         leads
         + "try=0\n"
         + "while leads; do\n"
         + f'  [ "$try" -lt {HANDOFF_TRIES} ] || exit 1\n'
+        + alone
         + "  try=$((try + 1))\n"
         + f"  {transfer} || :\n"
         + f"  sleep {HANDOFF_PAUSE_SECONDS}\n"

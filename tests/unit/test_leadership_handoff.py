@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,20 @@ from consul.servers import HANDOFF_PAUSE_SECONDS, HANDOFF_TRIES, HANDOFF_TRY_SEC
 POD = "consul-server-1"
 # The server a transfer hands leadership to.
 NEXT_LEADER = '"10.244.2.9:8300"'
+# The Raft peers as /v1/status/peers names them: three servers, this pod the first.
+THREE_PEERS = '["10.244.1.7:8300","10.244.2.9:8300","10.244.3.4:8300"]'
 
 
 def transferred(tmp_path: Path, shell: list[str], pod_ip: str, leader: str, *, acls: bool = True) -> str | None:
     """What the stand-in curl got on stdin for a transfer-leader request; None if none was made."""
     # A transfer moves leadership to another server, as Consul's does.
-    stand_in_server(tmp_path, POD, leader, f"  *transfer-leader) cat > {tmp_path}/transfer; echo '{NEXT_LEADER}' > {tmp_path}/leader;;\n")
+    stand_in_server(
+        tmp_path,
+        POD,
+        leader,
+        f"  *transfer-leader) cat > {tmp_path}/transfer; echo '{NEXT_LEADER}' > {tmp_path}/leader;;\n"
+        f"  */v1/status/peers) echo '{THREE_PEERS}';;\n",
+    )
     script = leadership_handoff(acls).replace(cfg.ACL_DIR, str(tmp_path / "acl"))
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "POD_NAME": POD, "POD_IP": pod_ip}
     done = subprocess.run([*shell, "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False)
@@ -74,7 +83,7 @@ def test_a_server_that_is_not_the_leader_does_nothing(tmp_path: Path, shell: lis
 
 
 def handoff(
-    tmp_path: Path, shell: list[str], failures: int, *, moved: bool = False, bounced: bool = False
+    tmp_path: Path, shell: list[str], failures: int, *, moved: bool = False, bounced: bool = False, peers: str = THREE_PEERS
 ) -> tuple[subprocess.CompletedProcess[str], int]:
     count = tmp_path / "transfers"
     leader = tmp_path / "leader"
@@ -86,7 +95,8 @@ def handoff(
         '"10.244.1.7:8300"',
         f"  *transfer-leader) cat > /dev/null; date +%s.%N >> {count}\n"
         f'    if [ "$(wc -l < {count})" -gt {failures} ]; then {after_success}echo \'{{"Success":true}}\'\n'
-        f"    else {after_failure}echo 'Failed to transfer Leader: leadership transfer timeout' >&2; exit 22; fi;;\n",
+        f"    else {after_failure}echo 'Failed to transfer Leader: leadership transfer timeout' >&2; exit 22; fi;;\n"
+        f"  */v1/status/peers) echo '{peers}';;\n",
     )
     script = leadership_handoff(True).replace(cfg.ACL_DIR, str(tmp_path / "acl"))
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "POD_NAME": POD, "POD_IP": "10.244.1.7"}
@@ -112,9 +122,28 @@ def test_a_leader_that_cannot_hand_over_gives_up_after_its_tries(tmp_path: Path,
     done, transfers = handoff(tmp_path, shell, failures=100)
     assert done.returncode != 0
     assert transfers == HANDOFF_TRIES
-    # The leader asked first (2 s), then each try: its transfer's bound, the pause after it, the
-    # leader asked again (2 s); all in the grace period, with time left for Consul to stop.
-    assert 2 + HANDOFF_TRIES * (HANDOFF_TRY_SECONDS + HANDOFF_PAUSE_SECONDS + 2) <= TERMINATION_GRACE_SECONDS - 5
+    # The leader asked first (2 s), the peers once (2 s), then each try: its transfer's bound,
+    # the pause after it, the leader asked again (2 s); all in the grace period, with time left
+    # for Consul to stop.
+    assert 2 + 2 + HANDOFF_TRIES * (HANDOFF_TRY_SECONDS + HANDOFF_PAUSE_SECONDS + 2) <= TERMINATION_GRACE_SECONDS - 5
+
+
+@pytest.mark.parametrize("peers", ['["10.244.1.7:8300"]', '["[fd00:10:244::7]:8300"]'], ids=["ipv4", "ipv6"])
+def test_a_single_server_does_not_ask_for_a_transfer_nobody_can_take(tmp_path: Path, shell: list[str], peers: str) -> None:
+    """No other server in the Raft configuration: the hook fails at once (the kubelet's event says
+    the server stopped as leader), instead of its tries and pauses delaying the stop."""
+    started = time.monotonic()
+    done, transfers = handoff(tmp_path, shell, failures=100, peers=peers)
+    assert done.returncode != 0
+    assert transfers == 0
+    assert time.monotonic() - started < HANDOFF_PAUSE_SECONDS
+
+
+@pytest.mark.parametrize("peers", ["", "[]", "rpc error: No cluster leader"], ids=["no-answer", "none", "an-error"])
+def test_peers_that_cannot_be_read_do_not_stop_the_handoff(tmp_path: Path, shell: list[str], peers: str) -> None:
+    done, transfers = handoff(tmp_path, shell, failures=0, peers=peers)
+    assert done.returncode == 0, done.stderr
+    assert transfers == 1
 
 
 def test_a_transfer_that_answered_success_with_this_pod_still_leading_is_asked_again(tmp_path: Path, shell: list[str]) -> None:
