@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -96,14 +97,20 @@ def _require_cli() -> None:
         raise EngineError(missing)
 
 
-def _stack(name: str, work_dir: Path, env: dict[str, str]) -> auto.Stack:
+def _stack(name: str, work_dir: Path, env: dict[str, str], scratch: Path) -> auto.Stack:
+    """The stack `name` of the program, its engine run with `env` and with `scratch` (made private
+    here) as its temporary directory: the Kubernetes provider (4.25) writes the kubeconfig given by
+    `kubernetes:kubeconfig`, credentials and all, to a temporary file that it never removes.
+    `release()` removes the scratch directory once the stack's runs are done."""
     os.environ["PATH"] = env["PATH"]
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    scratch.chmod(0o700)
     try:
         return auto.create_or_select_stack(
             stack_name=name,
             project_name="consul",
             program=consul_program,
-            opts=auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=env),
+            opts=auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars={**env, "TMPDIR": str(scratch)}),
         )
     except auto.CommandError as error:
         raise EngineError(_explain(error)) from None
@@ -170,7 +177,8 @@ def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path | None 
         None if os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE") else os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE),
     )
     os.environ.pop("KUBECONFIG", None)
-    rendered = _stack(stack, _workspace(stack, home / stack / ("own" if own_salt else "render"), stack_file), env)
+    work = home / stack / ("own" if own_salt else "render")
+    rendered = _stack(stack, _workspace(stack, work, stack_file), env, work / "engine-tmp")
     rendered.set_config("kubernetes:renderYamlToDirectory", auto.ConfigValue(str(out or RENDERED / stack)))
     return rendered
 
@@ -180,14 +188,26 @@ def cluster_stack(stack: str, home: Path, kubeconfig: Path, stack_file: Path | N
     _require_cli()
     (home / "state").mkdir(parents=True, exist_ok=True)
     env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
-    deployed = _stack(stack, _workspace(stack, home, stack_file), env)
+    deployed = _stack(stack, _workspace(stack, home, stack_file), env, home / "engine-tmp")
     deployed.set_config("kubernetes:kubeconfig", auto.ConfigValue(str(kubeconfig)))
     return deployed
 
 
 def real_stack(stack: str) -> auto.Stack:
     """A stack of the repo itself, against the current kubeconfig context."""
-    return _stack(stack, ROOT, real_env())
+    scratch = Path(tempfile.mkdtemp(prefix="consul-engine-"))
+    try:
+        return _stack(stack, ROOT, real_env(), scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def release(stack: auto.Stack) -> None:
+    """Remove the stack's engine temporary directory, with whatever the engine left in it."""
+    scratch = (stack.workspace.env_vars or {}).get("TMPDIR")
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def real_env() -> dict[str, str]:
@@ -208,8 +228,9 @@ def real_env() -> dict[str, str]:
 
 def run_cli(args: list[str]) -> int:
     """`pulumi ARGS` on the same state and settings the make targets use (make pulumi ARGS=...)."""
-    env = {**os.environ, **real_env()}
-    return subprocess.run(["pulumi", *args], cwd=ROOT, env=env, check=False).returncode
+    with tempfile.TemporaryDirectory(prefix="consul-engine-") as scratch:
+        env = {**os.environ, **real_env(), "TMPDIR": scratch}
+        return subprocess.run(["pulumi", *args], cwd=ROOT, env=env, check=False).returncode
 
 
 def tidy_rendered(stack: auto.Stack, out: Path) -> list[Path]:
@@ -350,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     log = EngineLog(args.stack, args.command)
+    stack: auto.Stack | None = None
     try:
         if args.command == "render":
             stack = render_stack(args.stack)
@@ -366,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"(a typo?); to start a new stack, run again with NEW=1 (make) or --new"
             )
         elif args.command == "preview":
-            result = real_stack(args.stack).preview(on_output=log, json=args.json or None, color="never")
+            stack = real_stack(args.stack)
+            result = stack.preview(on_output=log, json=args.json or None, color="never")
             if args.json:
                 print(result.stdout)
             else:
@@ -379,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
         else:
-            up = real_stack(args.stack).up(on_output=log, color="never")
+            stack = real_stack(args.stack)
+            up = stack.up(on_output=log, color="never")
             print(f"up of stack {args.stack}: {dict(up.summary.resource_changes or {})}")
             for key, value in up.outputs.items():
                 print(f"  {key}: {'[secret]' if value.secret else value.value}")
@@ -396,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             print("note: no cluster was reachable with the current kubeconfig context", file=sys.stderr)
         print(f"the engine's full log: {log.where()}", file=sys.stderr)
         return 1
+    finally:
+        if stack is not None:
+            release(stack)
     print(f"{args.command} of stack {args.stack} took {time.monotonic() - started:.1f} s (engine log: {log.where()})", file=sys.stderr)
     return 0
 

@@ -216,3 +216,41 @@ def test_render_finds_the_engine_where_the_cli_keeps_it_whatever_home_says(tmp_p
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _holding(text: str, folder: Path) -> list[Path]:
+    """The files directly in `folder` whose content holds `text`."""
+    found = []
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and text in path.read_text(errors="replace"):
+                found.append(path)
+        except OSError:
+            continue
+    return found
+
+
+def test_an_engine_run_leaves_no_copy_of_the_kubeconfig_s_credentials(home, tmp_path):
+    """The Kubernetes provider writes the kubeconfig of `kubernetes:kubeconfig` to a temporary file,
+    token and all, and never removes it. Each run's engine gets a temporary directory of its own,
+    removed when the run is released."""
+    import tempfile
+
+    token = "the-cluster-token-" + os.urandom(8).hex()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: bed\n"
+        "clusters: [{name: bed, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "contexts: [{name: bed, context: {cluster: bed, user: admin}}]\n"
+        f"users: [{{name: admin, user: {{token: {token}}}}}]\n"
+    )
+    stack_file = tmp_path / "Pulumi.kube.yaml"
+    stack_file.write_text("config:\n  consul:serverReplicas: 1\n")
+    system_tmp = Path(tempfile.gettempdir())
+    deployed = run_stack.cluster_stack("kube", home / "kube", kubeconfig, stack_file)
+    preview = deployed.preview(color="never")
+    assert preview.change_summary["create"] > 0  # no cluster answers: what the program declares
+    assert _holding(token, system_tmp) == []
+    run_stack.release(deployed)
+    copies = [p for p in (home / "kube").rglob("*") if p.is_file() and token in p.read_text(errors="replace")]
+    assert copies == []
