@@ -282,6 +282,24 @@ def leftovers() -> list[str]:
     return left
 
 
+def credential_copies(credentials: list[str], folders: list[Path], trees: list[Path]) -> list[str]:
+    """The files that still hold one of `credentials`: those directly in `folders` (the system's
+    temporary directory, shared with everything else on the machine) and those anywhere under
+    `trees` (the run's own directories)."""
+    paths = [p for folder in folders for p in folder.iterdir()] + [p for tree in trees for p in tree.rglob("*")]
+    found = []
+    for path in paths:
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            content = path.read_bytes()
+        except OSError:
+            continue
+        if any(credential.encode() in content for credential in credentials):
+            found.append(f"credential in {path}")
+    return found
+
+
 def bed_processes() -> list[tuple[int, str]]:
     """Every running process of the bed's programs: the cluster's multi-call binary, containerd and its shims."""
     programs = {str(kube_binary()), "/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2"}
@@ -303,6 +321,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.action == "down":
         found = sweep()
+        for credentials in ("kubeconfig", "tokens.csv"):  # what `up` left for you, now of no cluster
+            (args.workdir / "control-plane" / credentials).unlink(missing_ok=True)
         print("removed:\n  " + "\n  ".join(found) if found else "nothing of the bed was running")
         left = leftovers()
         print("left behind: " + ", ".join(left) if left else "nothing left behind")

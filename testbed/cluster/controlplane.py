@@ -191,8 +191,13 @@ current-context: bed
         path = self.logs / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
+    def credentials(self) -> list[str]:
+        """Every bearer token the API server accepts: the admin's, kube-proxy's, each kubelet's."""
+        return [self.token, self.proxy_token, *self.node_tokens.values()]
+
     def stop(self) -> None:
-        """End every component (SIGTERM, then SIGKILL) in reverse start order."""
+        """End every component (SIGTERM, then SIGKILL) in reverse start order, then remove the files
+        that hold the credentials (the kubeconfig, the API server's token file)."""
         for _name, process in reversed(list(self.processes.items())):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -202,6 +207,8 @@ current-context: bed
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        self.kubeconfig.unlink(missing_ok=True)
+        (self.workdir / "tokens.csv").unlink(missing_ok=True)
 
     # --- the cluster's contents -------------------------------------------------------------
     def add_nodes(self, nodes: list[FakeNode]) -> None:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from pod_logs import FollowedLogs  # noqa: E402
 
 from testbed.cluster import images  # noqa: E402
 from testbed.cluster.api import ApiError  # noqa: E402
-from testbed.cluster.bed import Cluster, kube_binary, leftovers, missing_binaries  # noqa: E402
+from testbed.cluster.bed import Cluster, credential_copies, kube_binary, leftovers, missing_binaries  # noqa: E402
 from testbed.cluster.controlplane import FakeNode  # noqa: E402
 
 # A failing test's report quotes no secret: pytest finds the hook here.
@@ -109,7 +110,9 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             shutil.copytree(workdir / "logs", target)
         if (workdir / "control-plane" / "logs").exists():
             shutil.copytree(workdir / "control-plane" / "logs", target / "control-plane")
-    left = leftovers()
+    # The bed's credentials die with it, yet no copy of them may stay: not in the machine's
+    # temporary directory, not in the run's own.
+    left = leftovers() + credential_copies(bed.plane.credentials(), [Path(tempfile.gettempdir())], [tmp_path_factory.getbasetemp()])
     assert left == [], f"left behind: {left}"
 
 
@@ -159,6 +162,10 @@ class Deployment:
 
     def destroy(self) -> None:
         self.stack.destroy(color="never", on_output=lambda line: None)
+
+    def release(self) -> None:
+        """Remove the engine's temporary directory, with the copy of the bed's kubeconfig it holds."""
+        run_stack.release(self.stack)
 
     def rolled_out(self) -> bool:
         """The servers' StatefulSet and the clients' DaemonSet: the controller has seen the latest
@@ -382,19 +389,27 @@ def module_deployment(cluster, tmp_path_factory, request) -> Iterator[Deployment
 
 
 def remove(deployment: Deployment) -> None:
-    """`pulumi destroy`, then the namespace (with the claims destroy keeps), so the next module starts clean."""
+    """`pulumi destroy`, then the namespace (with the claims destroy keeps), so the next module
+    starts clean; the engine's temporary directory goes in any case."""
     try:
         deployment.destroy()
     finally:
         try:
-            deployment.api.delete(f"/api/v1/namespaces/{deployment.namespace}")
-        except ApiError as error:
-            if error.status != 404:
-                raise
-        deployment.cluster.wait(
-            f"namespace {deployment.namespace} gone", lambda: not deployment.api.exists(f"/api/v1/namespaces/{deployment.namespace}"), 180
-        )
-        deployment.cluster.recycle_volumes()
+            _remove_namespace(deployment)
+        finally:
+            deployment.release()
+
+
+def _remove_namespace(deployment: Deployment) -> None:
+    try:
+        deployment.api.delete(f"/api/v1/namespaces/{deployment.namespace}")
+    except ApiError as error:
+        if error.status != 404:
+            raise
+    deployment.cluster.wait(
+        f"namespace {deployment.namespace} gone", lambda: not deployment.api.exists(f"/api/v1/namespaces/{deployment.namespace}"), 180
+    )
+    deployment.cluster.recycle_volumes()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

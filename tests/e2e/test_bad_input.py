@@ -39,8 +39,11 @@ def test_bad_input_fails_before_any_object_reaches_the_cluster(cluster, tmp_path
     before = inventory(cluster)
     deployment = Deployment(cluster, tmp_path, stack="bad", namespace="consul-bad")
     deployment.set(**{key: value})
-    with pytest.raises(auto.CommandError) as failed:
-        deployment.up(f"bad {key}")
+    try:
+        with pytest.raises(auto.CommandError) as failed:
+            deployment.up(f"bad {key}")
+    finally:
+        deployment.release()
     assert message in str(failed.value)
     assert inventory(cluster) == before
 
@@ -53,6 +56,9 @@ def test_preview_knows_whether_a_cluster_answers(cluster, tmp_path, monkeypatch)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert run_stack.unreachable_cluster() == f"there is no kubeconfig at {tmp_path / 'missing'}"
     dead = tmp_path / "dead"
-    dead.write_text(cluster.kubeconfig.read_text().replace(cluster.plane.server, "https://127.0.0.1:1"))
+    # A cluster that does not answer, with no credential of the bed's.
+    dead.write_text(
+        cluster.kubeconfig.read_text().replace(cluster.plane.server, "https://127.0.0.1:1").replace(cluster.plane.token, "none")
+    )
     monkeypatch.setenv("KUBECONFIG", str(dead))
     assert (run_stack.unreachable_cluster() or "").startswith("https://127.0.0.1:1 did not answer")
