@@ -300,10 +300,11 @@ def leadership_handoff(acls: bool) -> str:
     transfer = (
         management_token_from_file("X-Consul-Token: ") + " | " + transfer.format(header=" -H @-") if acls else transfer.format(header="")
     )
-    # Asked once, before the first try: one server in the Raft configuration (a JSON list without
-    # a comma) has nobody to hand over to.
+    # Asked once, before the first try, of the agent that has just answered: one server in its
+    # Raft configuration (a JSON list without a comma; Consul answers it without a leader or a
+    # token) has nobody to hand over to.
     alone = (
-        f'  [ "$try" -gt 0 ] || case "$(curl -s -m 2 {cfg.LOCAL_HTTP_URL}/v1/status/peers)" in ' + "'[\"'*,*) ;; '[\"'*) exit 1 ;; esac\n"
+        f'  [ "$try" -gt 0 ] || case "$(curl -s -m 1 {cfg.LOCAL_HTTP_URL}/v1/status/peers)" in ' + "'[\"'*,*) ;; '[\"'*) exit 1 ;; esac\n"
     )
     return (
         leads

@@ -122,10 +122,10 @@ def test_a_leader_that_cannot_hand_over_gives_up_after_its_tries(tmp_path: Path,
     done, transfers = handoff(tmp_path, shell, failures=100)
     assert done.returncode != 0
     assert transfers == HANDOFF_TRIES
-    # The leader asked first (2 s), the peers once (2 s), then each try: its transfer's bound,
+    # The leader asked first (2 s), the peers once (1 s), then each try: its transfer's bound,
     # the pause after it, the leader asked again (2 s); all in the grace period, with time left
     # for Consul to stop.
-    assert 2 + 2 + HANDOFF_TRIES * (HANDOFF_TRY_SECONDS + HANDOFF_PAUSE_SECONDS + 2) <= TERMINATION_GRACE_SECONDS - 5
+    assert 2 + 1 + HANDOFF_TRIES * (HANDOFF_TRY_SECONDS + HANDOFF_PAUSE_SECONDS + 2) <= TERMINATION_GRACE_SECONDS - 5
 
 
 @pytest.mark.parametrize("peers", ['["10.244.1.7:8300"]', '["[fd00:10:244::7]:8300"]'], ids=["ipv4", "ipv6"])
@@ -139,7 +139,7 @@ def test_a_single_server_does_not_ask_for_a_transfer_nobody_can_take(tmp_path: P
     assert time.monotonic() - started < HANDOFF_PAUSE_SECONDS
 
 
-@pytest.mark.parametrize("peers", ["", "[]", "rpc error: No cluster leader"], ids=["no-answer", "none", "an-error"])
+@pytest.mark.parametrize("peers", ["", "null", "[]"], ids=["no-answer", "no-configuration", "none"])
 def test_peers_that_cannot_be_read_do_not_stop_the_handoff(tmp_path: Path, shell: list[str], peers: str) -> None:
     done, transfers = handoff(tmp_path, shell, failures=0, peers=peers)
     assert done.returncode == 0, done.stderr
