@@ -110,7 +110,7 @@ def _stack(name: str, work_dir: Path, env: dict[str, str], scratch: Path) -> aut
             stack_name=name,
             project_name="consul",
             program=consul_program,
-            opts=auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars={**env, "TMPDIR": str(scratch)}),
+            opts=auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars={**env, "TMPDIR": str(scratch.resolve())}),
         )
     except auto.CommandError as error:
         raise EngineError(_explain(error)) from None
