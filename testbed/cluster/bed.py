@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -287,17 +288,22 @@ def credential_copies(credentials: list[str], folders: list[Path], trees: list[P
     temporary directory, shared with everything else on the machine) and those anywhere under
     `trees` (the run's own directories)."""
     paths = [p for folder in folders for p in folder.iterdir()] + [p for tree in trees for p in tree.rglob("*")]
-    found = []
-    for path in paths:
-        try:
-            if not path.is_file() or path.is_symlink():
-                continue
-            content = path.read_bytes()
-        except OSError:
-            continue
-        if any(credential.encode() in content for credential in credentials):
-            found.append(f"credential in {path}")
-    return found
+    wanted = [credential.encode() for credential in credentials]
+    return [f"credential in {path}" for path in paths if any(w in _regular_file_content(path) for w in wanted)]
+
+
+def _regular_file_content(path: Path) -> bytes:
+    """The content of `path` if it is a regular file, else nothing: a FIFO or a socket in a shared
+    directory is neither waited on nor read, a symbolic link not followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return b""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return b""
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
 
 
 def bed_processes() -> list[tuple[int, str]]:
