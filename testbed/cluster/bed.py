@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from . import addons, images, network, node
 from .api import Api, ApiError
-from .controlplane import ControlPlane
+from .controlplane import ControlPlane, remove_credential_files
 from .network import CLUSTER_DNS_IP, NodeAddress
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -327,8 +327,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.action == "down":
         found = sweep()
-        for credentials in ("kubeconfig", "tokens.csv"):  # what `up` left for you, now of no cluster
-            (args.workdir / "control-plane" / credentials).unlink(missing_ok=True)
+        remove_credential_files(args.workdir / "control-plane")  # what `up` left for you
         print("removed:\n  " + "\n  ".join(found) if found else "nothing of the bed was running")
         left = leftovers()
         print("left behind: " + ", ".join(left) if left else "nothing left behind")

@@ -43,6 +43,17 @@ class FakeNode:
     zone: str
 
 
+KUBECONFIG = "kubeconfig"
+TOKEN_FILE = "tokens.csv"
+
+
+def remove_credential_files(workdir: Path) -> None:
+    """Remove what holds a control plane's credentials in its `workdir`: the kubeconfig and the API
+    server's token file, of no use once the control plane has stopped."""
+    for name in (KUBECONFIG, TOKEN_FILE):
+        (workdir / name).unlink(missing_ok=True)
+
+
 class ControlPlane:
     """Start with start(), stop with stop(); api and kubeconfig are there in between."""
 
@@ -56,7 +67,7 @@ class ControlPlane:
         self.proxy_token = secrets.token_hex(16)
         self.port = API_PORT
         self.server = f"https://{HOST_IP}:{self.port}"
-        self.kubeconfig = workdir / "kubeconfig"
+        self.kubeconfig = workdir / KUBECONFIG
         self.ca_file = workdir / "ca.crt"
         self.api = Api(self.server, self.token)
 
@@ -78,8 +89,8 @@ class ControlPlane:
         write_pki(self.workdir, self.ca_file, [HOST_IP, str(SERVICE_CIDR.network_address + 1), "127.0.0.1"])
         lines = [f'{self.token},admin,admin,"system:masters"', f"{self.proxy_token},system:kube-proxy,kube-proxy"]
         lines += [f"{self.node_token(n)},system:node:{n},node-{n},system:nodes" for n in nodes]
-        (self.workdir / "tokens.csv").write_text("\n".join(lines) + "\n")
-        (self.workdir / "tokens.csv").chmod(0o600)
+        (self.workdir / TOKEN_FILE).write_text("\n".join(lines) + "\n")
+        (self.workdir / TOKEN_FILE).chmod(0o600)
         self.kubeconfig.write_text(
             f"""apiVersion: v1
 kind: Config
@@ -128,7 +139,7 @@ current-context: bed
             f"--tls-cert-file={self.workdir / 'apiserver.crt'}",
             f"--tls-private-key-file={self.workdir / 'apiserver.key'}",
             f"--client-ca-file={self.ca_file}",
-            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            f"--token-auth-file={self.workdir / TOKEN_FILE}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             "--kubelet-preferred-address-types=InternalIP",
@@ -207,8 +218,7 @@ current-context: bed
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        self.kubeconfig.unlink(missing_ok=True)
-        (self.workdir / "tokens.csv").unlink(missing_ok=True)
+        remove_credential_files(self.workdir)
 
     # --- the cluster's contents -------------------------------------------------------------
     def add_nodes(self, nodes: list[FakeNode]) -> None:
