@@ -17,6 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import run_stack
 
+from testbed.cluster.bed import credential_copies
+
 ENGINE_MISSING = run_stack.engine_missing()
 pytestmark = [pytest.mark.engine]
 
@@ -218,18 +220,6 @@ def test_render_finds_the_engine_where_the_cli_keeps_it_whatever_home_says(tmp_p
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _holding(text: str, folder: Path) -> list[Path]:
-    """The files directly in `folder` whose content holds `text`."""
-    found = []
-    for path in folder.iterdir():
-        try:
-            if path.is_file() and text in path.read_text(errors="replace"):
-                found.append(path)
-        except OSError:
-            continue
-    return found
-
-
 def test_an_engine_run_leaves_no_copy_of_the_kubeconfig_s_credentials(home, tmp_path):
     """The Kubernetes provider writes the kubeconfig of `kubernetes:kubeconfig` to a temporary file,
     token and all, and never removes it. Each run's engine gets a temporary directory of its own,
@@ -250,7 +240,6 @@ def test_an_engine_run_leaves_no_copy_of_the_kubeconfig_s_credentials(home, tmp_
     deployed = run_stack.cluster_stack("kube", home / "kube", kubeconfig, stack_file)
     preview = deployed.preview(color="never")
     assert preview.change_summary["create"] > 0  # no cluster answers: what the program declares
-    assert _holding(token, system_tmp) == []
+    assert credential_copies([token], [system_tmp], []) == []
     run_stack.release(deployed)
-    copies = [p for p in (home / "kube").rglob("*") if p.is_file() and token in p.read_text(errors="replace")]
-    assert copies == []
+    assert credential_copies([token], [], [home / "kube"]) == []
