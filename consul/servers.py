@@ -282,11 +282,10 @@ def leadership_handoff(acls: bool) -> str:
     a request that reached it just after it lost leadership is forwarded to the new leader, which
     gives leadership away; a failure or a timeout can still move it). The transfer needs
     operator:write: the management token is read from the pod's own token file into curl's stdin,
-    never onto a command line or into the environment. A leader
-    that could not hand over fails the hook, which the kubelet records as an event
-    (FailedPreStopHook), and stops as leader; a single server (its own address the only one in
-    /v1/status/peers) does so at once, without tries that cannot succeed. Consul names the leader `"ip:8300"`, an IPv6
-    address in brackets."""
+    never onto a command line or into the environment. A leader that could not hand over fails
+    the hook, which the kubelet records as an event (FailedPreStopHook), and stops as leader; a
+    single server (its own address the only one in /v1/status/peers) does so at once, without
+    tries that cannot succeed. Consul names the leader `"ip:8300"`, an IPv6 address in brackets."""
     port = cfg.SERVER_RPC_PORT
     leads = (
         "leads() {\n"
