@@ -7,7 +7,8 @@ Each sampler runs in its own thread, so a slow answer never delays another:
   - voters: `/v1/operator/raft/configuration?stale` (any server's own view, so it answers while
     there is no leader), counting the servers with ``Voter: true``;
   - writes: a KV write every interval, each bounded to 1 s, with its HTTP status (000: no answer in
-    time), its seconds and, failed, the start of its answer; every acknowledged key is read back
+    time), its seconds, how long its connection to the agent took (none: the packet path, not
+    Consul) and, failed, the start of its answer; every acknowledged key is read back
     at the end. A failed write counts against the issue's bound unless Consul had no leader for
     it: its answer says so ("No cluster leader", "leadership lost"...) or it got no HTTP answer (000), and
     the leader sampler heard "no leader" (HTTP 200 with an empty body) at some point between the
@@ -83,10 +84,12 @@ DNS_LOOP = (
     'while :; do {{ n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$EPOCHREALTIME $n"; }} & '
     "sleep {interval}; done"
 )
-# Each write: "<time> <index> <status> <seconds>", and for a failed one the start of its answer.
+# Each write: "<time> <index> <status> <seconds> <connect seconds>", and for a failed one the start
+# of its answer. The connect time (curl's, 0 with no connection) tells a write the agent never
+# accepted from one it accepted and did not answer in time.
 WRITES_LOOP = (
-    'i=0; while :; do {{ b=$(mktemp); out=$(curl -s -m {bound} -o "$b" -w \'%{{http_code}} %{{time_total}}\' -X PUT -H @"$h" --data "$i" '
-    '"{agent}/v1/kv/{prefix}/$i"); [ -n "$out" ] || out="000 {bound}"; '
+    'i=0; while :; do {{ b=$(mktemp); out=$(curl -s -m {bound} -o "$b" -w \'%{{http_code}} %{{time_total}} %{{time_connect}}\' -X PUT -H @"$h" --data "$i" '
+    '"{agent}/v1/kv/{prefix}/$i"); [ -n "$out" ] || out="000 {bound} 0"; '
     'case "$out" in 200*) echo "$EPOCHREALTIME $i $out";; *) echo "$EPOCHREALTIME $i $out $(head -c 160 "$b" | tr -d "\\r\\n")";; esac; rm -f "$b"; }} & '
     "i=$((i+1)); sleep {interval}; done"
 )
@@ -134,13 +137,14 @@ def leaderless_stretches(leader: list[tuple[float, bool]], *, widened: bool = Tr
 @dataclass(frozen=True)
 class Write:
     """One bounded KV write: when its answer came (seconds since the watch started), its key
-    index, HTTP status ("000": none within the bound), how long it took and, failed, the start of
-    its answer."""
+    index, HTTP status ("000": none within the bound), how long it took, how long its connection
+    to the agent took (0: none made) and, failed, the start of its answer."""
 
     at: float
     index: str
     status: str
     seconds: float
+    connected: float = 0.0
     answer: str = ""
 
     @property
@@ -150,6 +154,26 @@ class Write:
     @property
     def sent(self) -> float:
         return self.at - self.seconds
+
+    def described(self) -> str:
+        """Its status, the connection and its answer, as the watch lists a failed write."""
+        connection = f"connected in {self.connected:.3f} s" if self.connected > 0 else "no connection"
+        return f"{self.status} ({connection}) {self.answer}".rstrip()
+
+
+def parsed_write(at: float, sample: str) -> Write:
+    """A writes sampler's sample, "<index> <status> <seconds> <connect seconds> [answer]", answered at `at`."""
+    index, status, seconds, connected, answer = [*sample.split(" ", 4), "", "", "", ""][:5]
+    return Write(
+        at=at, index=index, status=status, seconds=_seconds(seconds, WRITE_BOUND), connected=_seconds(connected, 0.0), answer=answer
+    )
+
+
+def _seconds(text: str, otherwise: float) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return otherwise
 
 
 def _has(no_leader: list[tuple[float, bool]]) -> list[tuple[float, bool]]:
@@ -498,12 +522,7 @@ class Watch:
         )
 
     def _on_write(self, at: float, line: str) -> None:
-        index, code, seconds, answer = ([*line.split(" ", 3), "", "", ""])[:4]
-        try:
-            took = float(seconds)
-        except ValueError:
-            took = WRITE_BOUND
-        self.record.writes.append(Write(at=at, index=index, status=code, seconds=took, answer=answer))
+        self.record.writes.append(parsed_write(at, line))
 
     def _pods(self) -> None:
         path = f"/api/v1/namespaces/{self.deployment.namespace}/pods"
@@ -627,12 +646,12 @@ class Watch:
             counted = failed_with_a_leader(failed, self.record.no_leader)
             unexcused = failed_with_every_agent_up(counted, down)
             print(
-                f"watch: {self.label}: failed writes (seconds after the action started: sent-answered, status, answer; "
+                f"watch: {self.label}: failed writes (seconds after the action started: sent-answered, status, connection to the agent, answer; "
                 "* counts, ** with every agent pod serving):"
             )
             for write in failed:
                 mark = "**" if write in unexcused else "* " if write in counted else "  "
-                print(f"watch:  {mark} {write.sent - after:.2f}-{write.at - after:.2f} s {write.status} {write.answer}")
+                print(f"watch:  {mark} {write.sent - after:.2f}-{write.at - after:.2f} s {write.described()}")
             print(
                 f"watch: {self.label}: no leader, by the agent's answer: "
                 + _spans(leaderless_stretches(_has(self.record.no_leader)), after)

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -596,3 +597,48 @@ def test_a_watch_that_fails_to_start_stops_what_it_started() -> None:
     with pytest.raises(RuntimeError, match="toolbox pod is gone"), watch.Watch(deployment, _BrokenToolbox(), "unit", agent="http://agent"):
         pass
     assert not deployment.logs.following
+
+
+# A write with no answer in its bound (000) is either a connection to the agent never made (the
+# node's packet path: kube-proxy, a NetworkPolicy) or one the agent accepted and did not answer in
+# time (Consul: the agent waiting on its server). The sample keeps curl's connect time to tell.
+class _Silent(http.server.BaseHTTPRequestHandler):
+    def do_PUT(self) -> None:
+        time.sleep(2)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def _writes(agent: str, seconds: float) -> list[Any]:
+    """The writes sampler, alone, against `agent` for `seconds`: its samples as Writes."""
+    sampling = watch.Watch(_Deployment(), _LocalToolbox(), "unit", agent=agent)
+    sampling.started = time.time()
+    try:
+        sampling._stream("writes", watch.WRITES_LOOP.format(**_fmt(agent)), sampling._on_write)
+        time.sleep(seconds)
+    finally:
+        sampling._halt()
+    assert sampling.record.unreadable == {}
+    return list(sampling.record.writes)
+
+
+def test_an_unanswered_write_tells_a_connection_the_agent_accepted_from_none() -> None:
+    _need("busybox", "curl")
+    with _serving(_Silent) as agent:
+        accepted = _writes(agent, 2.5)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = _writes(f"http://127.0.0.1:{closed.getsockname()[1]}", 1.0)
+    assert accepted
+    assert refused
+    assert all(w.status == "000" and w.connected > 0 for w in accepted), accepted
+    assert all(w.status == "000" and w.connected == 0 for w in refused), refused
+    assert "connected in" in accepted[0].described()
+    assert "no connection" in refused[0].described()
+
+
+def test_an_answered_write_keeps_its_status_time_and_answer() -> None:
+    answered = watch.parsed_write(1.5, "7 500 0.012 0.001 No cluster leader")
+    assert answered == watch.Write(at=1.5, index="7", status="500", seconds=0.012, connected=0.001, answer="No cluster leader")
+    assert watch.parsed_write(2.0, "8 000 1") == watch.Write(at=2.0, index="8", status="000", seconds=1.0, connected=0.0)
