@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from testbed.cluster.bed import credential_copies
+
 _SPEC = importlib.util.spec_from_file_location("watch", Path(__file__).parents[1] / "e2e" / "watch.py")
 assert _SPEC
 assert _SPEC.loader
@@ -38,17 +40,12 @@ def _no_token_left_in_the_machine_s_temporary_directory(tmp_path: Path, monkeypa
     the tests that kill a sampler outright (as the watch kills its `kubectl exec`, where the file
     goes with the pod) must not leave that file behind: their samplers get a temporary directory
     of the test's own."""
-    system_tmp = Path(tempfile.gettempdir())
-    before = set(system_tmp.iterdir())
+    system_tmp = [Path(tempfile.gettempdir())]
+    before = set(credential_copies([TOKEN], system_tmp, []))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     yield
-    left = []
-    for path in set(system_tmp.iterdir()) - before:
-        with contextlib.suppress(OSError):
-            if path.is_file() and TOKEN in path.read_text(errors="replace"):
-                left.append(path)
-    assert left == []
+    assert sorted(set(credential_copies([TOKEN], system_tmp, [])) - before) == []
 
 
 # A leader at 0, 0.25 and 0.5 s, none at 0.75-1.25 s, back at 1.5 s; none again from 3.0 s to the end.
