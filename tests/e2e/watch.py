@@ -472,13 +472,13 @@ class Watch:
         self._threads.append(thread)
 
     def _on_leader(self, at: float, line: str) -> None:
-        body, _, code = line.rpartition(" ")
-        named = code == "200" and bool(LEADER.match(body))
+        answer, _, code = line.rpartition(" ")
+        body = answer.strip()
+        named = code == "200" and bool(LEADER.match(answer))
         self.record.leader.append((at, named))
-        leader = body.strip()
-        if named and (not self.record.leader_turns or self.record.leader_turns[-1][1] != leader):
-            self.record.leader_turns.append((at, leader))
-        self.record.no_leader.append((at, code == "200" and body.strip() == '""'))
+        if named and (not self.record.leader_turns or self.record.leader_turns[-1][1] != body):
+            self.record.leader_turns.append((at, body))
+        self.record.no_leader.append((at, code == "200" and body == '""'))
 
     def _on_voters(self, at: float, line: str) -> None:
         body, _, code = line.rpartition(" ")
