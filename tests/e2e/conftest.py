@@ -226,13 +226,20 @@ class Deployment:
     def logs(self, pod: str, *args: str) -> str:
         return self.kubectl("logs", pod, *args, check=False).stdout
 
-    def followed_logs(self, component: str, containers: list[str], name: str) -> FollowedLogs:
-        """The logs of the component's pods (by the names they have now) followed through an
-        operation, into testbed/logs/e2e/watch/<namespace>/<name>."""
+    def followed_logs(self, name: str) -> FollowedLogs:
+        """The agents' logs followed through an operation, into
+        testbed/logs/e2e/watch/<namespace>/<name>: every server's (its rejoin wait's too), those a
+        scale-up to the stack's `consul:serverReplicas` adds included, and every client agent's
+        (by the pods' names now: a client roll's new pods are not followed)."""
         target = LOGS / "watch" / self.namespace / name
         shutil.rmtree(target, ignore_errors=True)
         kubectl = [str(KUBE_BIN), "kubectl", f"--kubeconfig={self.cluster.kubeconfig}"]
-        return FollowedLogs(kubectl, self.namespace, [p["metadata"]["name"] for p in self.pods(component)], containers, target)
+        configured = self.stack.get_all_config().get("consul:serverReplicas")
+        planned = {f"consul-server-{i}" for i in range(int(configured.value) if configured else 0)}
+        servers = sorted({p["metadata"]["name"] for p in self.pods("server")} | planned)
+        streams = [(pod, container) for pod in servers for container in ("rejoin-wait", "consul")]
+        streams += [(p["metadata"]["name"], "consul") for p in self.pods("client")]
+        return FollowedLogs(kubectl, self.namespace, streams, target)
 
 
 def toolbox_namespace() -> dict[str, Any]:

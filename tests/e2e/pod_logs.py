@@ -44,12 +44,13 @@ def instant(stamp: str) -> tuple[datetime, int] | None:
 
 
 class FollowedLogs:
-    """with FollowedLogs(kubectl, namespace, pods, containers, target): <operation>."""
+    """with FollowedLogs(kubectl, namespace, streams, target): <operation>, each stream a (pod
+    name, container): a pod not there yet is followed once it is."""
 
-    def __init__(self, kubectl: list[str], namespace: str, pods: list[str], containers: list[str], target: Path) -> None:
+    def __init__(self, kubectl: list[str], namespace: str, streams: list[tuple[str, str]], target: Path) -> None:
         self.kubectl = kubectl
         self.namespace = namespace
-        self.streams = [(pod, container) for pod in pods for container in containers]
+        self.streams = streams
         self.target = target
         self._stop = threading.Event()
         self._lock = threading.Lock()

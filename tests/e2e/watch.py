@@ -49,9 +49,6 @@ from typing import Any
 
 LEADER = re.compile(r'^"\d{1,3}(?:\.\d{1,3}){3}:8300"$')
 INTERVAL = 0.25
-# A server pod's containers: the init container that waits for the others to let go of its old
-# address, and the agent.
-SERVER_CONTAINERS = ["rejoin-wait", "consul"]
 WRITE_BOUND = 1
 # How long the read of the written keys after an action may wait for the cluster to answer it.
 KEYS_READ_SECONDS = 60
@@ -441,8 +438,8 @@ class Watch:
         self.summary: Summary | None = None
         # The nodes the test has cut off from the network now (replaced whole, read by the pod sampler).
         self.lost_nodes: frozenset[str] = frozenset()
-        # The servers' logs through the operation (a roll replaces the pods, and the kubelet their logs).
-        self._server_logs: Any = None
+        # The agents' logs through the operation (a roll replaces the pods, and the kubelet their logs).
+        self._agent_logs: Any = None
 
     def _now(self) -> float:
         """Seconds since the watch started, on the wall clock the toolbox pod stamps its lines with."""
@@ -556,7 +553,7 @@ class Watch:
         try:
             self._start()
         except BaseException:
-            # Else the samplers and the servers' log followers run on until the test session ends.
+            # Else the samplers and the agents' log followers run on until the test session ends.
             self._halt()
             raise
         self.action_started = self._now()
@@ -564,8 +561,8 @@ class Watch:
 
     def _start(self) -> None:
         """Every sampler started, and reporting from a cluster with a leader."""
-        self._server_logs = self.deployment.followed_logs("server", SERVER_CONTAINERS, self.prefix.removeprefix("watch/"))
-        self._server_logs.__enter__()
+        self._agent_logs = self.deployment.followed_logs(self.prefix.removeprefix("watch/"))
+        self._agent_logs.__enter__()
         self._register()
         dns = consul_dns_ip(self.deployment.api, self.deployment.namespace)
         self.dns = dns
@@ -615,9 +612,9 @@ class Watch:
             process.wait()
         for thread in self._threads:
             thread.join(timeout=5)
-        if self._server_logs is not None:
-            self._server_logs.__exit__(None, None, None)
-            self._server_logs = None
+        if self._agent_logs is not None:
+            self._agent_logs.__exit__(None, None, None)
+            self._agent_logs = None
 
     def __exit__(self, *exc: object) -> None:
         # A last second of samples after the operation, then stop once every stream has delivered

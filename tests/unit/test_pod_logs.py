@@ -64,7 +64,7 @@ def _follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: list[str]) -
     kubectl, calls = _kubectl(tmp_path, first, SECOND, finished=False)
     target = tmp_path / "logs"
     monkeypatch.setattr(pod_logs, "RETRY_SECONDS", 0.1)
-    with pod_logs.FollowedLogs(kubectl, "ns", ["consul-server-0"], ["consul"], target):
+    with pod_logs.FollowedLogs(kubectl, "ns", [("consul-server-0", "consul")], target):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (not calls.exists() or len(calls.read_text().splitlines()) < 3):
             time.sleep(0.05)
@@ -94,7 +94,7 @@ def test_a_finished_container_is_asked_again_less_and_less_often(tmp_path: Path,
     target = tmp_path / "logs"
     monkeypatch.setattr(pod_logs, "RETRY_SECONDS", 0.05)
     monkeypatch.setattr(pod_logs, "RETRY_SECONDS_MAX", 0.4)
-    with pod_logs.FollowedLogs(kubectl, "ns", ["consul-server-0"], ["rejoin-wait"], target):
+    with pod_logs.FollowedLogs(kubectl, "ns", [("consul-server-0", "rejoin-wait")], target):
         time.sleep(2)
     # Every 0.05 s, about 40 calls; doubling the wait up to 0.4 s, about 8.
     assert len(calls.read_text().splitlines()) <= 12

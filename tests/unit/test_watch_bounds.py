@@ -589,7 +589,7 @@ class _BrokenToolbox:
 
 
 def test_a_watch_that_fails_to_start_stops_what_it_started() -> None:
-    """Else the servers' log followers (a kubectl each) run on until the test session ends."""
+    """Else the agents' log followers (a kubectl each) run on until the test session ends."""
     deployment = _DeploymentFollowingLogs()
     with pytest.raises(RuntimeError, match="toolbox pod is gone"), watch.Watch(deployment, _BrokenToolbox(), "unit", agent="http://agent"):
         pass
