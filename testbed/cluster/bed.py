@@ -294,8 +294,12 @@ def credential_copies(credentials: list[str], folders: list[Path], trees: list[P
 
 def _regular_file_content(path: Path) -> bytes:
     """The content of `path` if it is a regular file, else nothing: a FIFO or a socket in a shared
-    directory is neither waited on nor read, a symbolic link not followed."""
+    directory is never opened (opening a FIFO to read lets a writer waiting for its reader go on,
+    and lose what it writes), a symbolic link not followed. The open itself neither waits nor
+    follows a link, should the path have been replaced since it was looked at."""
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return b""
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return b""

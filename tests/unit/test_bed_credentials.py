@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 
 from testbed.cluster.bed import credential_copies
@@ -40,3 +43,28 @@ def test_a_fifo_a_socket_and_a_link_are_neither_waited_on_nor_followed(tmp_path:
             assert credential_copies([TOKEN], [tmp_path], [tmp_path]) == []
         finally:
             outside.unlink()
+
+
+def test_a_fifo_s_writer_waiting_for_a_reader_is_left_waiting(tmp_path: Path) -> None:
+    """Opening a FIFO to read, even without blocking, lets a writer waiting in open() go on and
+    then lose what it writes: the scan must not open another program's FIFO at all."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        with fifo.open("w") as pipe:  # waits for a reader
+            opened.set()
+            with contextlib.suppress(BrokenPipeError):
+                pipe.write("for its reader\n")
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # the writer waiting in open()
+    try:
+        assert credential_copies([TOKEN], [tmp_path], [tmp_path]) == []
+        assert not opened.wait(0.5)
+    finally:
+        with fifo.open() as reader:
+            reader.read()
+        thread.join(5)
