@@ -7,8 +7,9 @@ Each sampler runs in its own thread, so a slow answer never delays another:
   - voters: `/v1/operator/raft/configuration?stale` (any server's own view, so it answers while
     there is no leader), counting the servers with ``Voter: true``;
   - writes: a KV write every interval, each bounded to 1 s, with its HTTP status (000: no answer in
-    time), its seconds, how long its connection to the agent took (none: the packet path, not
-    Consul) and, failed, the start of its answer; every acknowledged key is read back
+    time), its seconds, how long its connection to the agent took (none: no agent serving behind
+    the Service on that node, or the packet path dropped it; made: the agent's kernel accepted it)
+    and, failed, the start of its answer; every acknowledged key is read back
     at the end. A failed write counts against the issue's bound unless Consul had no leader for
     it: its answer says so ("No cluster leader", "leadership lost"...) or it got no HTTP answer (000), and
     the leader sampler heard "no leader" (HTTP 200 with an empty body) at some point between the

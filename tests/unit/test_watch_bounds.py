@@ -598,9 +598,9 @@ def test_a_watch_that_fails_to_start_stops_what_it_started() -> None:
     assert not deployment.logs.following
 
 
-# A write with no answer in its bound (000) is either a connection to the agent never made (the
-# node's packet path: kube-proxy, a NetworkPolicy) or one the agent accepted and did not answer in
-# time (Consul: the agent waiting on its server). The sample keeps curl's connect time to tell.
+# A write with no answer in its bound (000) is either a connection never made (no agent serving
+# behind the Service on the node, or the packet path dropped it) or one the agent accepted and did
+# not answer in time (the agent waiting on its server). The sample keeps curl's connect time to tell.
 class _Silent(http.server.BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         time.sleep(2)
