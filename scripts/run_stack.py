@@ -97,23 +97,29 @@ def _require_cli() -> None:
         raise EngineError(missing)
 
 
-def _stack(name: str, work_dir: Path, env: dict[str, str], scratch: Path) -> auto.Stack:
-    """The stack `name` of the program, its engine run with `env` and with `scratch` (made private
-    here) as its temporary directory: the Kubernetes provider (4.25) writes the kubeconfig given by
-    `kubernetes:kubeconfig`, credentials and all, to a temporary file that it never removes.
-    `release()` removes the scratch directory once the stack's runs are done."""
+def _stack(name: str, work_dir: Path, env: dict[str, str], scratch_in: Path | None = None) -> auto.Stack:
+    """The stack `name` of the program, its engine run with `env` and with a private temporary
+    directory of its own (made in `scratch_in`, else in the system's): the Kubernetes provider
+    (4.25) writes the kubeconfig given by `kubernetes:kubeconfig`, credentials and all, to a
+    temporary file that it never removes. One per stack object, so that releasing one stack never
+    takes the directory of another on the same home. `release()` removes it once the stack's runs
+    are done."""
     os.environ["PATH"] = env["PATH"]
-    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scratch.chmod(0o700)
+    if scratch_in is not None:
+        scratch_in.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="consul-engine-", dir=scratch_in)).resolve()
     try:
         return auto.create_or_select_stack(
             stack_name=name,
             project_name="consul",
             program=consul_program,
-            opts=auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars={**env, "TMPDIR": str(scratch.resolve())}),
+            opts=auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars={**env, "TMPDIR": str(scratch)}),
         )
-    except auto.CommandError as error:
-        raise EngineError(_explain(error)) from None
+    except BaseException as error:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if isinstance(error, auto.CommandError):
+            raise EngineError(_explain(error)) from None
+        raise
 
 
 def _explain(error: auto.CommandError) -> str:
@@ -178,7 +184,7 @@ def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path | None 
     )
     os.environ.pop("KUBECONFIG", None)
     work = home / stack / ("own" if own_salt else "render")
-    rendered = _stack(stack, _workspace(stack, work, stack_file), env, work / "engine-tmp")
+    rendered = _stack(stack, _workspace(stack, work, stack_file), env, work)
     rendered.set_config("kubernetes:renderYamlToDirectory", auto.ConfigValue(str(out or RENDERED / stack)))
     return rendered
 
@@ -188,19 +194,14 @@ def cluster_stack(stack: str, home: Path, kubeconfig: Path, stack_file: Path | N
     _require_cli()
     (home / "state").mkdir(parents=True, exist_ok=True)
     env = _engine_env(f"file://{home / 'state'}", os.environ.get("PULUMI_CONFIG_PASSPHRASE", RENDER_PASSPHRASE))
-    deployed = _stack(stack, _workspace(stack, home, stack_file), env, home / "engine-tmp")
+    deployed = _stack(stack, _workspace(stack, home, stack_file), env, home)
     deployed.set_config("kubernetes:kubeconfig", auto.ConfigValue(str(kubeconfig)))
     return deployed
 
 
 def real_stack(stack: str) -> auto.Stack:
     """A stack of the repo itself, against the current kubeconfig context."""
-    scratch = Path(tempfile.mkdtemp(prefix="consul-engine-"))
-    try:
-        return _stack(stack, ROOT, real_env(), scratch)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+    return _stack(stack, ROOT, real_env())
 
 
 def release(stack: auto.Stack) -> None:

@@ -220,13 +220,8 @@ def test_render_finds_the_engine_where_the_cli_keeps_it_whatever_home_says(tmp_p
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_an_engine_run_leaves_no_copy_of_the_kubeconfig_s_credentials(home, tmp_path):
-    """The Kubernetes provider writes the kubeconfig of `kubernetes:kubeconfig` to a temporary file,
-    token and all, and never removes it. Each run's engine gets a temporary directory of its own,
-    removed when the run is released."""
-    import tempfile
-
-    token = "the-cluster-token-" + os.urandom(8).hex()
+def _unreachable_cluster(tmp_path: Path, token: str) -> tuple[Path, Path]:
+    """A kubeconfig with `token` for a cluster nobody answers, and a one-server stack file."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: bed\n"
@@ -236,6 +231,17 @@ def test_an_engine_run_leaves_no_copy_of_the_kubeconfig_s_credentials(home, tmp_
     )
     stack_file = tmp_path / "Pulumi.kube.yaml"
     stack_file.write_text("config:\n  consul:serverReplicas: 1\n")
+    return kubeconfig, stack_file
+
+
+def test_an_engine_run_leaves_no_copy_of_the_kubeconfig_s_credentials(home, tmp_path):
+    """The Kubernetes provider writes the kubeconfig of `kubernetes:kubeconfig` to a temporary file,
+    token and all, and never removes it. Each run's engine gets a temporary directory of its own,
+    removed when the run is released."""
+    import tempfile
+
+    token = "the-cluster-token-" + os.urandom(8).hex()
+    kubeconfig, stack_file = _unreachable_cluster(tmp_path, token)
     system_tmp = Path(tempfile.gettempdir())
     deployed = run_stack.cluster_stack("kube", home / "kube", kubeconfig, stack_file)
     preview = deployed.preview(color="never")
@@ -243,3 +249,17 @@ def test_an_engine_run_leaves_no_copy_of_the_kubeconfig_s_credentials(home, tmp_
     assert credential_copies([token], [system_tmp], []) == []
     run_stack.release(deployed)
     assert credential_copies([token], [], [home / "kube"]) == []
+
+
+def test_a_stack_released_leaves_another_of_the_same_home_running(home, tmp_path):
+    """Two stacks on one backend home (two datacenters of the bed, two renders at once): releasing
+    one removes its own temporary directory, not the one the other's engine still writes to."""
+    kubeconfig, stack_file = _unreachable_cluster(tmp_path, "the-cluster-token")
+    first = run_stack.cluster_stack("kube", home / "shared", kubeconfig, stack_file)
+    second = run_stack.cluster_stack("kube2", home / "shared", kubeconfig, stack_file)
+    try:
+        run_stack.release(first)
+        preview = second.preview(color="never")
+        assert preview.change_summary["create"] > 0
+    finally:
+        run_stack.release(second)
