@@ -473,12 +473,12 @@ def leading_agent() -> Iterator[str]:
         yield agent
 
 
-def _sample_leader(agent: str, toolbox: _LocalToolbox, seconds: float) -> Any:
-    """A watch's leader sampler, alone, for `seconds`; the watch, stopped."""
+def _sample(name: str, handler: str, agent: str, toolbox: _LocalToolbox, seconds: float) -> Any:
+    """A watch's sampler `name` with its `handler`, alone, for `seconds`; the watch, stopped."""
     sampling = watch.Watch(_Deployment(), toolbox, "unit", agent=agent)
     sampling.started = time.time()
     try:
-        sampling._stream("leader", watch.LEADER_LOOP.format(**_fmt(agent)), sampling._on_leader)
+        sampling._stream(name, LOOPS[name].format(**_fmt(agent)), getattr(sampling, handler))
         time.sleep(seconds)
     finally:
         sampling._halt()
@@ -486,7 +486,7 @@ def _sample_leader(agent: str, toolbox: _LocalToolbox, seconds: float) -> Any:
 
 
 def test_a_held_up_stream_yields_samples_timed_when_the_pod_took_them(leading_agent: str) -> None:
-    sampling = _sample_leader(leading_agent, _LocalToolbox(hold=2.0), seconds=3.5)
+    sampling = _sample("leader", "_on_leader", leading_agent, _LocalToolbox(hold=2.0), seconds=3.5)
     times = [at for at, _ in sampling.record.leader]
     assert len(times) >= 4, sampling.record
     # A curl slow past its 1 s on a busy machine samples no leader; the others name it.
@@ -501,7 +501,7 @@ def test_a_held_up_stream_yields_samples_timed_when_the_pod_took_them(leading_ag
 
 
 def test_a_line_that_is_not_a_stamped_sample_is_kept_and_the_sampler_goes_on(leading_agent: str) -> None:
-    sampling = _sample_leader(leading_agent, _LocalToolbox(before="echo 'a stray line'; "), seconds=1.5)
+    sampling = _sample("leader", "_on_leader", leading_agent, _LocalToolbox(before="echo 'a stray line'; "), seconds=1.5)
     assert sampling.record.unreadable == {"leader": "a stray line"}
     assert len(sampling.record.leader) >= 3, sampling.record.leader
 
@@ -611,13 +611,7 @@ class _Silent(http.server.BaseHTTPRequestHandler):
 
 def _writes(agent: str, seconds: float) -> list[Any]:
     """The writes sampler, alone, against `agent` for `seconds`: its samples as Writes."""
-    sampling = watch.Watch(_Deployment(), _LocalToolbox(), "unit", agent=agent)
-    sampling.started = time.time()
-    try:
-        sampling._stream("writes", watch.WRITES_LOOP.format(**_fmt(agent)), sampling._on_write)
-        time.sleep(seconds)
-    finally:
-        sampling._halt()
+    sampling = _sample("writes", "_on_write", agent, _LocalToolbox(), seconds)
     assert sampling.record.unreadable == {}
     return list(sampling.record.writes)
 
