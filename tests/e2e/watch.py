@@ -31,9 +31,10 @@ Each sampler runs in its own thread, so a slow answer never delays another:
     an A record.
 The samplers but the pods' run as shell loops in the toolbox pod (`kubectl exec`), with the token
 on standard input; the pod sampler reads the API. Each line carries the time the pod took it
-(busybox ash's $EPOCHREALTIME, when the answer came): the exec stream may hold lines up on a busy
-machine, and a line timed on arrival would bunch its samples there and leave a silence before.
-Pods and the watch share the kernel's wall clock, which the watch counts from its start.
+(when the answer came): the exec stream may hold lines up on a busy machine, and a line timed on
+arrival would bunch its samples there and leave a silence before. Pods and the watch share the
+kernel's boot-time clock (a pod reads it in /proc/uptime), which the watch counts from its start;
+the wall clock would do until the machine steps it (see `clock`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ from typing import Any
 
 LEADER = re.compile(r'^"\d{1,3}(?:\.\d{1,3}){3}:8300"$')
 INTERVAL = 0.25
+
+
+def clock() -> float:
+    """Seconds on the kernel's boot-time clock, the one /proc/uptime shows every pod of the
+    machine: it never steps. The wall clock does: in one CI run it went about 30 s ahead of the
+    monotonic clock while a watch ran, and every sampler read as silent for that long."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+# A sample's stamp: the pod's boot-time clock, to a hundredth of a second (builtins only, no fork).
+_STAMP = 'read -r t _ < /proc/uptime; echo "$t'
 WRITE_BOUND = 1
 # How long the read of the written keys after an action may wait for the cluster to answer it.
 KEYS_READ_SECONDS = 60
@@ -64,23 +76,26 @@ _STREAM_PRELUDE = _PRELUDE + 'trap "exit 143" TERM; exec 3<&0; { cat <&3 >/dev/n
 
 # Each sample starts in the background on its tick, so an answer slow to come (a 1 s timeout, a
 # busy machine) never delays the next one; each prints its line with a single write, led by the
-# wall-clock time its answer came.
+# time its answer came (`_STAMP`).
 LEADER_LOOP = (
     'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; '
-    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & '
-    "sleep {interval}; done"
+    + _STAMP
+    + ' $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & sleep {interval}; done'
 )
 VOTERS_LOOP = (
     'while :; do {{ out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/operator/raft/configuration?stale") || out="- 0"; '
-    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & sleep {interval}; done'
+    + _STAMP
+    + ' $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & sleep {interval}; done'
 )
 CATALOG_LOOP = (
     'while :; do {{ out=$(curl -s -m 1 -H @"$h" -w " %{{http_code}}" "{agent}/v1/catalog/service/{service}?stale") || out="- 0"; '
-    'echo "$EPOCHREALTIME $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & sleep {interval}; done'
+    + _STAMP
+    + ' $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & sleep {interval}; done'
 )
 DNS_LOOP = (
-    'while :; do {{ n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; echo "$EPOCHREALTIME $n"; }} & '
-    "sleep {interval}; done"
+    'while :; do {{ n=$(dig +short +time=1 +tries=1 @{dns} {service}.service.consul A | grep -c "^[0-9]") || n=0; '
+    + _STAMP
+    + ' $n"; }} & sleep {interval}; done'
 )
 # Each write: "<time> <index> <status> <seconds> <connect seconds>", and for a failed one the start
 # of its answer. The connect time (curl's, 0 with no connection) tells a write the agent never
@@ -88,8 +103,11 @@ DNS_LOOP = (
 WRITES_LOOP = (
     'i=0; while :; do {{ b=$(mktemp); out=$(curl -s -m {bound} -o "$b" -w \'%{{http_code}} %{{time_total}} %{{time_connect}}\' -X PUT -H @"$h" --data "$i" '
     '"{agent}/v1/kv/{prefix}/$i"); [ -n "$out" ] || out="000 {bound} 0"; '
-    'case "$out" in 200*) echo "$EPOCHREALTIME $i $out";; *) echo "$EPOCHREALTIME $i $out $(head -c 160 "$b" | tr -d "\\r\\n")";; esac; rm -f "$b"; }} & '
-    "i=$((i+1)); sleep {interval}; done"
+    'case "$out" in 200*) '
+    + _STAMP
+    + ' $i $out";; *) '
+    + _STAMP
+    + ' $i $out $(head -c 160 "$b" | tr -d "\\r\\n")";; esac; rm -f "$b"; }} & i=$((i+1)); sleep {interval}; done'
 )
 # What Consul answers a write it could not commit for want of a leader.
 NO_LEADER_ANSWERS = ("No cluster leader", "leadership lost", "leadership transfer in progress", "not leader")
@@ -292,7 +310,7 @@ DELIVERY_SECONDS = 30
 
 
 def stamped(line: str) -> tuple[float, str]:
-    """A sampler's line split into the wall-clock time the pod took it and the sample itself."""
+    """A sampler's line split into the time the pod took it (see `clock`) and the sample itself."""
     stamp, _, sample = line.partition(" ")
     return float(stamp), sample
 
@@ -436,15 +454,22 @@ class Watch:
         self._processes: list[Any] = []
         self._threads: list[threading.Thread] = []
         self.started = 0.0
+        # The wall clock's lead on the watch's clock at the start: a change by the end is a step.
+        self._wall_offset = 0.0
         self.summary: Summary | None = None
         # The nodes the test has cut off from the network now (replaced whole, read by the pod sampler).
         self.lost_nodes: frozenset[str] = frozenset()
         # The agents' logs through the operation (a roll replaces the pods, and the kubelet their logs).
         self._agent_logs: Any = None
 
+    @property
+    def logs_name(self) -> str:
+        """The name the agents' logs through this watch are kept under (Deployment.followed_logs)."""
+        return self.prefix.removeprefix("watch/")
+
     def _now(self) -> float:
-        """Seconds since the watch started, on the wall clock the toolbox pod stamps its lines with."""
-        return time.time() - self.started
+        """Seconds since the watch started, on the clock the toolbox pod stamps its lines with."""
+        return clock() - self.started
 
     def _stream(self, name: str, loop: str, handle: Any) -> None:
         token = self.deployment.management_token()
@@ -550,7 +575,8 @@ class Watch:
             self._stop.wait(INTERVAL)
 
     def __enter__(self) -> Watch:
-        self.started = time.time()
+        self.started = clock()
+        self._wall_offset = time.time() - self.started
         try:
             self._start()
         except BaseException:
@@ -562,7 +588,7 @@ class Watch:
 
     def _start(self) -> None:
         """Every sampler started, and reporting from a cluster with a leader."""
-        self._agent_logs = self.deployment.followed_logs(self.prefix.removeprefix("watch/"))
+        self._agent_logs = self.deployment.followed_logs(self.logs_name)
         self._agent_logs.__enter__()
         self._register()
         dns = consul_dns_ip(self.deployment.api, self.deployment.namespace)
@@ -632,6 +658,11 @@ class Watch:
             f"\nwatch: {self.label}: longest a sample's line took from the toolbox pod: "
             + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(self.record.held_up.items()))
         )
+        stepped = time.time() - clock() - self._wall_offset
+        if abs(stepped) > 1:
+            print(
+                f"watch: {self.label}: the machine's wall clock stepped {stepped:+.1f} s during the watch (not counted: the watch's clock never steps)"
+            )
         self.record = up_to(self.record, end)
         down = agents_down(self.record.pods)
         self.summary = self._summarise(seconds, down)

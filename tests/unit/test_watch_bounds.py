@@ -240,8 +240,10 @@ def test_a_watch_whose_sampler_died_names_it_and_one_that_sampled_throughout_nam
 
 # The samplers' lines reach the watch through a `kubectl exec` stream, which a busy machine can
 # hold up for seconds. Timed on arrival, a held-up stream reads as a sampler that sampled nothing,
-# and its samples bunch at the arrival. Each line carries the time the toolbox pod took it: its
-# busybox ash's $EPOCHREALTIME, the same kernel's wall clock as the watch's.
+# and its samples bunch at the arrival. Each line carries the time the toolbox pod took it, on the
+# same kernel's boot-time clock as the watch's (/proc/uptime): not the wall clock, which a machine
+# can step while a watch runs (in one CI run it went about 30 s ahead of the monotonic clock during
+# a watch, and every sampler read as silent for that long).
 LOOPS = {
     "leader": watch.LEADER_LOOP,
     "voters": watch.VOTERS_LOOP,
@@ -270,7 +272,7 @@ def _fmt(agent: str, dns: str = "127.0.0.1") -> dict[str, object]:
 
 
 @pytest.mark.parametrize("name", sorted(LOOPS))
-def test_every_sampler_line_carries_the_wall_clock_time_the_pod_took_it(tmp_path: Path, name: str) -> None:
+def test_every_sampler_line_carries_the_boot_clock_time_the_pod_took_it(tmp_path: Path, name: str) -> None:
     _need("busybox")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -278,7 +280,7 @@ def test_every_sampler_line_carries_the_wall_clock_time_the_pod_took_it(tmp_path
         (bin_dir / program).write_text("#!/bin/sh\nsleep 0.1\necho 200 0.1\n")
         (bin_dir / program).chmod(0o755)
     script = watch._STREAM_PRELUDE + LOOPS[name].format(**_fmt("http://agent:8500", dns="10.0.0.10"))
-    before = time.time()
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
     process = subprocess.Popen(
         ["busybox", "sh", "-c", script],
         stdin=subprocess.PIPE,
@@ -293,13 +295,13 @@ def test_every_sampler_line_carries_the_wall_clock_time_the_pod_took_it(tmp_path
     # The stream held up: nothing is read for 3 s.
     time.sleep(3)
     os.killpg(process.pid, signal.SIGKILL)
-    killed = time.time()
+    killed = time.clock_gettime(time.CLOCK_BOOTTIME)
     out, _ = process.communicate(timeout=10)
     taken = [watch.stamped(line) for line in out.splitlines()]
     assert len(taken) >= 4, out
     times = [at for at, _ in taken]
-    # Wall-clock times from the shell's start to its end, whenever the lines are read.
-    assert all(before < at <= killed for at in times), (before, killed, times)
+    # Boot-clock times (to /proc/uptime's hundredth of a second) from the shell's start to its end, whenever the lines are read.
+    assert all(before - 0.01 < at <= killed for at in times), (before, killed, times)
     # Spread over the 3 s at the sampler's interval, not bunched when the lines were read.
     assert times[-1] - times[0] > 1.0, times
     assert all(rest for _, rest in taken), out
@@ -476,7 +478,7 @@ def leading_agent() -> Iterator[str]:
 def _sample(name: str, handler: str, agent: str, toolbox: _LocalToolbox, seconds: float) -> Any:
     """A watch's sampler `name` with its `handler`, alone, for `seconds`; the watch, stopped."""
     sampling = watch.Watch(_Deployment(), toolbox, "unit", agent=agent)
-    sampling.started = time.time()
+    sampling.started = watch.clock()
     try:
         sampling._stream(name, LOOPS[name].format(**_fmt(agent)), getattr(sampling, handler))
         time.sleep(seconds)
@@ -498,6 +500,27 @@ def test_a_held_up_stream_yields_samples_timed_when_the_pod_took_them(leading_ag
     assert sampling.record.leaders == ['"127.0.0.1:8300"'], sampling.record.leaders
     assert sampling.record.unreadable == {}
     assert not any(thread.is_alive() for thread in sampling._threads)
+
+
+def test_a_step_of_the_wall_clock_is_no_time_on_the_watch_s_clock(leading_agent: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's wall clock stepped 30 s ahead while the watch samples: its samples go on
+    0.25 s apart, and its clock (the pod sampler's, the hold-up's) reads no jump."""
+    sampling = watch.Watch(_Deployment(), _LocalToolbox(), "unit", agent=leading_agent)
+    sampling.started = watch.clock()
+    try:
+        sampling._stream("leader", LOOPS["leader"].format(**_fmt(leading_agent)), sampling._on_leader)
+        time.sleep(1.0)
+        before = sampling._now()
+        wall = time.time
+        monkeypatch.setattr(time, "time", lambda: wall() + 30)
+        time.sleep(1.0)
+        after = sampling._now()
+    finally:
+        sampling._halt()
+    assert 0.9 < after - before < 2.0, (before, after)
+    times = [at for at, _ in sampling.record.leader]
+    assert watch.longest_silence(times, times[0], after) < 1.0, times
+    assert max(sampling.record.held_up.values()) < 2.0, sampling.record.held_up
 
 
 def test_a_line_that_is_not_a_stamped_sample_is_kept_and_the_sampler_goes_on(leading_agent: str) -> None:
