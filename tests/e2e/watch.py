@@ -173,7 +173,7 @@ class Write:
 
     def described(self) -> str:
         """Its status, the connection and its answer, as the watch lists a failed write."""
-        connection = f"connected in {self.connected:.3f} s" if self.connected > 0 else "no connection"
+        connection = f"connected in {self.connected * 1000:.1f} ms" if self.connected > 0 else "no connection"
         return f"{self.status} ({connection}) {self.answer}".rstrip()
 
 

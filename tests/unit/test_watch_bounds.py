@@ -658,3 +658,10 @@ def test_an_answered_write_keeps_its_status_time_and_answer() -> None:
     answered = watch.parsed_write(1.5, "7 500 0.012 0.001 No cluster leader")
     assert answered == watch.Write(at=1.5, index="7", status="500", seconds=0.012, connected=0.001, answer="No cluster leader")
     assert watch.parsed_write(2.0, "8 000 1") == watch.Write(at=2.0, index="8", status="000", seconds=1.0, connected=0.0)
+
+
+def test_a_local_connection_time_is_listed_to_a_tenth_of_a_millisecond() -> None:
+    """curl gives microseconds; a connection on the node takes well under one, which seconds to
+    three places listed as "0.000 s", as if none were made."""
+    write = watch.Write(at=3.0, index="9", status="000", seconds=1.0, connected=0.000213)
+    assert write.described() == "000 (connected in 0.2 ms)"
