@@ -16,16 +16,20 @@ preview / up: against the current kubeconfig context, on your configured backend
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,29 +101,69 @@ def _require_cli() -> None:
         raise EngineError(missing)
 
 
-def _stack(name: str, work_dir: Path, env: dict[str, str], scratch_in: Path | None = None) -> auto.Stack:
+def _stack(name: str, work_dir: Path, env: dict[str, str], scratch_in: Path | None = None, *, own_session: bool = False) -> auto.Stack:
     """The stack `name` of the program, its engine run with `env` and with a private temporary
     directory of its own (made in `scratch_in`, else in the system's): the Kubernetes provider
     (4.25) writes the kubeconfig given by `kubernetes:kubeconfig`, credentials and all, to a
     temporary file that it never removes. One per stack object, so that releasing one stack never
     takes the directory of another on the same home. `release()` removes it once the stack's runs
-    are done."""
+    are done. `own_session`: the engine runs in a session of its own (see `_own_session_cli`)."""
     os.environ["PATH"] = env["PATH"]
     if scratch_in is not None:
         scratch_in.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="consul-engine-", dir=scratch_in)).resolve()
+    scratch: Path | None = None
     try:
+        # Made and named with the signals held (only there: a process started meanwhile would
+        # inherit them blocked), so that a stop finds the directory named and removes it.
+        with signals_held():
+            scratch = Path(tempfile.mkdtemp(prefix="consul-engine-", dir=scratch_in)).resolve()
         return auto.create_or_select_stack(
             stack_name=name,
             project_name="consul",
             program=consul_program,
-            opts=auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars={**env, "TMPDIR": str(scratch)}),
+            opts=auto.LocalWorkspaceOptions(
+                work_dir=str(work_dir),
+                env_vars={**env, "TMPDIR": str(scratch)},
+                pulumi_command=_own_session_cli(scratch) if own_session else None,
+            ),
         )
     except BaseException as error:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            _remove_scratch(scratch)
         if isinstance(error, auto.CommandError):
             raise EngineError(_explain(error)) from None
         raise
+
+
+def _own_session_cli(scratch: Path) -> auto.PulumiCommand | None:
+    """The pulumi CLI started in a session of its own (`setsid`), through a wrapper in the stack's
+    temporary directory: a signal sent to the run's whole process group (Ctrl-C or a closed
+    terminal, `timeout`) then reaches the run alone, which cancels the engine once (StopOnSignal).
+    Sent to the engine too, SIGHUP ended it at once, and SIGTERM (which pulumi takes as Ctrl-C)
+    followed by the run's own SIGINT read as a second Ctrl-C, which ends it at once. Without a
+    `setsid` (util-linux), None: the default CLI, in the run's process group."""
+    cli = shutil.which("pulumi")
+    if cli is None:
+        raise EngineError("the pulumi CLI is not on PATH")
+    if shutil.which("setsid") is None:
+        return None
+    wrapper = scratch / "bin" / "pulumi"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec setsid {shlex.quote(cli)} "$@"\n')
+    wrapper.chmod(0o700)
+    return auto.PulumiCommand(root=str(scratch))
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """The signals StopOnSignal handles held back (delivered when the block ends): a stop never
+    cuts short the making or the removal of an engine's temporary directory. Nothing may be
+    started inside: a child inherits the signals blocked."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, StopOnSignal.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _explain(error: auto.CommandError) -> str:
@@ -162,9 +206,11 @@ def known_stacks() -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in ROOT.glob("Pulumi.*.yaml"))
 
 
-def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path | None = None, stack_file: Path | None = None) -> auto.Stack:
+def render_stack(
+    stack: str = "dev", home: Path = RENDER_HOME, out: Path | None = None, stack_file: Path | None = None, *, own_session: bool = False
+) -> auto.Stack:
     """The render stack: the repo's stack settings (or `stack_file`), rendering into `out`
-    (default rendered/<stack>), on a local backend in `home`."""
+    (default rendered/<stack>), on a local backend in `home`; `own_session`: see `_own_session_cli`."""
     _require_cli()
     source = stack_file or ROOT / f"Pulumi.{stack}.yaml"
     own_salt = source.exists() and re.search(r"^encryptionsalt:", source.read_text(), re.MULTILINE) is not None
@@ -184,7 +230,7 @@ def render_stack(stack: str = "dev", home: Path = RENDER_HOME, out: Path | None 
     )
     os.environ.pop("KUBECONFIG", None)
     work = home / stack / ("own" if own_salt else "render")
-    rendered = _stack(stack, _workspace(stack, work, stack_file), env, work)
+    rendered = _stack(stack, _workspace(stack, work, stack_file), env, work, own_session=own_session)
     rendered.set_config("kubernetes:renderYamlToDirectory", auto.ConfigValue(str(out or RENDERED / stack)))
     return rendered
 
@@ -199,24 +245,36 @@ def cluster_stack(stack: str, home: Path, kubeconfig: Path, stack_file: Path | N
     return deployed
 
 
-def real_stack(stack: str) -> auto.Stack:
-    """A stack of the repo itself, against the current kubeconfig context."""
-    return _stack(stack, ROOT, real_env())
+def real_stack(stack: str, stop: StopOnSignal) -> auto.Stack:
+    """A stack of the repo itself, against the current kubeconfig context, its engine in a session
+    of its own (stopped through `stop`)."""
+    env = real_env(stop)
+    made = _stack(stack, ROOT, env, own_session=True)
+    stop.check()
+    return made
 
 
 def release(stack: auto.Stack) -> None:
     """Remove the stack's engine temporary directory, with whatever the engine left in it."""
     scratch = (stack.workspace.env_vars or {}).get("TMPDIR")
     if scratch:
+        _remove_scratch(Path(scratch))
+
+
+def _remove_scratch(scratch: Path) -> None:
+    """An engine's temporary directory removed whole, a stop held back until it is gone."""
+    with signals_held():
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def real_env() -> dict[str, str]:
+def real_env(stop: StopOnSignal) -> dict[str, str]:
     """The engine's environment for the repo's own stacks: your backend, or the local one in .pulumi-state/."""
     _require_cli()
     backend = os.environ.get("PULUMI_BACKEND_URL")
     if backend is None:
         logged_in = subprocess.run(["pulumi", "whoami"], capture_output=True, env={**os.environ, **_engine_env("", None)}, check=False)
+        # Stopped meanwhile, `whoami` failed for that, not for want of a login.
+        stop.check()
         if logged_in.returncode != 0:
             LOCAL_STATE.mkdir(exist_ok=True)
             backend = f"file://{LOCAL_STATE}"
@@ -227,11 +285,20 @@ def real_env() -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str]) -> int:
-    """`pulumi ARGS` on the same state and settings the make targets use (make pulumi ARGS=...)."""
-    with tempfile.TemporaryDirectory(prefix="consul-engine-") as scratch:
-        env = {**os.environ, **real_env(), "TMPDIR": scratch}
-        return subprocess.run(["pulumi", *args], cwd=ROOT, env=env, check=False).returncode
+def run_cli(args: list[str], stop: StopOnSignal) -> int:
+    """`pulumi ARGS` on the same state and settings the make targets use (make pulumi ARGS=...),
+    in a session of its own (see `_own_session_cli`), stopped through `stop`."""
+    env = {**os.environ, **real_env(stop)}
+    scratch: str | None = None
+    try:
+        with signals_held():
+            scratch = tempfile.mkdtemp(prefix="consul-engine-")
+        code = subprocess.run(["pulumi", *args], cwd=ROOT, env={**env, "TMPDIR": scratch}, check=False, start_new_session=True).returncode
+        stop.check()
+        return code
+    finally:
+        if scratch is not None:
+            _remove_scratch(Path(scratch))
 
 
 def tidy_rendered(stack: auto.Stack, out: Path) -> list[Path]:
@@ -355,6 +422,65 @@ def unreachable_cluster() -> str | None:
     return None
 
 
+class StoppedError(Exception):
+    """A signal stopped the run (StopOnSignal.check)."""
+
+
+class StopOnSignal:
+    """While it is entered, SIGTERM (a CI job cancelled, `timeout`), SIGHUP (the terminal closed)
+    and SIGINT (Ctrl-C) stop a run the way Ctrl-C stops `pulumi up`: the engine, in a session of
+    its own so that only the run signals it, gets one SIGINT and is cancelled (it finishes the
+    steps in flight and saves its state), and the run waits for it to end, so that what follows
+    (removing the engine's temporary directory, with the provider's copy of the kubeconfig in it)
+    runs once nothing writes there any more. A second signal is passed on too, which ends the
+    engine at once, as a second Ctrl-C does. With nothing running, the run ends at once; a step
+    that ran on (`check`) ends it before the next starts. `received` is the first signal, if any."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        self._previous = {signum: signal.signal(signum, self._stop) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum)
+        engines = _children()
+        if not engines:
+            raise SystemExit(128 + signum)
+        for pid in engines:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+
+    def check(self) -> None:
+        """Raises StoppedError once a signal has come."""
+        if self.received is not None:
+            raise StoppedError(self.stopped())
+
+    def stopped(self) -> str | None:
+        """What to say when a signal stopped the run."""
+        if self.received is None:
+            return None
+        return f"stopped by {self.received.name}: what ran was cancelled as Ctrl-C cancels it (an engine finishes the steps in flight and saves its state)"
+
+
+def _children() -> list[int]:
+    """This process's children (the engine's pulumi CLI while it runs), from /proc."""
+    pids: list[int] = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            pids += [int(pid) for pid in children.read_text().split()]
+    return pids
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["render", "preview", "up", "cli"], help="cli ARGS: run `pulumi ARGS` on the same state")
@@ -364,18 +490,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new", action="store_true", help="preview/up: allow a stack that has no Pulumi.<stack>.yaml yet")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["cli"]:  # cli ARGS...: everything after it is pulumi's
-        try:
-            return run_cli(argv[1:])
-        except EngineError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        with StopOnSignal() as stop:
+            try:
+                return run_cli(argv[1:], stop)
+            except (EngineError, StoppedError) as error:
+                if stop.received is not None:
+                    print(f"error: {stop.stopped()}", file=sys.stderr)
+                    return 128 + stop.received
+                print(f"error: {error}", file=sys.stderr)
+                return 1
     args = parser.parse_args(argv)
+    with StopOnSignal() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: StopOnSignal) -> int:
     started = time.monotonic()
     log = EngineLog(args.stack, args.command)
     stack: auto.Stack | None = None
     try:
         if args.command == "render":
-            stack = render_stack(args.stack)
+            stack = render_stack(args.stack, own_session=True)
+            stop.check()
             if args.expect_no_changes:
                 stack.preview(expect_no_changes=True, color="never", on_output=log)
                 print("no changes: the render stack is up to date")
@@ -389,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(a typo?); to start a new stack, run again with NEW=1 (make) or --new"
             )
         elif args.command == "preview":
-            stack = real_stack(args.stack)
+            stack = real_stack(args.stack, stop)
             result = stack.preview(on_output=log, json=args.json or None, color="never")
             if args.json:
                 print(result.stdout)
@@ -403,15 +539,18 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
         else:
-            stack = real_stack(args.stack)
+            stack = real_stack(args.stack, stop)
             up = stack.up(on_output=log, color="never")
             print(f"up of stack {args.stack}: {dict(up.summary.resource_changes or {})}")
             for key, value in up.outputs.items():
                 print(f"  {key}: {'[secret]' if value.secret else value.value}")
-    except EngineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except auto.CommandError as error:
+    except (EngineError, auto.CommandError, StoppedError) as error:
+        if stop.received is not None:
+            print(f"error: {stop.stopped()}; the engine's full log: {log.where()}", file=sys.stderr)
+            return 128 + stop.received
+        if not isinstance(error, auto.CommandError):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         text = f"{log.text()}\n{error}"
         explained = _explain(error)
         causes = [explained] if explained != str(error) else failure_cause(text)

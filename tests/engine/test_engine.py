@@ -6,9 +6,15 @@ installed, except in CI (CI=true), where a missing engine fails every test.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -263,3 +269,196 @@ def test_a_stack_released_leaves_another_of_the_same_home_running(home, tmp_path
         assert preview.change_summary["create"] > 0
     finally:
         run_stack.release(second)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (each thread's children)."""
+    found: set[int] = set()
+    waiting = [pid]
+    while waiting:
+        for children in Path(f"/proc/{waiting.pop()}/task").glob("*/children"):
+            try:
+                below = {int(child) for child in children.read_text().split()}
+            except OSError:  # the task ended meanwhile
+                continue
+            waiting += below - found
+            found |= below
+    return found
+
+
+def _named(pids: set[int], name: str) -> set[int]:
+    named = set()
+    for pid in pids:
+        try:
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            if Path(program.decode()).name.startswith(name):
+                named.add(pid)
+        except OSError:
+            pass
+    return named
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["to-the-run", "to-its-process-group"])
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stopped_run_cancels_its_engine_and_leaves_no_copy_of_the_kubeconfig(tmp_path, stop, group):
+    """`make preview` or `make up` stopped by SIGTERM (a CI job cancelled, `timeout`), SIGHUP (the
+    terminal closed) or SIGINT (Ctrl-C) while its engine runs, sent to the run or to its whole
+    process group (a terminal, `timeout`): the engine is cancelled once, as one Ctrl-C cancels it
+    (not ended at once: by SIGHUP, or by a second signal), and the run removes its temporary
+    directory, where the provider copies a stack's kubeconfig, token and all, once the engine is
+    gone. Before, the run died at once: the directory stayed, and the engine ran on alone. The
+    cluster accepts connections and never answers, so the engine is still running."""
+    repo = _repo_copy(tmp_path)
+    token = "the-cluster-token-" + os.urandom(8).hex()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    kubeconfig, _ = _unreachable_cluster(tmp_path, token)
+    kubeconfig.write_text(kubeconfig.read_text().replace("127.0.0.1:1'", f"127.0.0.1:{silent.getsockname()[1]}'"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "TMPDIR": str(scratch),
+        "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": "a-test-passphrase",
+    }
+    (tmp_path / "state").mkdir()
+    with silent:
+        run = subprocess.Popen(
+            [sys.executable, "scripts/run_stack.py", "preview", "--stack", "dev"],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not _named(_descendants(run.pid), "pulumi-resource-kubernetes") and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            engine = _descendants(run.pid)
+            assert _named(engine, "pulumi-resource-kubernetes"), "the Kubernetes provider never started"
+            assert list(scratch.glob("consul-engine-*")), "the run made no temporary directory"
+            if group:
+                os.killpg(run.pid, getattr(signal, stop))
+            else:
+                run.send_signal(getattr(signal, stop))
+            output, _ = run.communicate(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 128 + getattr(signal, stop), output
+    assert f"stopped by {stop}" in output, output
+    log = re.search(r"the engine's full log: (\S+)", output)
+    assert log, output
+    engine_said = (repo / log.group(1)).read_text()
+    # Cancelled once ("… received; cancelling"), never a second time ("… received; terminating").
+    assert "cancelling" in engine_said, engine_said[-2000:]
+    assert "terminating" not in engine_said, engine_said[-2000:]
+    assert list(scratch.iterdir()) == [], output
+    assert credential_copies([token], [], [scratch, tmp_path / "state"]) == []
+    alive = {pid for pid in engine if Path(f"/proc/{pid}").exists()}
+    assert alive == set(), f"the engine's processes run on after the run stopped: {alive}"
+
+
+def _repo_copy(tmp_path: Path) -> Path:
+    """The repo's program and scripts, as a clean checkout has them."""
+    repo = tmp_path / "repo"
+    for tree in ("consul", "scripts"):
+        shutil.copytree(run_stack.ROOT / tree, repo / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Pulumi.yaml", "Pulumi.dev.yaml"):
+        shutil.copyfile(run_stack.ROOT / name, repo / name)
+    return repo
+
+
+def _pulumi_that_hangs_on(tmp_path: Path, hanging: str) -> tuple[Path, Path]:
+    """A PULUMI_HOME whose CLI records each call (its arguments, and each signal it gets) in a
+    file, hangs on the command `hanging` until a signal ends it (as pulumi, with status 255), and
+    runs the real CLI for the others. Returns (the home, the record)."""
+    home = tmp_path / "pulumi-home"
+    (home / "bin").mkdir(parents=True)
+    (home / "plugins").symlink_to(run_stack.PULUMI_BIN.parent / "plugins")
+    record = tmp_path / "calls"
+    real = shutil.which("pulumi", path=f"{run_stack.PULUMI_BIN}:{os.environ['PATH']}")
+    cli = home / "bin" / "pulumi"
+    cli.write_text(
+        "#!/bin/sh\n"
+        f'echo "call $*" >> {record}\n'
+        f'case "$*" in *"{hanging}"*)\n'
+        f"  trap 'echo INT >> {record}; exit 255' INT; trap 'echo TERM >> {record}; exit 255' TERM; trap 'echo HUP >> {record}; exit 255' HUP\n"
+        "  while :; do sleep 0.1; done;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n'
+    )
+    cli.chmod(0o755)
+    return home, record
+
+
+def _stopped_once_hanging(repo: Path, args: list[str], env: dict[str, str], record: Path, hanging: str) -> tuple[int, str]:
+    """`run_stack.py ARGS` in `repo`, sent SIGTERM to its whole process group once the CLI hangs on
+    `hanging`: its exit status and output."""
+    run = subprocess.Popen(
+        [sys.executable, "scripts/run_stack.py", *args],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _started(record, hanging) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _started(record, hanging), f"the CLI never ran {hanging}"
+        os.killpg(run.pid, signal.SIGTERM)
+        output, _ = run.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    return run.returncode, output
+
+
+def _started(record: Path, hanging: str) -> bool:
+    return record.exists() and hanging in record.read_text()
+
+
+def test_a_run_stopped_while_it_asks_for_the_login_starts_no_engine(tmp_path):
+    """Stopped by SIGTERM while `pulumi whoami` runs (no PULUMI_BACKEND_URL): that call fails for
+    the stop, not for want of a login, so the run neither falls back to the local backend nor
+    starts an engine on it."""
+    repo = _repo_copy(tmp_path)
+    home, record = _pulumi_that_hangs_on(tmp_path, "whoami")
+    env = {k: v for k, v in os.environ.items() if k != "PULUMI_BACKEND_URL"}
+    env.update(PULUMI_HOME=str(home), PULUMI_CONFIG_PASSPHRASE="a-test-passphrase", TMPDIR=str(tmp_path))
+    returncode, output = _stopped_once_hanging(repo, ["preview", "--stack", "dev"], env, record, "whoami")
+    assert returncode == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM" in output, output
+    assert "no Pulumi backend configured" not in output, output
+    assert not (repo / ".pulumi-state").exists()
+    calls = [line for line in record.read_text().splitlines() if line.startswith("call")]
+    assert calls == ["call whoami"], calls
+
+
+def test_make_pulumi_stopped_cancels_the_cli_once_and_exits_with_the_signal(tmp_path):
+    """`make pulumi ARGS=…` stopped by SIGTERM sent to its whole process group (`timeout`): the
+    CLI, in a session of its own, gets one SIGINT from the run (as one Ctrl-C), not the SIGTERM,
+    and the run exits with 128 + 15, saying so."""
+    repo = _repo_copy(tmp_path)
+    home, record = _pulumi_that_hangs_on(tmp_path, "stack ls")
+    (tmp_path / "state").mkdir()
+    env = {
+        **os.environ,
+        "PULUMI_HOME": str(home),
+        "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": "a-test-passphrase",
+        "TMPDIR": str(tmp_path),
+    }
+    returncode, output = _stopped_once_hanging(repo, ["cli", "stack", "ls"], env, record, "stack ls")
+    assert returncode == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM" in output, output
+    assert [line for line in record.read_text().splitlines() if not line.startswith("call")] == ["INT"]
+    assert list(tmp_path.glob("consul-engine-*")) == []
