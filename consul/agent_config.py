@@ -30,6 +30,8 @@ ACL_TOKENS_FILE_NAME = "acl-tokens.json"
 ACL_TOKENS_FILE = f"{ACL_DIR}/{ACL_TOKENS_FILE_NAME}"
 JOIN_DIR = "/consul/join"
 JOIN_RETRY_INTERVAL = "5s"
+# A client agent's wait for a server's answer to one call (see client_config).
+RPC_CLIENT_TIMEOUT = "3s"
 GOSSIP_DIR = "/consul/gossip"
 GOSSIP_FILE_NAME = "gossip.json"
 GOSSIP_FILE = f"{GOSSIP_DIR}/{GOSSIP_FILE_NAME}"
@@ -159,6 +161,14 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
         # service current, and while no server answers the agent goes on answering with the
         # last instances it knew, instead of SERVFAIL (consul-dns is served by the clients).
         "dns_config": {"use_cache": True},
+        # How long a call to a server may wait for its answer (Consul's default 60 s; a blocking
+        # query's wait is added). A server whose node is cut off answers nothing and refuses
+        # nothing: the agent's calls to it waited until gossip declared it failed, 5 to 6 s. A
+        # call that times out fails (Consul retries no write) and the agent moves that server to
+        # the end of its list, so its next call goes to another. 3 s, not less: a write a
+        # follower holds through an election (1 to 2 s at raft_multiplier 1) plus its commit
+        # still succeeds.
+        "limits": {"rpc_client_timeout": RPC_CLIENT_TIMEOUT},
     }
     if security.tls:
         config["tls"] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 from typing import Any
 
@@ -289,7 +290,21 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
     deployment = formed
     leader = leader_seen(in_pod(deployment, "consul-server-0"))
     assert leader, "no leader before the node is lost"
-    pod = next(p for p in deployment.pods("server") if f"{p['status']['podIP']}:8300" != leader and p["spec"]["nodeName"] != REAL_NODES[0])
+    # The worst case where it can be had: the watch writes through a client agent that sends its
+    # calls to the follower whose node is lost (on another node than that agent and the toolbox).
+    worst = client_of_a_follower(deployment, leader)
+    if worst is None:
+        agent = None
+        pod = next(
+            p for p in deployment.pods("server") if f"{p['status']['podIP']}:8300" != leader and p["spec"]["nodeName"] != REAL_NODES[0]
+        )
+        print(
+            "\nbed: restarts: no client agent sends its calls to a follower on another node (by its one connection): the watch writes through its own"
+        )
+    else:
+        client, pod = worst
+        agent = f"http://{client['status']['podIP']}:8500"
+        print(f"\nbed: restarts: the watch writes through {client['metadata']['name']}, which sends its calls to {pod['metadata']['name']}")
     follower, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
     address = next(a for a in deployment.cluster.addresses if a.name == node)
     dns_nodes = sorted(
@@ -298,7 +313,7 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
     print(f"\nbed: restarts: losing {node}; the cluster DNS (CoreDNS) runs on {dns_nodes}")
     servers_before = restart_counts(deployment, "server")
     clients_before = restart_counts(deployment, "client")
-    with Watch(deployment, toolbox, f"one node ({node}, with {follower}) lost {NODE_LOST_SECONDS} s") as watch:
+    with Watch(deployment, toolbox, f"one node ({node}, with {follower}) lost {NODE_LOST_SECONDS} s", agent=agent) as watch:
         assert leader_seen(in_pod(deployment, "consul-server-0")) == leader, "the leader moved before the node was lost"
         with watch.node_lost(node), network.unplugged(address):
             time.sleep(NODE_LOST_SECONDS)
@@ -315,6 +330,44 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
     assert restart_counts(deployment, "client") == clients_before
     # DNS is asserted: with PreferSameNode (the bed's stack) no lookup goes to the lost node's agent.
     assert_bounds(watch, 3, open_defect=NODE_LOST)
+
+
+# The servers' RPC port, which a client agent's calls go to.
+SERVER_RPC_PORT = 8300
+
+
+def client_of_a_follower(deployment, leader: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A client agent pod and the follower pod its calls go to, on neither the client's node nor
+    the toolbox's, if there is one: a client holding a single connection to a server. One holding
+    two keeps the second idle, from before it last rebalanced, and which one it calls is not known."""
+    servers = deployment.pods("server")
+    for client in deployment.pods("client"):
+        addresses = server_addresses_held(deployment, client["metadata"]["name"])
+        held = [p for p in servers if p["status"].get("podIP") in addresses]
+        if len(held) != 1:
+            continue
+        server = held[0]
+        elsewhere = server["spec"]["nodeName"] not in (REAL_NODES[0], client["spec"]["nodeName"])
+        if elsewhere and f"{server['status']['podIP']}:8300" != leader:
+            return client, server
+    return None
+
+
+def server_addresses_held(deployment, client: str) -> set[str]:
+    """The server addresses the client agent pod `client` holds a connection to: established TCP to
+    port 8300, from the pod's own /proc/net/tcp (IPv4). A client sends its calls to one server and
+    keeps an idle connection to one it used before for about two minutes; its gRPC streams (the
+    agent cache's subscriptions) go to port 8300 too, to a server chosen apart. So one connection
+    tells the server of both, and which server takes the calls is inferred, not read: the failed
+    writes at the loss are what shows it (see the README)."""
+    table = deployment.exec(client, "cat", "/proc/net/tcp").stdout
+    remote = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        address, port = fields[2].split(":")
+        if fields[3] == "01" and int(port, 16) == SERVER_RPC_PORT:
+            remote.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return remote
 
 
 # Consul's default server_rejoin_age_max: a server whose data was last seen running longer ago

@@ -277,6 +277,9 @@ def test_clients_agent_config_design(default):
     assert config["dns_config"] == {"use_cache": True}
     assert config["datacenter"] == "dc1"
     assert config["data_dir"] == "/consul/data"
+    # A server that stops answering (its node lost) is given up after 3 s, not after gossip
+    # declares it failed (5 to 6 s): the client's next call goes to another server.
+    assert config["limits"] == {"rpc_client_timeout": "3s"}
 
 
 def test_clients_probes(default):
