@@ -288,6 +288,27 @@ def clients_not_ready(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]
     )
 
 
+# A leader sample curl gave up on: no answer within its 1 s, or no connection.
+NO_ANSWER = "no answer within 1 s"
+
+
+def leaderless_answers(record: Record, after: float) -> list[str]:
+    """For each stretch in which the leader sampler named no leader (unwidened), from `after` on:
+    what the agent answered in it, counted by answer in the order first given. A Raft election
+    reads 200 with an empty body; an agent that can't reach a server, a 500 or no answer."""
+    lines = []
+    for start, end in leaderless_stretches(record.leader, widened=False):
+        if end < after:
+            continue
+        counted: dict[str, int] = {}
+        for at, answer in record.unnamed:
+            if start <= at <= end:
+                counted[answer] = counted.get(answer, 0) + 1
+        answers = ", ".join(f"{n}x {answer}" for answer, n in counted.items())
+        lines.append(f"{start - after:.2f}-{end - after:.2f} s: {answers}")
+    return lines
+
+
 def _spans(stretches: list[tuple[float, float]], after: float) -> str:
     """Stretches as "a-b s" in seconds after `after`, or "never"."""
     return ", ".join(f"{a - after:.2f}-{b - after:.2f} s" for a, b in stretches) or "never"
@@ -341,6 +362,8 @@ class Record:
     # (time, leader "ip:8300") at each change of the leader named, in the order the answers came:
     # with `leaders`, what shows a real flip back.
     leader_turns: list[tuple[float, str]] = field(default_factory=list)
+    # (time, what the agent answered) for each leader sample that named no leader
+    unnamed: list[tuple[float, str]] = field(default_factory=list)
     voters: list[tuple[float, int | None]] = field(default_factory=list)
     writes: list[Write] = field(default_factory=list)
     # (time, {pod name: (Ready and not terminating, its UID, its containers' restarts)})
@@ -375,6 +398,7 @@ def up_to(record: Record, end: float) -> Record:
     return replace(
         record,
         leader=kept(record.leader),
+        unnamed=kept(record.unnamed),
         no_leader=kept(record.no_leader),
         voters=kept(record.voters),
         writes=sorted((write for write in record.writes if write.at <= end), key=lambda write: write.at),
@@ -502,6 +526,8 @@ class Watch:
         if named and (not self.record.leader_turns or self.record.leader_turns[-1][1] != body):
             self.record.leader_turns.append((at, body))
         self.record.no_leader.append((at, code == "200" and body == '""'))
+        if not named:
+            self.record.unnamed.append((at, f"{code} {body[:100]}" if code not in ("0", "000") else NO_ANSWER))
 
     def _on_voters(self, at: float, line: str) -> None:
         body, _, code = line.rpartition(" ")
@@ -689,6 +715,9 @@ class Watch:
                 + "; some agent pod down: "
                 + _spans(down, after)
             )
+        leaderless = leaderless_answers(self.record, self.action_started)
+        if leaderless:
+            print(f"watch: {self.label}: what the agent answered while it named no leader: " + "; ".join(leaderless))
         if self.record.unreadable:
             unreadable = f"{self.label}: samplers printed lines that are not a stamped sample: {_unreadable(self.record)}"
             print(f"watch: {unreadable}")

@@ -588,6 +588,26 @@ def test_every_change_of_the_named_leader_is_kept_in_the_order_answered() -> Non
     ]
 
 
+def test_what_the_agent_answered_while_it_named_no_leader_is_counted_for_each_stretch() -> None:
+    """What tells a Raft election (the agent answers 200 with no leader) from an agent that can't
+    reach a server (500, or no answer within the sampler's 1 s) when a stretch breaks the bound."""
+    sampling = watch.Watch(_Deployment(), None, "unit", agent="http://agent")
+    for at, line in [
+        (1.0, '"10.0.0.1:8300" 200'),
+        (1.25, "- 0"),
+        (1.5, "- 0"),
+        (1.75, "rpc error making call: EOF 500"),
+        (2.0, '"10.0.0.2:8300" 200'),
+        (3.0, '"" 200'),
+        (3.25, '"10.0.0.2:8300" 200'),
+    ]:
+        sampling._on_leader(at, line)
+    assert watch.leaderless_answers(sampling.record, after=1.0) == [
+        "0.25-1.00 s: 2x no answer within 1 s, 1x 500 rpc error making call: EOF",
+        '2.00-2.25 s: 1x 200 ""',
+    ]
+
+
 class _FollowedLogs:
     def __init__(self) -> None:
         self.following = False
