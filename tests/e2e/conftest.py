@@ -226,12 +226,16 @@ class Deployment:
     def logs(self, pod: str, *args: str) -> str:
         return self.kubectl("logs", pod, *args, check=False).stdout
 
+    def watch_logs(self, name: str) -> Path:
+        """The directory followed_logs keeps the agents' logs of the operation `name` in."""
+        return LOGS / "watch" / self.namespace / name
+
     def followed_logs(self, name: str) -> FollowedLogs:
         """The agents' logs followed through an operation, into
         testbed/logs/e2e/watch/<namespace>/<name>: every server's (its rejoin wait's too), those a
         scale-up to the stack's `consul:serverReplicas` adds included, and every client agent's
         (by the pods' names now: a client roll's new pods are not followed)."""
-        target = LOGS / "watch" / self.namespace / name
+        target = self.watch_logs(name)
         shutil.rmtree(target, ignore_errors=True)
         kubectl = [str(KUBE_BIN), "kubectl", f"--kubeconfig={self.cluster.kubeconfig}"]
         configured = self.stack.get_all_config().get("consul:serverReplicas")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import (
     LOCAL_AGENT,
+    OPEN_DEFECT,
     REAL_NODES,
     SERVER_STOPPED,
     assert_bounds,
@@ -224,6 +225,17 @@ def test_servers_restarted_in_place_keep_their_pods_and_data_and_the_clients_rej
     assert rejoin <= CLIENT_REJOIN_BOUND
 
 
+# What a server logs when it refuses a candidate's vote because the candidate lacks an entry it holds.
+TARGET_BEHIND = "rejecting vote request since our last index is greater"
+
+
+def transfer_target_behind(deployment, watch) -> bool:
+    """Whether a server's log, kept through the watch (Deployment.followed_logs), refused a
+    candidate's vote for an entry the candidate lacked."""
+    logs = deployment.watch_logs(watch.logs_name)
+    return any(TARGET_BEHIND in path.read_text(errors="replace") for path in logs.glob("consul-server-*.consul.log"))
+
+
 def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolbox):
     deployment = formed
     clients_before = restart_counts(deployment, "client")
@@ -237,14 +249,30 @@ def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolb
     # One election for each handoff (a stopping leader's transfer), none for a returning server:
     # every leader the watch saw (each once; a returned pod leads at a new address).
     handoffs = len(watch.record.leaders) - 1
-    assert leader_and_term(deployment)[1] - term == handoffs, (
+    elections = leader_and_term(deployment)[1] - term
+    leaders = (
         f"leaders in the order first seen: {watch.record.leaders}; each change of the leader named, "
         f"in the order answered (seconds after the watch started, leader): {watch.record.leader_turns}"
     )
+    assert elections >= handoffs, leaders
     after = uids(deployment, "server")
     assert [n for n in SERVERS if after[n] == pods_before[n]] == []
     assert restart_counts(deployment, "client") == clients_before
     assert_bounds(watch, 3, open_defect=SERVER_STOPPED)
+    if elections > handoffs:
+        # Open, for the one cause traced: Consul 1.16's Raft ends a transfer on the leader's side
+        # once its TimeoutNow is sent, and the leader, still leading, commits a write the target
+        # lacks; the other follower refuses the target's vote, whose higher terms depose the leader,
+        # and the servers elect again. The bounds above hold it to 2 s without a leader. Extra
+        # elections that no server log explains so (a returning server deposing the leader) fail.
+        assert transfer_target_behind(deployment, watch), (
+            f"the Raft term rose by {elections} for {handoffs} handoffs, and no server refused a transfer target's vote "
+            f"for an entry it lacked ({TARGET_BEHIND!r} in no server log kept through the roll): {leaders}"
+        )
+        pytest.xfail(
+            f"{OPEN_DEFECT}: a handoff became an election (a server refused the transfer target's vote for an entry it lacked): "
+            f"the Raft term rose by {elections} for {handoffs} handoffs; {leaders}"
+        )
 
 
 def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_voter(formed, toolbox):
