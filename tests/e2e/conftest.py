@@ -272,9 +272,18 @@ def restricted_container(name: str, image: str, command: list[str], **extra: Any
     }
 
 
+# The toolbox pod's CPU request. Without one the pod is BestEffort, which a node weighs at 2 CPU
+# shares against 102 for each agent's 100m: the watch's samplers in it waited whenever the agents
+# beside it were busy (in one CI run a write's 1 s curl timeout fired after 1.29 s, and the
+# samplers' lines were held up 1.4 s, as dc2's three servers started on the toolbox's node). A
+# workload that measures Consul asks for its CPU like any other; no limit, so nothing throttles it.
+TOOLBOX_CPU_REQUEST = "500m"
+
+
 class Toolbox:
     """A workload pod of the toolbox image (consul CLI, curl, dig) on a chosen node: what an
-    application sees. Secrets reach it on standard input, never on a command line."""
+    application sees. Secrets reach it on standard input, never on a command line. Its CPU is
+    requested (TOOLBOX_CPU_REQUEST), so that a busy node never starves what it measures with."""
 
     def __init__(self, cluster: Cluster, name: str, node: str, namespace: str = TOOLS_NAMESPACE, **spec: Any) -> None:
         self.cluster = cluster
@@ -288,7 +297,14 @@ class Toolbox:
             "spec": {
                 "nodeName": node,
                 "terminationGracePeriodSeconds": 1,
-                "containers": [restricted_container("tools", images.TOOLBOX_IMAGE, ["sleep", "2147483647"])],
+                "containers": [
+                    restricted_container(
+                        "tools",
+                        images.TOOLBOX_IMAGE,
+                        ["sleep", "2147483647"],
+                        resources={"requests": {"cpu": TOOLBOX_CPU_REQUEST, "memory": "64Mi"}},
+                    )
+                ],
                 **spec,
             },
         }
@@ -297,7 +313,13 @@ class Toolbox:
         cluster.wait(f"an earlier pod {name} gone", lambda: not cluster.api.exists(self.path), 120)
         cluster.apply([pod])
         cluster.wait(f"{name} Ready", lambda: ready(cluster.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")), 120)
-        self.ip: str = cluster.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")["status"]["podIP"]
+        status = cluster.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")["status"]
+        self.ip: str = status["podIP"]
+        if "containers" not in spec:
+            # What the node weighs it at: BestEffort is 2 CPU shares, whatever else the node runs.
+            assert status.get("qosClass") != "BestEffort", (
+                f"the toolbox pod {name} is BestEffort: its samplers wait whenever the node is busy"
+            )
 
     def exec(self, *argv: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl(
