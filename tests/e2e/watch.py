@@ -78,7 +78,7 @@ _STREAM_PRELUDE = _PRELUDE + 'trap "exit 143" TERM; exec 3<&0; { cat <&3 >/dev/n
 # busy machine) never delays the next one; each prints its line with a single write, led by the
 # time its answer came (`_STAMP`).
 LEADER_LOOP = (
-    'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="- 0"; '
+    'while :; do {{ out=$(curl -s -m 1 -w " %{{http_code}}" "{agent}/v1/status/leader") || out="curl exit $? 0"; '
     + _STAMP
     + ' $(printf "%s" "$out" | tr -d "\\r\\n")"; }} & sleep {interval}; done'
 )
@@ -288,8 +288,18 @@ def clients_not_ready(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]
     )
 
 
-# A leader sample curl gave up on: no answer within its 1 s, or no connection.
-NO_ANSWER = "no answer within 1 s"
+# Why curl gave up on a leader sample, by its exit status ("curl exit N" in the sample).
+CURL_FAILURES = {28: "no answer within 1 s", 7: "connection refused", 52: "empty reply", 56: "connection reset"}
+CURL_EXIT = re.compile(r"^curl exit (\d+)$")
+
+
+def curl_failure(answer: str) -> str:
+    """A failed sample's "curl exit N" said as what happened, the status kept."""
+    found = CURL_EXIT.match(answer)
+    if found is None:
+        return answer
+    status = int(found.group(1))
+    return f"{CURL_FAILURES[status]} (curl exit {status})" if status in CURL_FAILURES else f"curl exit {status}"
 
 
 def leaderless_answers(record: Record, after: float) -> list[str]:
@@ -527,7 +537,7 @@ class Watch:
             self.record.leader_turns.append((at, body))
         self.record.no_leader.append((at, code == "200" and body == '""'))
         if not named:
-            self.record.unnamed.append((at, f"{code} {body[:100]}" if code not in ("0", "000") else NO_ANSWER))
+            self.record.unnamed.append((at, f"{code} {body[:100]}" if code not in ("0", "000") else curl_failure(body)))
 
     def _on_voters(self, at: float, line: str) -> None:
         body, _, code = line.rpartition(" ")

@@ -594,8 +594,8 @@ def test_what_the_agent_answered_while_it_named_no_leader_is_counted_for_each_st
     sampling = watch.Watch(_Deployment(), None, "unit", agent="http://agent")
     for at, line in [
         (1.0, '"10.0.0.1:8300" 200'),
-        (1.25, "- 0"),
-        (1.5, "- 0"),
+        (1.25, "curl exit 28 0"),
+        (1.5, "curl exit 28 0"),
         (1.75, "rpc error making call: EOF 500"),
         (2.0, '"10.0.0.2:8300" 200'),
         (3.0, '"" 200'),
@@ -603,9 +603,43 @@ def test_what_the_agent_answered_while_it_named_no_leader_is_counted_for_each_st
     ]:
         sampling._on_leader(at, line)
     assert watch.leaderless_answers(sampling.record, after=1.0) == [
-        "0.25-1.00 s: 2x no answer within 1 s, 1x 500 rpc error making call: EOF",
+        "0.25-1.00 s: 2x no answer within 1 s (curl exit 28), 1x 500 rpc error making call: EOF",
         '2.00-2.25 s: 1x 200 ""',
     ]
+
+
+def test_a_leader_sample_curl_gave_up_on_keeps_why() -> None:
+    """No answer within the 1 s, a refused connection and a reset read differently: a starved or
+    stopped agent is told from a pod that is gone."""
+    sampling = watch.Watch(_Deployment(), None, "unit", agent="http://agent")
+    for at, line in [
+        (1.0, '"10.0.0.1:8300" 200'),
+        (1.25, "curl exit 28 0"),
+        (1.5, "curl exit 7 0"),
+        (1.75, "curl exit 56 0"),
+        (2.0, "curl exit 3 0"),
+    ]:
+        sampling._on_leader(at, line)
+    assert [answer for _, answer in sampling.record.unnamed] == [
+        "no answer within 1 s (curl exit 28)",
+        "connection refused (curl exit 7)",
+        "connection reset (curl exit 56)",
+        "curl exit 3",
+    ]
+
+
+def test_the_leader_sampler_says_which_way_curl_failed() -> None:
+    _need("busybox", "curl")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    with silent, closed:
+        unanswered = _sample("leader", "_on_leader", f"http://127.0.0.1:{silent.getsockname()[1]}", _LocalToolbox(), seconds=2.0)
+        refused = _sample("leader", "_on_leader", f"http://127.0.0.1:{closed.getsockname()[1]}", _LocalToolbox(), seconds=1.0)
+    assert {answer for _, answer in unanswered.record.unnamed} == {"no answer within 1 s (curl exit 28)"}, unanswered.record.unnamed
+    assert {answer for _, answer in refused.record.unnamed} == {"connection refused (curl exit 7)"}, refused.record.unnamed
 
 
 class _FollowedLogs:
