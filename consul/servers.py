@@ -264,7 +264,7 @@ def management_token_from_file(prefix: str = "") -> str:
 
 
 # How often the stopping leader asks for a transfer before it stops as leader, each answer bounded
-# (Raft itself gives a transfer about two election timeouts, 2 s at raft_multiplier 1) and followed
+# (Raft itself gives a transfer one election timeout, 1 s at raft_multiplier 1) and followed
 # by a pause of two election timeouts, so that a transfer still under way is not raced by the next;
 # every try fits in the pod's grace period (TERMINATION_GRACE_SECONDS).
 HANDOFF_TRIES = 3
@@ -276,7 +276,7 @@ TERMINATION_GRACE_SECONDS = 30
 def leadership_handoff(acls: bool) -> str:
     """The server's preStop: when this pod is the Raft leader, it hands leadership to an
     up-to-date follower before it stops, so stopping it (a roll, a drain) costs no election
-    timeout. Other servers do nothing. Raft gives a transfer about two election timeouts, which a
+    timeout. Other servers do nothing. Raft gives a transfer one election timeout, which a
     busy machine can miss: while this pod leads it asks again (HANDOFF_TRIES in all), going by who
     leads after each try and a pause, not by the transfer's answer (a success can leave it leading:
     a request that reached it just after it lost leadership is forwarded to the new leader, which
