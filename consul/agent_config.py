@@ -161,13 +161,18 @@ def client_config(cluster: ClusterSpec, retry_join: Sequence[str], security: Sec
         # service current, and while no server answers the agent goes on answering with the
         # last instances it knew, instead of SERVFAIL (consul-dns is served by the clients).
         "dns_config": {"use_cache": True},
-        # How long a call to a server may wait for its answer (Consul's default 60 s; a blocking
-        # query's wait is added). A server whose node is cut off answers nothing and refuses
-        # nothing: the agent's calls to it waited until gossip declared it failed, 5 to 6 s. A
-        # call that times out fails (Consul retries no write) and the agent moves that server to
-        # the end of its list, so its next call goes to another. 3 s, not less: a write a
-        # follower holds through an election (1 to 2 s at raft_multiplier 1) plus its commit
-        # still succeeds.
+        # How long a call to a server may wait for its answer (Consul's default 60 s). A blocking
+        # query (?index=) is not cut: its wait, a sixteenth more and rpc_hold_timeout (7 s)
+        # replace it; streaming (gRPC), snapshots and the dial are not bounded by it. A server
+        # whose node is cut off answers nothing and refuses nothing: the agent's calls to it
+        # waited until gossip declared it failed, 5 to 6 s. A call that times out fails (the
+        # agent tries it on no other server, and a write may still have been committed) and the
+        # agent moves that server to the end of its list, so its next call goes to another. The
+        # cost: a follower holds a write through an election for up to rpc_hold_timeout (7 s),
+        # which the agent now gives up after 3 s, so an election longer than about 3 s fails
+        # writes it would have held (the bed bounds an operation to 2 s without a leader). 3 s,
+        # not less: a write held through an election (1 to 2 s at raft_multiplier 1) plus its
+        # commit still succeeds.
         "limits": {"rpc_client_timeout": RPC_CLIENT_TIMEOUT},
     }
     if security.tls:
