@@ -157,11 +157,19 @@ def _own_session_cli(scratch: Path) -> auto.PulumiCommand | None:
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """The signals StopOnSignal handles held back (delivered when the block ends): a stop never
-    cuts short the making or the removal of an engine's temporary directory. Nothing may be
-    started inside: a child inherits the signals blocked."""
+    cuts short the making or the removal of an engine's temporary directory. Blocked in this
+    thread, and, since the kernel may hand a signal to another thread (the engine's gRPC threads
+    after an `up`) and Python then runs its handler here all the same, deferred by the
+    StopOnSignal whose handler is installed, if any. Nothing may be started inside: a child
+    inherits the signals blocked."""
+    installed = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, StopOnSignal.SIGNALS)
     try:
-        yield
+        if isinstance(installed, StopOnSignal):
+            with installed.holding():
+                yield
+        else:
+            yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
@@ -441,6 +449,9 @@ class StopOnSignal:
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
+        # While above 0 (signals_held), a signal is kept in _pending and acted on when it ends.
+        self._holding = 0
+        self._pending: int | None = None
 
     def __enter__(self) -> StopOnSignal:
         self._previous = {signum: signal.signal(signum, self._stop) for signum in self.SIGNALS}
@@ -450,9 +461,24 @@ class StopOnSignal:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """A signal that comes meanwhile acted on once the block ends."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            pending, self._pending = self._pending, None
+            if pending is not None and self._holding == 0:
+                self._stop(pending, None)
+
     def _stop(self, signum: int, _frame: object) -> None:
         if self.received is None:
             self.received = signal.Signals(signum)
+        if self._holding:
+            self._pending = signum
+            return
         engines = _children()
         if not engines:
             raise SystemExit(128 + signum)
