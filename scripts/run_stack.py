@@ -258,7 +258,9 @@ def real_stack(stack: str, stop: StopOnSignal) -> auto.Stack:
     of its own (stopped through `stop`)."""
     env = real_env(stop)
     made = _stack(stack, ROOT, env, own_session=True)
-    stop.check()
+    if stop.received is not None:
+        release(made)
+        stop.check()
     return made
 
 
@@ -540,9 +542,11 @@ def _run(args: argparse.Namespace, stop: StopOnSignal) -> int:
             stop.check()
             if args.expect_no_changes:
                 stack.preview(expect_no_changes=True, color="never", on_output=log)
+                stop.check()
                 print("no changes: the render stack is up to date")
             since = time.time() - 1
             stack.up(on_output=log, color="never")
+            stop.check()
             out = RENDERED / args.stack
             print(rendered_summary(out, since, tidy_rendered(stack, out)))
         elif args.stack not in known_stacks() and not args.new:
@@ -553,6 +557,7 @@ def _run(args: argparse.Namespace, stop: StopOnSignal) -> int:
         elif args.command == "preview":
             stack = real_stack(args.stack, stop)
             result = stack.preview(on_output=log, json=args.json or None, color="never")
+            stop.check()
             if args.json:
                 print(result.stdout)
             else:
@@ -567,6 +572,8 @@ def _run(args: argparse.Namespace, stop: StopOnSignal) -> int:
         else:
             stack = real_stack(args.stack, stop)
             up = stack.up(on_output=log, color="never")
+            # A signal the engine met as it was ending (it ran to its end) still stops the run.
+            stop.check()
             print(f"up of stack {args.stack}: {dict(up.summary.resource_changes or {})}")
             for key, value in up.outputs.items():
                 print(f"  {key}: {'[secret]' if value.secret else value.value}")
