@@ -289,7 +289,7 @@ def clients_not_ready(pods: list[tuple[float, dict[str, tuple[bool, str, int]]]]
 
 
 # Why curl gave up on a leader sample, by its exit status ("curl exit N" in the sample).
-CURL_FAILURES = {28: "no answer within 1 s", 7: "connection refused", 52: "empty reply", 56: "connection reset"}
+CURL_FAILURES = {28: "no answer within 1 s", 7: "could not connect", 52: "empty reply", 56: "connection reset"}
 CURL_EXIT = re.compile(r"^curl exit (\d+)$")
 
 

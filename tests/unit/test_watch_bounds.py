@@ -622,7 +622,7 @@ def test_a_leader_sample_curl_gave_up_on_keeps_why() -> None:
         sampling._on_leader(at, line)
     assert [answer for _, answer in sampling.record.unnamed] == [
         "no answer within 1 s (curl exit 28)",
-        "connection refused (curl exit 7)",
+        "could not connect (curl exit 7)",
         "connection reset (curl exit 56)",
         "curl exit 3",
     ]
@@ -639,7 +639,7 @@ def test_the_leader_sampler_says_which_way_curl_failed() -> None:
         unanswered = _sample("leader", "_on_leader", f"http://127.0.0.1:{silent.getsockname()[1]}", _LocalToolbox(), seconds=2.0)
         refused = _sample("leader", "_on_leader", f"http://127.0.0.1:{closed.getsockname()[1]}", _LocalToolbox(), seconds=1.0)
     assert {answer for _, answer in unanswered.record.unnamed} == {"no answer within 1 s (curl exit 28)"}, unanswered.record.unnamed
-    assert {answer for _, answer in refused.record.unnamed} == {"connection refused (curl exit 7)"}, refused.record.unnamed
+    assert {answer for _, answer in refused.record.unnamed} == {"could not connect (curl exit 7)"}, refused.record.unnamed
 
 
 class _FollowedLogs:
