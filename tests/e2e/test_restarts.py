@@ -229,11 +229,20 @@ def test_servers_restarted_in_place_keep_their_pods_and_data_and_the_clients_rej
 TARGET_BEHIND = "rejecting vote request since our last index is greater"
 
 
-def transfer_target_behind(deployment, watch) -> bool:
-    """Whether a server's log, kept through the watch (Deployment.followed_logs), refused a
-    candidate's vote for an entry the candidate lacked."""
+def transfer_target_behind(deployment, watch) -> list[str]:
+    """Each refusal of a candidate's vote for an entry the candidate lacked, in the servers' logs
+    kept through the watch (Deployment.followed_logs), as "<log>: candidate=<ip:port>". Any
+    candidate behind is refused so; in a roll only a voter can stand, and a returning server is a
+    non-voter until autopilot promotes it, caught up, so the candidate is read as the transfer's
+    target. The candidates are printed for the trace."""
     logs = deployment.watch_logs(watch.logs_name)
-    return any(TARGET_BEHIND in path.read_text(errors="replace") for path in logs.glob("consul-server-*.consul.log"))
+    refused = []
+    for path in sorted(logs.glob("consul-server-*.consul.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if TARGET_BEHIND in line:
+                candidate = next((word for word in line.split() if word.startswith("candidate=")), "candidate unnamed")
+                refused.append(f"{path.name}: {candidate}")
+    return refused
 
 
 def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolbox):
@@ -265,13 +274,14 @@ def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolb
         # lacks; the other follower refuses the target's vote, whose higher terms depose the leader,
         # and the servers elect again. The bounds above hold it to 2 s without a leader. Extra
         # elections that no server log explains so (a returning server deposing the leader) fail.
-        assert transfer_target_behind(deployment, watch), (
+        refused = transfer_target_behind(deployment, watch)
+        assert refused, (
             f"the Raft term rose by {elections} for {handoffs} handoffs, and no server refused a transfer target's vote "
             f"for an entry it lacked ({TARGET_BEHIND!r} in no server log kept through the roll): {leaders}"
         )
         pytest.xfail(
-            f"{OPEN_DEFECT}: a handoff became an election (a server refused the transfer target's vote for an entry it lacked): "
-            f"the Raft term rose by {elections} for {handoffs} handoffs; {leaders}"
+            f"{OPEN_DEFECT}: a handoff became an election (a server refused the transfer target's vote for an entry it lacked: "
+            f"{'; '.join(refused)}): the Raft term rose by {elections} for {handoffs} handoffs; {leaders}"
         )
 
 
