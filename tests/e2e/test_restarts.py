@@ -353,6 +353,12 @@ def test_one_node_lost_for_a_minute_keeps_a_leader_and_every_write_and_restarts_
     clients_before = restart_counts(deployment, "client")
     with Watch(deployment, toolbox, f"one node ({node}, with {follower}) lost {NODE_LOST_SECONDS} s", agent=agent) as watch:
         assert leader_seen(in_pod(deployment, "consul-server-0")) == leader, "the leader moved before the node was lost"
+        if worst is not None:
+            # A client rebalances its servers every few minutes: say whether it still calls the lost one.
+            held = server_addresses_held(deployment, client["metadata"]["name"])
+            print(
+                f"\nbed: restarts: at the loss, {client['metadata']['name']} holds connections to {sorted(held)} ({follower}: {pod['status']['podIP']})"
+            )
         with watch.node_lost(node), network.unplugged(address):
             time.sleep(NODE_LOST_SECONDS)
             status = deployment.api.get(f"/api/v1/nodes/{node}")["status"]["conditions"]
@@ -398,7 +404,9 @@ def server_addresses_held(deployment, client: str) -> set[str]:
     agent cache's subscriptions) go to port 8300 too, to a server chosen apart. So one connection
     tells the server of both, and which server takes the calls is inferred, not read: the failed
     writes at the loss are what shows it (see the README)."""
-    table = deployment.exec(client, "cat", "/proc/net/tcp").stdout
+    read = deployment.exec(client, "cat", "/proc/net/tcp")
+    assert read.returncode == 0, f"{client}: /proc/net/tcp unread: {read.stderr}"
+    table = read.stdout
     remote = set()
     for line in table.splitlines()[1:]:
         fields = line.split()
