@@ -588,20 +588,28 @@ def test_every_change_of_the_named_leader_is_kept_in_the_order_answered() -> Non
     ]
 
 
+def _leader_lines(lines: list[tuple[float, str]]) -> Any:
+    """A watch that was handed these leader sampler lines (time, line), in order."""
+    sampling = watch.Watch(_Deployment(), None, "unit", agent="http://agent")
+    for at, line in lines:
+        sampling._on_leader(at, line)
+    return sampling
+
+
 def test_what_the_agent_answered_while_it_named_no_leader_is_counted_for_each_stretch() -> None:
     """What tells a Raft election (the agent answers 200 with no leader) from an agent that can't
     reach a server (500, or no answer within the sampler's 1 s) when a stretch breaks the bound."""
-    sampling = watch.Watch(_Deployment(), None, "unit", agent="http://agent")
-    for at, line in [
-        (1.0, '"10.0.0.1:8300" 200'),
-        (1.25, "curl exit 28 0"),
-        (1.5, "curl exit 28 0"),
-        (1.75, "rpc error making call: EOF 500"),
-        (2.0, '"10.0.0.2:8300" 200'),
-        (3.0, '"" 200'),
-        (3.25, '"10.0.0.2:8300" 200'),
-    ]:
-        sampling._on_leader(at, line)
+    sampling = _leader_lines(
+        [
+            (1.0, '"10.0.0.1:8300" 200'),
+            (1.25, "curl exit 28 0"),
+            (1.5, "curl exit 28 0"),
+            (1.75, "rpc error making call: EOF 500"),
+            (2.0, '"10.0.0.2:8300" 200'),
+            (3.0, '"" 200'),
+            (3.25, '"10.0.0.2:8300" 200'),
+        ]
+    )
     assert watch.leaderless_answers(sampling.record, after=1.0) == [
         "0.25-1.00 s: 2x no answer within 1 s (curl exit 28), 1x 500 rpc error making call: EOF",
         '2.00-2.25 s: 1x 200 ""',
@@ -609,17 +617,11 @@ def test_what_the_agent_answered_while_it_named_no_leader_is_counted_for_each_st
 
 
 def test_a_leader_sample_curl_gave_up_on_keeps_why() -> None:
-    """No answer within the 1 s, a refused connection and a reset read differently: a starved or
+    """No answer within the 1 s, no connection and a reset read differently: a starved or
     stopped agent is told from a pod that is gone."""
-    sampling = watch.Watch(_Deployment(), None, "unit", agent="http://agent")
-    for at, line in [
-        (1.0, '"10.0.0.1:8300" 200'),
-        (1.25, "curl exit 28 0"),
-        (1.5, "curl exit 7 0"),
-        (1.75, "curl exit 56 0"),
-        (2.0, "curl exit 3 0"),
-    ]:
-        sampling._on_leader(at, line)
+    sampling = _leader_lines(
+        [(1.0, '"10.0.0.1:8300" 200'), (1.25, "curl exit 28 0"), (1.5, "curl exit 7 0"), (1.75, "curl exit 56 0"), (2.0, "curl exit 3 0")]
+    )
     assert [answer for _, answer in sampling.record.unnamed] == [
         "no answer within 1 s (curl exit 28)",
         "could not connect (curl exit 7)",
