@@ -326,15 +326,7 @@ def test_a_stopped_run_cancels_its_engine_and_leaves_no_copy_of_the_kubeconfig(t
     }
     (tmp_path / "state").mkdir()
     with silent:
-        run = subprocess.Popen(
-            [sys.executable, "scripts/run_stack.py", "preview", "--stack", "dev"],
-            cwd=repo,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        run = _run_stack_started(repo, ["preview", "--stack", "dev"], env)
         try:
             deadline = time.monotonic() + 300
             while not _named(_descendants(run.pid), "pulumi-resource-kubernetes") and run.poll() is None and time.monotonic() < deadline:
@@ -362,6 +354,19 @@ def test_a_stopped_run_cancels_its_engine_and_leaves_no_copy_of_the_kubeconfig(t
     assert credential_copies([token], [], [scratch, tmp_path / "state"]) == []
     alive = {pid for pid in engine if Path(f"/proc/{pid}").exists()}
     assert alive == set(), f"the engine's processes run on after the run stopped: {alive}"
+
+
+def _run_stack_started(repo: Path, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`run_stack.py ARGS` started in `repo`, in a process group of its own, its output one stream."""
+    return subprocess.Popen(
+        [sys.executable, "scripts/run_stack.py", *args],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _repo_copy(tmp_path: Path) -> Path:
@@ -400,15 +405,7 @@ def _pulumi_that_hangs_on(tmp_path: Path, hanging: str) -> tuple[Path, Path]:
 def _stopped_once_hanging(repo: Path, args: list[str], env: dict[str, str], record: Path, hanging: str) -> tuple[int, str]:
     """`run_stack.py ARGS` in `repo`, sent SIGTERM to its whole process group once the CLI hangs on
     `hanging`: its exit status and output."""
-    run = subprocess.Popen(
-        [sys.executable, "scripts/run_stack.py", *args],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    run = _run_stack_started(repo, args, env)
     try:
         deadline = time.monotonic() + 60
         while not _started(record, hanging) and run.poll() is None and time.monotonic() < deadline:
