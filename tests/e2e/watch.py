@@ -150,6 +150,18 @@ def leaderless_stretches(leader: list[tuple[float, bool]], *, widened: bool = Tr
     return stretches
 
 
+def unexplained_stretches(leader: list[tuple[float, bool]], bound: float, causes: list[float], *, lead: float) -> list[tuple[float, float]]:
+    """The stretches without a leader (unwidened) longer than `bound` in which no cause happened:
+    none of `causes` (times on the samples' clock) falls from `lead` seconds before a stretch's
+    start to its end. A sample is stamped once its answer came, up to its curl bound after it was
+    asked, so a cause up to that long before the first sample without a leader is in its stretch."""
+    return [
+        (start, end)
+        for start, end in leaderless_stretches(leader, widened=False)
+        if end - start > bound and not any(start - lead <= cause <= end for cause in causes)
+    ]
+
+
 @dataclass(frozen=True)
 class Write:
     """One bounded KV write: when its answer came (seconds since the watch started), its key
@@ -500,6 +512,12 @@ class Watch:
     def logs_name(self) -> str:
         """The name the agents' logs through this watch are kept under (Deployment.followed_logs)."""
         return self.prefix.removeprefix("watch/")
+
+    def on_watch_clock(self, wall: float) -> float:
+        """A wall-clock instant (a kubelet's stamp on a log line, in seconds since the epoch) in
+        seconds since the watch started, by the wall clock's lead on the watch's clock at the start
+        (the watch prints a step of the wall clock during it, which would shift this)."""
+        return wall - self._wall_offset - self.started
 
     def _now(self) -> float:
         """Seconds since the watch started, on the clock the toolbox pod stamps its lines with."""

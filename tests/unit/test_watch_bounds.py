@@ -78,6 +78,27 @@ def test_no_samples_and_a_leader_throughout_have_no_stretch() -> None:
     assert watch.leaderless_stretches([(0.0, True), (0.25, True)]) == []
 
 
+# No leader from 1.0 s to 3.5 s (2.5 s, over a 2 s bound) and from 5.0 s to 5.5 s (within it).
+LONG_STRETCH = [(0.0, True), (0.5, True), (1.0, False), (2.0, False), (3.0, False), (3.5, True), (5.0, False), (5.5, True)]
+
+
+def test_a_stretch_over_the_bound_with_no_cause_in_it_is_unexplained() -> None:
+    assert watch.unexplained_stretches(LONG_STRETCH, 2.0, [], lead=1.0) == [(1.0, 3.5)]
+    # A cause inside the stretch within the bound only, or after the long one, explains nothing.
+    assert watch.unexplained_stretches(LONG_STRETCH, 2.0, [5.2, 3.6], lead=1.0) == [(1.0, 3.5)]
+    # Nor one more than `lead` before it starts.
+    assert watch.unexplained_stretches(LONG_STRETCH, 2.0, [-0.1], lead=1.0) == [(1.0, 3.5)]
+
+
+def test_a_cause_from_lead_seconds_before_a_stretch_to_its_end_explains_it() -> None:
+    for cause in (0.0, 1.0, 2.2, 3.5):
+        assert watch.unexplained_stretches(LONG_STRETCH, 2.0, [cause], lead=1.0) == [], cause
+
+
+def test_stretches_within_the_bound_need_no_cause() -> None:
+    assert watch.unexplained_stretches(LEADER, 2.0, [], lead=1.0) == []
+
+
 # The agent answered "no leader" (200, empty body) at 0.75-1.25 s; at 3.0 s it answered 500 (no server reachable).
 NO_LEADER = [(0.0, False), (0.25, False), (0.5, False), (0.75, True), (1.0, True), (1.25, True), (1.5, False), (2.75, False), (3.0, False)]
 
