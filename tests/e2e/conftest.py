@@ -599,19 +599,26 @@ OPEN_DEFECT = "issue #19, open"
 
 
 def assert_bounds(
-    watches: Any, servers: int, *, open_defect: tuple[str, ...] = (), open_defect_of: dict[str, tuple[str, ...]] | None = None
+    watches: Any,
+    servers: int,
+    *,
+    open_defect: tuple[str, ...] = (),
+    open_defect_of: dict[str, tuple[str, ...]] | None = None,
+    cause: str = "",
 ) -> None:
     """The issue's bounds over one finished Watch or a list of them. Every bound not named in
     `open_defect` (or, for a watch labelled in `open_defect_of`, in its entry there) is asserted.
     Those named (parts of bounds_broken's lines) belong to a defect still open: broken, the test
-    ends as an expected failure that prints what was measured; kept, it passes. Once the defect
-    is fixed the names go and the bounds are asserted again."""
+    ends as an expected failure that prints what was measured, and `cause`, the defect as the
+    test traced it; kept, it passes. Once the defect is fixed the names go and the bounds are
+    asserted again."""
     broken = {w.label: bounds_broken(w, servers) for w in (watches if isinstance(watches, list) else [watches])}
     excused = {label: (open_defect_of or {}).get(label, open_defect) for label in broken}
     asserted = {label: [line for line in lines if not any(name in line for name in excused[label])] for label, lines in broken.items()}
     assert asserted == {label: [] for label in broken}
     if any(broken.values()):
-        pytest.xfail(f"{OPEN_DEFECT}: " + "; ".join(f"{label}: {', '.join(lines)}" for label, lines in broken.items() if lines))
+        measured = "; ".join(f"{label}: {', '.join(lines)}" for label, lines in broken.items() if lines)
+        pytest.xfail(f"{OPEN_DEFECT}: {measured}" + (f"; {cause}" if cause else ""))
 
 
 def leader_seen(run: Runner, agent: str = LOCAL_AGENT) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    LEADERLESS_BOUND,
     LOCAL_AGENT,
     OPEN_DEFECT,
     REAL_NODES,
@@ -32,7 +33,8 @@ from conftest import (
     servers_formed,
     servers_held_down,
 )
-from watch import Watch
+from pod_logs import instant
+from watch import Watch, unexplained_stretches
 
 from testbed.cluster import network
 
@@ -229,20 +231,32 @@ def test_servers_restarted_in_place_keep_their_pods_and_data_and_the_clients_rej
 TARGET_BEHIND = "rejecting vote request since our last index is greater"
 
 
-def transfer_target_behind(deployment, watch) -> list[str]:
+def transfer_target_behind(deployment, watch) -> list[tuple[float, str]]:
     """Each refusal of a candidate's vote for an entry the candidate lacked, in the servers' logs
-    kept through the watch (Deployment.followed_logs), as "<log>: candidate=<ip:port>". Any
-    candidate behind is refused so; in a roll only a voter can stand, and a returning server is a
-    non-voter until autopilot promotes it, caught up, so the candidate is read as the transfer's
-    target. The candidates are printed for the trace."""
+    kept through the watch (Deployment.followed_logs), as (when, on the watch's clock by the
+    kubelet's stamp on the line, "<log>: candidate=<ip:port>"). Any candidate behind is refused
+    so; in a roll only a voter can stand, and a returning server is a non-voter until autopilot
+    promotes it, so the candidate is read as the transfer's target. The candidates are printed for
+    the trace."""
     logs = deployment.watch_logs(watch.logs_name)
     refused = []
     for path in sorted(logs.glob("consul-server-*.consul.log")):
         for line in path.read_text(errors="replace").splitlines():
             if TARGET_BEHIND in line:
+                stamped = instant(line.split(" ", 1)[0])
+                assert stamped is not None, f"{path.name}: a line with no kubelet stamp: {line!r}"
+                at = watch.on_watch_clock(stamped[0].timestamp() + stamped[1] / 1e9)
                 candidate = next((word for word in line.split() if word.startswith("candidate=")), "candidate unnamed")
-                refused.append(f"{path.name}: {candidate}")
+                refused.append((at, f"{path.name}: {candidate}"))
     return refused
+
+
+# How long before the first leader sample that named no leader the leader may have gone: the
+# sampler stamps a sample once its answer came, within its curl bound (watch.LEADER_LOOP's -m 1).
+LEADER_SAMPLE_BOUND = 1.0
+# The bound a handoff that became an election breaks (issue #19, open): the servers elect again
+# only once a follower's heartbeat timeout (1 to 2 s at raft_multiplier 1) has passed.
+HANDOFF_ELECTION = ("without a leader",)
 
 
 def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolbox):
@@ -267,22 +281,28 @@ def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolb
     after = uids(deployment, "server")
     assert [n for n in SERVERS if after[n] == pods_before[n]] == []
     assert restart_counts(deployment, "client") == clients_before
-    assert_bounds(watch, 3, open_defect=SERVER_STOPPED)
-    if elections > handoffs:
-        # Open, for the one cause traced: Consul 1.16's Raft ends a transfer on the leader's side
-        # once its TimeoutNow is sent, and the leader, still leading, commits a write the target
-        # lacks; the other follower refuses the target's vote, whose higher terms depose the leader,
-        # and the servers elect again. The bounds above hold it to 2 s without a leader. Extra
-        # elections that no server log explains so (a returning server deposing the leader) fail.
-        refused = transfer_target_behind(deployment, watch)
-        assert refused, (
-            f"the Raft term rose by {elections} for {handoffs} handoffs, and no server refused a transfer target's vote "
-            f"for an entry it lacked ({TARGET_BEHIND!r} in no server log kept through the roll): {leaders}"
-        )
-        pytest.xfail(
-            f"{OPEN_DEFECT}: a handoff became an election (a server refused the transfer target's vote for an entry it lacked: "
-            f"{'; '.join(refused)}): the Raft term rose by {elections} for {handoffs} handoffs; {leaders}"
-        )
+    # Open, for the one cause traced: Consul 1.16's Raft ends a transfer on the leader's side once
+    # its TimeoutNow is sent, and the leader, still leading, commits a write the target lacks; the
+    # other follower refuses the target's vote, whose higher terms depose the leader, and the
+    # servers elect again once a follower's heartbeat timeout has passed: 1 to 2 s without a
+    # leader, and more when the target's next candidacy disrupts that election. A stretch over the
+    # bound is put down to it only when a server refused a transfer target's vote in that stretch;
+    # extra elections that no server log explains so (a returning server deposing the leader), or
+    # a long stretch with no such refusal in it, fail.
+    refused = transfer_target_behind(deployment, watch) if elections > handoffs else []
+    assert elections == handoffs or refused, (
+        f"the Raft term rose by {elections} for {handoffs} handoffs, and no server refused a transfer target's vote "
+        f"for an entry it lacked ({TARGET_BEHIND!r} in no server log kept through the roll): {leaders}"
+    )
+    unexplained = unexplained_stretches(watch.record.leader, LEADERLESS_BOUND, [at for at, _ in refused], lead=LEADER_SAMPLE_BOUND)
+    traced = (
+        "a handoff became an election (a server refused the transfer target's vote for an entry it lacked: "
+        + "; ".join(f"{what} at {at - watch.action_started:.2f} s after the action started" for at, what in refused)
+        + f"): the Raft term rose by {elections} for {handoffs} handoffs; {leaders}"
+    )
+    assert_bounds(watch, 3, open_defect=SERVER_STOPPED + (HANDOFF_ELECTION if not unexplained else ()), cause=traced if refused else "")
+    if refused:
+        pytest.xfail(f"{OPEN_DEFECT}: {traced}")
 
 
 def test_with_one_server_held_down_every_write_succeeds_and_it_rejoins_as_a_voter(formed, toolbox):
