@@ -342,6 +342,24 @@ def voter_readiness(acls: bool) -> str:
     )
 
 
+def join_hosts() -> str:
+    """A shell line that sets `hosts` to the servers in this pod's join file (its `retry_join`
+    list, ports dropped), separated by spaces."""
+    return (
+        f"""hosts=$(tr -d '\\n' < "{cfg.JOIN_DIR}/$POD_NAME.json" | sed 's/[][{{}}" ]//g; s/.*retry_join://;"""
+        + """ s/,retry_interval:.*//; s/:[0-9]*//g' | tr ',' ' ')\n"""
+    )
+
+
+def token_file_for_cli(acls: bool) -> str:
+    """Shell lines that set `auth` to the consul CLI's token option: the management token copied
+    from the pod's own token file into a temporary file (`token`, which the caller's EXIT trap
+    removes), never onto a command line or into the environment; empty without ACLs."""
+    if not acls:
+        return 'auth=""\n'
+    return "token=$(mktemp)\n" + management_token_from_file() + ' > "$token"\nauth="-token-file=$token"\n'
+
+
 # Memberlist's dead-node reclaim time in Consul (30 s, not configurable), and a margin: the others
 # accept a failed member's new address only once it has been dead this long.
 RECLAIM_SECONDS = 32
@@ -397,7 +415,6 @@ def rejoin_wait(
     never stops the next server while this one is a non-voter."""
     scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
     ca = f" -ca-file={cfg.CA_FILE}" if tls else ""
-    token = "token=$(mktemp)\n" + management_token_from_file() + ' > "$token"\nauth="-token-file=$token"\n' if acls else 'auth=""\n'
     return (
         'errors=$(mktemp)\ntoken=""\n'
         # The token file is on the pod's /tmp, which the agent's container mounts too.
@@ -405,9 +422,9 @@ def rejoin_wait(
         + "trap 'exit 143' TERM INT\n"
         # Nothing here is a file pattern: an IPv6 address in brackets is not one either.
         + "set -f\n"
-        + token
-        + f"""hosts=$(tr -d '\\n' < "{cfg.JOIN_DIR}/$POD_NAME.json" | sed 's/[][{{}}" ]//g; s/.*retry_join://; s/,retry_interval:.*//; s/:[0-9]*//g' | tr ',' ' ')
-# The leader's Raft entry for this server at its old address goes, through the first server
+        + token_file_for_cli(acls)
+        + join_hosts()
+        + f"""# The leader's Raft entry for this server at its old address goes, through the first server
 # that has a leader: the leader stops replicating to that address (each dial to a vanished pod
 # IP waits out the transport's 10 s), and when this server joins at its new address autopilot
 # adds it afresh and replicates to it at once, before its own election timer (1 to 2 s) fires.
