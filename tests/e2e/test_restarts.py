@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
+import threading
 import time
 from typing import Any
 
@@ -34,7 +36,7 @@ from conftest import (
     servers_held_down,
 )
 from pod_logs import instant
-from watch import Watch, leaderless_answers, unexplained_stretches
+from watch import Watch, clock, leaderless_answers, unexplained_stretches
 
 from testbed.cluster import network
 
@@ -367,6 +369,71 @@ def test_a_client_agent_whose_server_pod_is_deleted_answers_throughout(formed, t
     # answers every sample.
     assert watch.summary.longest_leaderless == 0.0, leaderless_answers(watch.record, watch.action_started)
     assert_bounds(watch, 3, open_defect=SERVER_STOPPED)
+
+
+# A client agent's dials to a server's address, from its pod, every 0.5 s for `seconds`, each
+# bounded to 1 s: "<boot-time stamp> <curl's exit> <connections made>". curl's telnet:// connects
+# and sends nothing; exit 7 with no connection is a refused (or unreachable) address, 28 with none
+# no answer within the bound.
+DIAL_LOOP = (
+    'end=$(($(cut -d. -f1 /proc/uptime) + {seconds})); while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do '
+    'made=$(curl -s -o /dev/null --connect-timeout 1 -m 1 -w "%{{num_connects}}" "telnet://{address}:8300" </dev/null); rc=$?; '
+    'read -r t _ < /proc/uptime; echo "$t $rc $made"; sleep 0.5; done'
+)
+DIALLED_SECONDS = 40
+
+
+def test_a_deleted_server_s_address_refuses_dials_until_every_other_server_sees_it_failed(formed):
+    """A follower's pod deleted: from its deletion until every other server's gossip shows it
+    failed or gone (when the client agents drop it), a client agent's dial to its address is
+    answered at once, connected while the agent runs and refused after, never left waiting, as
+    a dial to a vanished pod IP is (the kernel's neighbour timeout, or Consul's fixed 10 s)."""
+    deployment = formed
+    token = deployment.management_token()
+    leader = leader_seen(in_pod(deployment, "consul-server-0"))
+    server = next(p for p in reversed(deployment.pods("server")) if f"{p['status']['podIP']}:8300" != leader)
+    name, address = server["metadata"]["name"], server["status"]["podIP"]
+    others = [n for n in SERVERS if n != name]
+    client = deployment.pods("client")[0]["metadata"]["name"]
+    dials: list[subprocess.CompletedProcess[str]] = []
+    dialler = threading.Thread(
+        target=lambda: dials.append(
+            deployment.exec(client, "sh", "-c", DIAL_LOOP.format(seconds=DIALLED_SECONDS, address=address), timeout=DIALLED_SECONDS + 30)
+        )
+    )
+    dialler.start()
+    time.sleep(2)
+    deleted = clock()
+    deployment.kubectl("delete", "pod", name, "--wait=false")
+
+    def seen_failed() -> bool:
+        for other in others:
+            table = consul_cli(in_pod(deployment, other), token, "members")
+            rows = [line.split() for line in table.stdout.splitlines()]
+            if table.returncode != 0 or any(
+                row[0] == name and row[1].startswith(f"{address}:") and row[2] not in ("failed", "left") for row in rows
+            ):
+                return False
+        return True
+
+    deployment.cluster.wait(f"every other server sees {name} failed", seen_failed, DIALLED_SECONDS - 5)
+    failed = clock()
+    dialler.join()
+    deployment.cluster.wait("three voters and a leader", lambda: servers_formed(deployment, 3), SERVERS_BACK)
+    (done,) = dials
+    assert done.returncode == 0, done.stderr
+    samples = [line.split() for line in done.stdout.splitlines()]
+    outcome = {"0": "connected", "7": "refused", "28": "no answer"}
+    seen = [
+        (round(float(t) - deleted, 2), "connected" if made == "1" else outcome.get(rc, f"curl exit {rc}"))
+        for t, rc, made in samples
+        if float(t) >= deleted
+    ]
+    print(
+        f"\nbed: restarts: {name} seen failed by {others} {failed - deleted:.1f} s after its deletion; dials to {address} (s after, outcome): {seen}"
+    )
+    assert any(at <= failed - deleted for at, _ in seen), "no dial between the deletion and the failure"
+    assert [(at, what) for at, what in seen if at <= failed - deleted and what not in ("connected", "refused")] == []
 
 
 # What a lost node still costs (issue #19, open): the lost server's higher Raft term deposes the
