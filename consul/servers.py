@@ -270,7 +270,12 @@ def management_token_from_file(prefix: str = "") -> str:
 HANDOFF_TRIES = 3
 HANDOFF_TRY_SECONDS = 3
 HANDOFF_PAUSE_SECONDS = 2
-TERMINATION_GRACE_SECONDS = 30
+# How long a stopped server's address is held at most (address_hold): past memberlist's longest
+# suspicion on these clusters (about 25 s, with no other member confirming it).
+ADDRESS_HOLD_SECONDS = 30
+# The pod's grace period: the handoff's tries (about 25 s at most), the agent's stop, and the
+# address hold after it, whose last round asks up to six other servers, 3 s each.
+TERMINATION_GRACE_SECONDS = 90
 
 
 def leadership_handoff(acls: bool) -> str:
@@ -316,6 +321,74 @@ def leadership_handoff(acls: bool) -> str:
         + f"  sleep {HANDOFF_PAUSE_SECONDS}\n"
         + "done\n"
     )
+
+
+def address_hold(tls: bool, acls: bool, max_seconds: int = ADDRESS_HOLD_SECONDS) -> str:
+    """The preStop of the server pod's `address-hold` sidecar: once the agent has stopped, the
+    pod's address stays up, refusing connections, until every other server sees this server
+    failed or gone (`consul members`), and a second more for that news to reach the client
+    agents; `max_seconds` at most. The kubelet runs every container's preStop as the pod starts
+    to stop (a sidecar's SIGTERM alone waits for the agent), so the hook first waits until the
+    agent no longer listens on the server port in the pod's network namespace.
+
+    A client agent calls one server and keeps its connection. A call that finds that connection
+    closed makes the agent move to another server at once; a dial to the server's vanished pod
+    IP waits for the kernel's neighbour timeout or the pool's fixed 10 s instead, and the
+    agent's other calls to it wait behind that dial. An agent dials again when it has no
+    connection left to reuse, and its periodic rebalance pings a server it may not have used
+    since; refused, the dial fails at once. Once the servers' gossip declares this server
+    failed, every client agent has dropped it.
+
+    A server that is down (connection refused, no such host: every server stopped at once)
+    holds nothing; one that answers neither yes nor no (a timeout, a 403, a TLS error, a table
+    without its own row) holds the address, as a server that sees it alive does. Held to the
+    end, the hook fails, which the kubelet records as an event (FailedPreStopHook) with what
+    held it."""
+    scheme, port = ("https", cfg.HTTPS_PORT) if tls else ("http", cfg.HTTP_PORT)
+    ca = f" -ca-file={cfg.CA_FILE}" if tls else ""
+    listening = f":{cfg.SERVER_RPC_PORT:04X} [0-9A-F]+:0000 0A"
+    return (
+        'errors=$(mktemp)\ntoken=""\n'
+        + 'trap \'rm -f "$errors" ${token:+"$token"}\' EXIT\n'
+        + "set -f\n"
+        + f"while grep -qE '{listening}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; do sleep 1; done\n"
+        + token_file_for_cli(acls)
+        + join_hosts()
+        + f"""start=$(date +%s)
+while :; do
+  hold=""
+  for host in $hosts; do
+    if ! table=$(timeout 3 consul members -http-addr={scheme}://$host:{port}{ca} $auth 2>"$errors"); then
+      [ -s "$errors" ] || echo "no answer within 3 s" > "$errors"
+      grep -qE 'connection refused|no such host' "$errors" || hold="$host: $(head -c 200 "$errors" | tr '\\n' ' ')"
+      continue
+    fi
+    printf '%s\\n' "$table" | awk -v self="${{host%%.*}}" '$1 == self {{found = 1}} END {{exit !found}}' || {{
+      hold="$host: its members table does not list it"
+      continue
+    }}
+    status=$(printf '%s\\n' "$table" | awk -v me="$POD_NAME" '$1 == me {{print $3}}')
+    case "$status" in failed | left | "") ;; *) hold="$host sees $POD_NAME $status" ;; esac
+  done
+  if [ -z "$hold" ]; then
+    sleep 1
+    echo "address held $(($(date +%s) - start)) s"
+    exit 0
+  fi
+  [ $(($(date +%s) - start)) -lt {max_seconds} ] || break
+  sleep 1
+done
+echo "stopping after $(($(date +%s) - start)) s although $hold"
+exit 1
+"""
+    )
+
+
+# The address-hold sidecar idles until Kubernetes stops it (its preStop does the work): it asks
+# for little for the pod's life, and its limit has room for the consul CLI the hook runs once a
+# second, as the rejoin wait does.
+ADDRESS_HOLD_IDLE = "trap 'exit 0' TERM\nwhile :; do sleep 3600 & wait $!; done\n"
+ADDRESS_HOLD_RESOURCES = Resources(requests={"cpu": "5m", "memory": "32Mi"}, limits={"cpu": "200m", "memory": "128Mi"})
 
 
 def voter_readiness(acls: bool) -> str:
@@ -523,6 +596,13 @@ def _pod_spec(
 ) -> core.PodSpecArgs:
     tls = secrets.features.tls
     wiring = pods.secret_wiring(secrets)
+    # What the init containers that run the consul CLI against the other servers read: the join
+    # file, the CA, the token file, and /tmp for the token's copy.
+    cli_mounts = [
+        core.VolumeMountArgs(name="join", mount_path=cfg.JOIN_DIR, read_only=True),
+        core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+        *[mount for mount in wiring.mounts if mount.name in REJOIN_WAIT_VOLUMES],
+    ]
     # Answers 200 with or without a leader: restarts only an agent whose HTTP server hangs,
     # never one that is waiting out an election. With TLS only HTTPS listens beyond loopback.
     http_api = core.HTTPGetActionArgs(
@@ -562,12 +642,24 @@ def _pod_spec(
                 env=[pods.field_env("POD_IP", "status.podIP"), pods.field_env("POD_NAME", "metadata.name")],
                 resources=pods.resource_requirements(REJOIN_WAIT_RESOURCES),
                 security_context=pods.container_security_context(),
-                volume_mounts=[
-                    core.VolumeMountArgs(name="join", mount_path=cfg.JOIN_DIR, read_only=True),
-                    core.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-                    *[mount for mount in wiring.mounts if mount.name in REJOIN_WAIT_VOLUMES],
-                ],
-            )
+                volume_mounts=cli_mounts,
+            ),
+            # A sidecar (an init container that runs on): Kubernetes stops it after the agent.
+            core.ContainerArgs(
+                name="address-hold",
+                image=cluster.image,
+                restart_policy="Always",
+                command=["/bin/sh", "-c", ADDRESS_HOLD_IDLE],
+                env=[pods.field_env("POD_NAME", "metadata.name")],
+                lifecycle=core.LifecycleArgs(
+                    pre_stop=core.LifecycleHandlerArgs(
+                        exec_=core.ExecActionArgs(command=["/bin/sh", "-c", address_hold(tls, secrets.features.acls)])
+                    )
+                ),
+                resources=pods.resource_requirements(ADDRESS_HOLD_RESOURCES),
+                security_context=pods.container_security_context(),
+                volume_mounts=cli_mounts,
+            ),
         ],
         containers=[
             pods.agent_container(

@@ -12,7 +12,7 @@ import pytest
 from harness import merged_agent_config, render
 
 from consul.agent_config import CHECKSUM_ANNOTATION as CONFIG_CHECKSUM_ANNOTATION
-from consul.servers import leadership_handoff, voter_readiness
+from consul.servers import address_hold, leadership_handoff, voter_readiness
 
 SELECTOR = {
     "app.kubernetes.io/name": "consul",
@@ -338,7 +338,7 @@ def test_servers_advertise_pod_ip_and_no_leave_prestop(default):
     ]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in c["env"]
     assert "consul leave" not in json.dumps(c)
-    assert pod(default)["terminationGracePeriodSeconds"] == 30
+    assert pod(default)["terminationGracePeriodSeconds"] == 90
 
 
 def test_servers_hand_leadership_over_before_stopping(default):
@@ -588,18 +588,36 @@ def test_the_namespace_outlives_destroy_to_keep_the_data_claims(default):
 
 
 def test_the_rejoin_wait_mounts_its_join_file_the_ca_and_the_tokens_and_no_key(default):
-    (wait,) = pod(default)["initContainers"]
+    wait, _ = pod(default)["initContainers"]
     assert wait["name"] == "rejoin-wait"
     mounts = {m["name"]: m["mountPath"] for m in wait["volumeMounts"]}
     assert mounts == {"join": "/consul/join", "tmp": "/tmp", "tls-ca": "/consul/tls/ca", "acl-tokens": "/consul/acl"}
 
 
+@pytest.mark.parametrize("switches", [{}, {"tls": False, "acls": False}])
+def test_the_address_hold_is_a_sidecar_that_runs_its_hold_when_stopped_with_the_rejoin_wait_s_files(switches):
+    """Kubernetes stops a sidecar (an init container with restartPolicy Always) after the agent:
+    its preStop (test_address_hold runs it) holds the pod's address; it reads what the rejoin
+    wait reads, and no key."""
+    rendered = render("ci-defaults", **switches)
+    wait, hold = pod(rendered)["initContainers"]
+    assert hold["name"] == "address-hold"
+    assert hold["restartPolicy"] == "Always"
+    tls, acls = switches.get("tls", True), switches.get("acls", True)
+    assert hold["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sh", "-c", address_hold(tls, acls)]
+    assert hold["volumeMounts"] == wait["volumeMounts"]
+    assert hold["resources"] == {"requests": {"cpu": "5m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}}
+    assert hold["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    assert "probe" not in json.dumps(hold).lower()
+
+
 def test_the_rejoin_wait_asks_the_hosts_of_the_real_join_file(default, tmp_path):
     """The script's first lines (the hosts it reads from the pod's join file) run in a real shell
-    on each file of the rendered ConfigMap."""
-    (wait,) = pod(default)["initContainers"]
+    on each file of the rendered ConfigMap; the address hold's too."""
+    wait, hold = pod(default)["initContainers"]
     script = wait["command"][-1]
     hosts_line = next(line for line in script.splitlines() if line.startswith("hosts="))
+    assert hosts_line in hold["lifecycle"]["preStop"]["exec"]["command"][-1].splitlines()
     for name, hosts in join_lists(default).items():
         (tmp_path / f"{name}.json").write_text(default.one("ConfigMap", "consul-server-join")["data"][f"{name}.json"])
         done = subprocess.run(
