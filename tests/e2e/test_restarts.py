@@ -297,6 +297,11 @@ def test_a_rolling_restart_keeps_a_quorum_a_leader_and_every_write(formed, toolb
         f"for an entry it lacked ({TARGET_BEHIND!r} in no server log kept through the roll): {leaders}"
     )
     unexplained = unexplained_stretches(watch.record.leader, LEADERLESS_BOUND, [at for at, _ in refused], lead=LEADER_SAMPLE_BOUND)
+    since = watch.action_started
+    print(
+        f"\nbed: restarts: refusals of a candidate behind (s after the action started): {[(round(at - since, 2), what) for at, what in refused]}; "
+        f"stretches over {LEADERLESS_BOUND} s with none in them: {[(round(a - since, 2), round(b - since, 2)) for a, b in unexplained]}"
+    )
     traced = (
         "a handoff became an election (a server refused the transfer target's vote for an entry it lacked: "
         + "; ".join(f"{what} at {at - watch.action_started:.2f} s after the action started" for at, what in refused)

@@ -502,6 +502,8 @@ class Watch:
         self.started = 0.0
         # The wall clock's lead on the watch's clock at the start: a change by the end is a step.
         self._wall_offset = 0.0
+        # How far the wall clock stepped during the watch (set when it ends).
+        self.wall_step = 0.0
         self.summary: Summary | None = None
         # The nodes the test has cut off from the network now (replaced whole, read by the pod sampler).
         self.lost_nodes: frozenset[str] = frozenset()
@@ -516,7 +518,10 @@ class Watch:
     def on_watch_clock(self, wall: float) -> float:
         """A wall-clock instant (a kubelet's stamp on a log line, in seconds since the epoch) in
         seconds since the watch started, by the wall clock's lead on the watch's clock at the start
-        (the watch prints a step of the wall clock during it, which would shift this)."""
+        (a step of the wall clock during the watch would shift it: then it fails)."""
+        assert abs(self.wall_step) <= 1, (
+            f"the wall clock stepped {self.wall_step:+.1f} s during the watch: a wall-clock stamp can't be put on the watch's clock"
+        )
         return wall - self._wall_offset - self.started
 
     def _now(self) -> float:
@@ -713,6 +718,7 @@ class Watch:
             + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(self.record.held_up.items()))
         )
         stepped = time.time() - clock() - self._wall_offset
+        self.wall_step = stepped
         if abs(stepped) > 1:
             print(
                 f"watch: {self.label}: the machine's wall clock stepped {stepped:+.1f} s during the watch (not counted: the watch's clock never steps)"
